@@ -1,0 +1,47 @@
+"""Random jitter on the training device: per-sample random crop and horizontal flip of a uint8
+batch, as in the pix2pix paper (load_size -> image_size crop, flip).
+
+The random numbers come from a CPU `torch.Generator` that the loop seeds from (seed, rank,
+step), so augmentation is a pure function of the step: exact resume needs no saved state, and
+no device RNG is touched. Only a few integers per sample cross to the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def step_generator(seed: int, rank: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator unique to (seed, rank, step, stream) and independent of everything else."""
+    g = torch.Generator()
+    # Large odd multipliers keep nearby (rank, step) pairs far apart in seed space.
+    g.manual_seed((seed * 1_000_003 + rank * 7_919 + step * 104_729 + stream * 15_485_863) % (2**63 - 1))
+    return g
+
+
+def crop_flip(images: torch.Tensor, size: int, gen: torch.Generator | None, flip: bool = True) -> torch.Tensor:
+    """Crop every image of an N x C x H x W batch to size x size.
+
+    With `gen`, each sample gets its own random window and (if `flip`) a coin-flip horizontal
+    mirror; without, the centre window and no flip (validation). Works for any dtype and device.
+    """
+    n, c, h, w = images.shape
+    if h < size or w < size:
+        raise ValueError(f"cannot crop {h}x{w} images to {size}x{size}")
+    dev = images.device
+    if gen is None:
+        if h == size and w == size:
+            return images
+        top, left = (h - size) // 2, (w - size) // 2
+        return images[:, :, top:top + size, left:left + size]
+    top = torch.randint(0, h - size + 1, (n,), generator=gen)
+    left = torch.randint(0, w - size + 1, (n,), generator=gen)
+    mirror = torch.rand(n, generator=gen) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    offs = torch.arange(size)
+    rows = (top[:, None] + offs).to(dev, non_blocking=True)
+    cols = left[:, None] + offs
+    cols = torch.where(mirror[:, None], cols.flip(1), cols).to(dev, non_blocking=True)
+    batch = torch.arange(n, device=dev)[:, None, None]
+    # Advanced indexing gathers all windows at once: N x size x size x C, then back to NCHW.
+    out = images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()

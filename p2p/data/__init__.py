@@ -1,0 +1,84 @@
+"""Data: every backend yields the same thing.
+
+The batch contract
+------------------
+A `Batch` holds `images`: uint8, N x 3 x H x W (RGB; channels first), and `keys`: N strings
+naming the samples. H = W = `data.load_size` for single images; paired data is A|B side by
+side, H = load_size, W = 2 * load_size. Loaders do no random crop to image_size, no float
+conversion and no Lab: those run on the training device (p2p.augment, p2p.tasks).
+
+The loader contract
+-------------------
+`loader.batches_per_epoch` is the same on every rank (unequal counts would hang DDP).
+`loader.epoch(e, start=0)` yields batches `start .. batches_per_epoch-1` of epoch `e`; the
+order is a pure function of (seed, epoch, rank, world size), so a run resumes mid-epoch by
+asking for `start` = batches already done. Ranks read disjoint samples.
+
+Backends: `folder` (image folders and the embedded photos: p2p.data.folder), `wds` (WebDataset
+shards + DataLoader workers: p2p.data.wds), `dali` (NVIDIA DALI: p2p.data.dali). Shards are
+made by `p2p shard` (p2p.data.shard).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import torch
+
+from p2p.errors import UsageError
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    keys: list[str]
+
+    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+        return Batch(self.images.pin_memory(), self.keys)
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return Batch(self.images.to(device, non_blocking=non_blocking), self.keys)
+
+
+class Loader(Protocol):
+    batches_per_epoch: int
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]: ...
+
+
+def is_shard_folder(source: str) -> bool:
+    p = Path(source)
+    return (p / "manifest.json").is_file() or any(p.glob("train/*.tar"))
+
+
+def resolve_backend(source: str, backend: str) -> str:
+    if source != "embedded" and not Path(source).exists():
+        raise UsageError(f"data.source={source!r}: no such folder (give an image folder, a shard folder "
+                         f"made by 'p2p shard', or 'embedded')")
+    shards = source != "embedded" and is_shard_folder(source)
+    if backend == "auto":
+        return "wds" if shards else "folder"
+    if backend in ("wds", "dali") and not shards:
+        raise UsageError(f"data.backend={backend} needs a shard folder (run 'p2p shard {source} OUT' first); "
+                         f"{source!r} has no manifest.json or train/*.tar")
+    return backend
+
+
+def build_loader(cfg, split: str, rank: int = 0, world: int = 1, device: torch.device | None = None) -> Loader:
+    """The loader for `split` ("train" or "val") of `cfg.data`, for this rank."""
+    d = cfg.data
+    source = d.val_source if (split == "val" and d.val_source) else d.source
+    backend = resolve_backend(source, d.backend)
+    if backend == "folder":
+        from p2p.data.folder import FolderLoader
+
+        return FolderLoader(cfg, source, split, rank, world, device)
+    if backend == "wds":
+        from p2p.data.wds import WdsLoader
+
+        return WdsLoader(cfg, source, split, rank, world, device)
+    from p2p.data.dali import DaliLoader
+
+    return DaliLoader(cfg, source, split, rank, world, device)

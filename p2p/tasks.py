@@ -1,0 +1,170 @@
+"""Tasks turn a uint8 RGB batch (N x 3 x H x W, on the training device) into the generator's
+(input, target) in float32, and model tensors back into viewable RGB in [0, 1].
+
+- colorize: L -> ab of CIELAB, normalised as the official colorization model (L/50-1, ab/110);
+  the output is recombined with the input L.
+- gray2rgb: one gray channel (ITU-R 601 luma, as PIL's "L") -> RGB, both in [-1, 1].
+- paired:   A|B side by side in one image; `direction` picks the input half. Both halves get
+  the same crop and flip because they are cropped as one 6-channel image.
+- restore:  the clean image is degraded on the fly (blur, Gaussian noise, JPEG) -> clean.
+
+Every random choice comes from the generator passed in (see p2p.augment), never a global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from p2p import color
+from p2p.augment import crop_flip
+from p2p.config import TaskConfig
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0)
+
+
+def _signed(x01: torch.Tensor) -> torch.Tensor:
+    return x01 * 2.0 - 1.0
+
+
+def _unsigned(x: torch.Tensor) -> torch.Tensor:
+    return ((x.float() + 1.0) * 0.5).clamp_(0.0, 1.0)
+
+
+def gray(rgb01: torch.Tensor) -> torch.Tensor:
+    """Luma of N x 3 x H x W RGB in [0,1] -> N x 1 x H x W."""
+    r, g, b = rgb01.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+class Task:
+    """Base: crop/flip, then `convert` the cropped uint8 batch to (input, target)."""
+
+    name = "task"
+    in_channels = 3
+    out_channels = 3
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+
+    def prepare(self, images: torch.Tensor, size: int, gen: torch.Generator | None, flip: bool = True,
+                crop_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch -> (input, target) float32. `crop_gen` None = centre crop (validation);
+        `gen` drives everything else random (degradations)."""
+        return self.convert(crop_flip(images, size, crop_gen, flip), gen)
+
+    def convert(self, images: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def output_rgb(self, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return _unsigned(out)
+
+    def input_rgb(self, inp: torch.Tensor) -> torch.Tensor:
+        x = _unsigned(inp)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class Colorize(Task):
+    name, in_channels, out_channels = "colorize", 1, 2
+
+    def convert(self, images, gen):
+        lab = color.rgb_to_lab(images)  # uint8 fast path; float32 out
+        return color.normalize_l(lab[:, :1]), color.normalize_ab(lab[:, 1:])
+
+    def output_rgb(self, inp, out):
+        return color.model_to_rgb(inp.float(), out.float())
+
+    def input_rgb(self, inp):
+        return color.model_to_rgb(inp.float(), torch.zeros_like(inp.float()).expand(-1, 2, -1, -1))
+
+
+class Gray2RGB(Task):
+    name, in_channels, out_channels = "gray2rgb", 1, 3
+
+    def convert(self, images, gen):
+        rgb = _to_unit(images)
+        return _signed(gray(rgb)), _signed(rgb)
+
+
+class Paired(Task):
+    name = "paired"
+
+    def prepare(self, images, size, gen, flip=True, crop_gen=None):
+        w = images.shape[-1] // 2
+        a, b = images[..., :w], images[..., w:2 * w]
+        ab = crop_flip(torch.cat([a, b], dim=1), size, crop_gen, flip)
+        return self.convert(ab, gen)
+
+    def convert(self, images, gen):
+        a, b = _signed(_to_unit(images[:, :3])), _signed(_to_unit(images[:, 3:]))
+        return (a, b) if self.cfg.direction == "AtoB" else (b, a)
+
+
+class Restore(Task):
+    name = "restore"
+
+    def convert(self, images, gen):
+        clean = _to_unit(images)
+        return _signed(degrade(clean, self.cfg, gen)), _signed(clean)
+
+
+def _gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
+    """One normalised 1-D Gaussian per sigma (N x (2r+1)); sigma 0 gives a delta (no blur)."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    s = sigmas.clamp_min(1e-6)[:, None]
+    k = torch.exp(-0.5 * (x[None, :] / s) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
+def degrade(clean: torch.Tensor, cfg: TaskConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """Blur (optics), then noise (sensor), then JPEG (storage): a camera's order.
+
+    Strengths are drawn per image: blur sigma in [0, blur_sigma], noise std in [0, noise_std],
+    JPEG quality in [jpeg_quality, 95]. `gen` None uses the middle of each range.
+    """
+    n, c, h, w = clean.shape
+    dev = clean.device
+
+    def draw(lo: float, hi: float) -> torch.Tensor:
+        if gen is None:
+            return torch.full((n,), (lo + hi) / 2)
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    x = clean
+    if cfg.blur_sigma > 0:
+        radius = max(1, math.ceil(3 * cfg.blur_sigma))
+        k = _gaussian_kernels(draw(0.0, cfg.blur_sigma), radius).to(dev)
+        # Separable blur as grouped convs: each (image, channel) plane gets its image's kernel.
+        kk = k.repeat_interleave(c, 0)
+        planes = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+        planes = F.conv2d(planes, kk[:, None, None, :], groups=n * c)
+        planes = F.conv2d(planes, kk[:, None, :, None], groups=n * c)
+        x = planes.reshape(n, c, h, w)
+    if cfg.noise_std > 0:
+        std = draw(0.0, cfg.noise_std).to(dev)[:, None, None, None]
+        noise = torch.randn(x.shape, generator=gen) if gen is not None else torch.zeros(x.shape)
+        x = x + std * noise.to(dev)
+    x = x.clamp(0.0, 1.0)
+    if cfg.jpeg_quality < 100:
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        q = draw(float(cfg.jpeg_quality), 95.0).round().int().tolist()
+        # libjpeg-turbo on the CPU: restore's JPEG artefacts are the one degradation that leaves
+        # the device (a host copy per batch), so keep jpeg_quality=100 where that matters.
+        u8 = (x * 255.0).round().to(torch.uint8).cpu()
+        coded = [encode_jpeg(img, quality=qi) for img, qi in zip(u8, q)]
+        x = torch.stack([decode_jpeg(d) for d in coded]).to(dev).float().div_(255.0)
+    return x
+
+
+TASKS = {t.name: t for t in (Colorize, Gray2RGB, Paired, Restore)}
+
+
+def build_task(cfg: TaskConfig) -> Task:
+    return TASKS[cfg.name](cfg)

@@ -1,0 +1,104 @@
+"""What rank 0 shows and records: a rich live line in a terminal (a plain line per log step
+in files such as Slurm logs), `metrics.jsonl` (one JSON object per log step), TensorBoard
+scalars and sample grids, `val.jsonl` (validation metrics). Other ranks get a logger that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, max_steps: int, start_step: int, enabled: bool = True):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.max_steps = max_steps
+        self.start_step = start_step
+        self.t0 = time.perf_counter()
+        self._progress = self._task = self._tb = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        except Exception as e:  # TensorBoard is a convenience: a broken install must not stop training
+            self.console.print(f"[yellow]TensorBoard disabled: {e}")
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                      console=self.console, transient=False)
+            self._task = self._progress.add_task("train", total=max_steps, completed=start_step, info="")
+            self._progress.start()
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text, highlight=False)
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self._tb.add_scalar(k.replace("val_", "val/"), v, row["step"])
+        losses = " ".join(f"{k}={row[k]:.3f}" for k in ("G_GAN", "G_L1", "D_real", "D_fake") if k in row)
+        info = f"{losses} {row.get('img_per_s', 0):.1f} img/s"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=row["step"], info=info)
+        else:
+            done = row["step"] - self.start_step
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / max(done, 1) * (self.max_steps - row["step"])
+            self.console.print(f"step {row['step']}/{self.max_steps} {info} eta {eta:.0f}s", highlight=False)
+
+    def log_eval(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        # A file of its own: every metrics.jsonl row is a training row (step, losses, img_per_s, ...).
+        with open(self.run_dir / "val.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(f"val/{k}", v, step)
+        self.print("validation step {}: {}".format(step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items())))
+
+    def samples(self, step: int, inp: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> Path | None:
+        """A grid with one row per image: input | output | target (all RGB in [0,1])."""
+        if not self.enabled:
+            return None
+        n = min(inp.shape[0], 8)
+        rows = torch.stack([inp[:n], out[:n], target[:n]], dim=1).flatten(0, 1).float().cpu()
+        grid = make_grid(rows, nrow=3, padding=2, pad_value=1.0)
+        path = self.run_dir / "samples" / f"step-{step:08d}.png"
+        save_image(grid, path)
+        if self._tb is not None:
+            self._tb.add_image("samples", grid, step)
+        return path
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._tb is not None:
+            self._tb.close()
+        if self.enabled:
+            sys.stderr.flush()

@@ -1,0 +1,110 @@
+"""One pix2pix training step, as the official `optimize_parameters()`: generator forward,
+discriminator update on (input, real) and (input, detached fake), generator update against the
+frozen discriminator (adversarial + lambda * L1).
+
+The step only computes: it returns detached loss tensors and never calls `.item()`, logs or
+saves, so it can run many times without a host sync and can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from p2p.config import LossConfig
+from p2p.losses import gan_loss, gradient_penalty
+
+LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
+
+
+@dataclass
+class Nets:
+    """What a step updates. `D` may be DDP-wrapped (its gradients are all-reduced); `D_plain`
+    is the same module unwrapped, used as the frozen critic in the G update so that DDP does not
+    wait for gradients that frozen weights never produce."""
+
+    G: nn.Module
+    D: nn.Module
+    D_plain: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler
+    scaler_d: torch.amp.GradScaler
+
+
+class Precision:
+    """Autocast for the model forwards; losses, Lab and the optimizers stay float32."""
+
+    DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, precision: str, device: torch.device):
+        self.name = precision
+        self.dtype = self.DTYPES[precision]
+        self.device_type = device.type
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def make_scaler(self, skip_nonfinite: bool) -> torch.amp.GradScaler:
+        """fp16: dynamic loss scaling, one scaler per network (their losses differ by orders of
+        magnitude, so one shared scale would be wrong for one of them).
+        `skip_nonfinite` in fp32/bf16: a scaler fixed at 1.0 whose only job is to skip updates
+        with non-finite gradients; it can only shrink by powers of two, which is exact."""
+        if self.name == "fp16":
+            return torch.amp.GradScaler(self.device_type)
+        if skip_nonfinite:
+            return torch.amp.GradScaler(self.device_type, init_scale=1.0, growth_interval=2**30)
+        return torch.amp.GradScaler(self.device_type, enabled=False)
+
+
+def set_requires_grad(net: nn.Module, flag: bool) -> None:
+    for p in net.parameters():
+        p.requires_grad_(flag)
+
+
+def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossConfig,
+               precision: Precision) -> dict[str, torch.Tensor]:
+    with precision.autocast():
+        fake = nets.G(inp)
+    fake = fake.float()
+
+    # Discriminator: real pairs -> 1, fake pairs -> 0; its loss is halved as in the paper.
+    set_requires_grad(nets.D_plain, True)
+    nets.opt_d.zero_grad(set_to_none=True)
+    fake_pair = torch.cat([inp, fake.detach()], 1)
+    real_pair = torch.cat([inp, target], 1)
+    with precision.autocast():
+        pred_fake = nets.D(fake_pair)
+        pred_real = nets.D(real_pair)
+    d_fake = gan_loss(pred_fake, False, loss.gan_mode)
+    d_real = gan_loss(pred_real, True, loss.gan_mode)
+    loss_d = 0.5 * (d_fake + d_real)
+    out = {}
+    if loss.gan_mode == "wgangp":
+        with precision.autocast():
+            gp = gradient_penalty(nets.D, real_pair, fake_pair, loss.lambda_gp)
+        loss_d = loss_d + gp
+        out["D_gp"] = gp.detach()
+    nets.scaler_d.scale(loss_d).backward()
+    nets.scaler_d.step(nets.opt_d)
+    nets.scaler_d.update()
+
+    # Generator: fool the frozen discriminator and stay close to the target in L1.
+    set_requires_grad(nets.D_plain, False)
+    nets.opt_g.zero_grad(set_to_none=True)
+    with precision.autocast():
+        pred = nets.D_plain(torch.cat([inp, fake], 1))
+    g_gan = gan_loss(pred, True, loss.gan_mode)
+    g_l1 = F.l1_loss(fake, target) * loss.lambda_l1
+    nets.scaler_g.scale(g_gan + g_l1).backward()
+    nets.scaler_g.step(nets.opt_g)
+    nets.scaler_g.update()
+
+    out.update(G_GAN=g_gan.detach(), G_L1=g_l1.detach(), D_real=d_real.detach(), D_fake=d_fake.detach())
+    return out
