@@ -106,7 +106,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = _f(8, "images per process per step (global batch = batch_size x world size)")
-    max_steps: int = _f(600, "optimizer steps in total")
+    max_steps: int = _f(600, "optimizer steps in total (the LR schedule spans them)")
+    stop_after: int = _f(0, "end this invocation after this many steps, checkpointed (0 = run to max_steps)")
     log_every: int = _f(20, "steps between metric rows (the only host syncs)")
     sample_every: int = _f(200, "steps between sample grids (0 = never)")
     ckpt_every: int = _f(200, "steps between checkpoints (0 = only at the end)")
@@ -197,7 +198,7 @@ def validate(cfg: Config) -> None:
     _require(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     _require(t.max_steps >= 1, "train.max_steps", t.max_steps, "must be >= 1")
     _require(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
-    for k in ("sample_every", "ckpt_every", "eval_every", "keep_last"):
+    for k in ("sample_every", "ckpt_every", "eval_every", "keep_last", "stop_after"):
         _require(getattr(t, k) >= 0, f"train.{k}", getattr(t, k), "must be >= 0")
     _require(t.device in ("auto", "cpu", "cuda"), "train.device", t.device, "choose one of auto, cpu, cuda")
     _require(t.timeout_s > 0, "train.timeout_s", t.timeout_s, "must be positive")

@@ -82,6 +82,11 @@ def start(device: str = "auto", timeout_s: int = 600):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
+    import warnings
+
+    # Accelerate forwards broadcast_buffers to DDP and warns that the name is deprecated; the
+    # suggested replacement still syncs buffers at init and is missing from older PyTorch.
+    warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
     denv = detect()
     cuda = use_cuda(device)
     if cuda and denv.world_size > 1:

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 from p2p.errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported lazily: `p2p shard` workers do not need it
+    import torch
 
 
 @dataclass

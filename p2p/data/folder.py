@@ -213,7 +213,10 @@ class FolderLoader:
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         loader = torch.utils.data.DataLoader(
             self.samples, batch_sampler=batches, num_workers=self.workers, pin_memory=self.pin,
-            collate_fn=_collate)
+            collate_fn=_collate,
+            # Its own generator: otherwise DataLoader draws worker seeds from the global torch
+            # RNG, and a resumed run's dropout masks would differ from an uninterrupted run's.
+            generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank)))
         yield from loader
 
 

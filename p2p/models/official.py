@@ -1,19 +1,17 @@
 """State dicts of the official PyTorch pix2pix (junyanz/pytorch-CycleGAN-and-pix2pix) in and out.
 
-The official `UnetGenerator` nests one `UnetSkipConnectionBlock` per level, so level k's layers
-live under `model.` + `model.1.` * k + `model.<i>`; which <i> holds which layer depends on
-whether the level is the outermost, a middle or the innermost block. `p2p.models.unet` stores
+The official `UnetGenerator` nests one `UnetSkipConnectionBlock` per level, each a Sequential
+named `model`. The next level sits at index 1 of the outermost block (after its conv) and at
+index 3 of a middle block (after LeakyReLU, conv, norm), so level k's layers live under
+`model.model.` + `1.model.` (k >= 1) + `3.model.` * (k - 1) + `<i>`; which <i> holds which
+layer depends on whether the level is the outermost, a middle or the innermost block. `p2p.models.unet` stores
 the same tensors flat as `down.<k>.conv|norm` and `up.<k>.conv|norm`. The discriminators use
 the official layout already, so only the generator needs renaming.
 """
 
 from __future__ import annotations
 
-import re
-
 import torch
-
-_OFFICIAL_G = re.compile(r"^model\.((?:model\.1\.)*)model\.(\d+)\.(\w+)$")
 
 
 def _layer_slots(k: int, inner: int) -> dict[int, str]:
@@ -29,9 +27,25 @@ def is_official_generator(state: dict) -> bool:
     return "model.model.0.weight" in state
 
 
+def _level_prefix(k: int) -> str:
+    return "model.model." + ("1.model." if k >= 1 else "") + "3.model." * max(0, k - 1)
+
+
+def _parse(key: str) -> tuple[int, int, str]:
+    """'model.model.1.model.3.model.5.weight' -> (level 2, index 5, 'weight')."""
+    parts = key.split(".")
+    if parts[:2] != ["model", "model"] or len(parts) < 4:
+        raise ValueError(f"unexpected key {key!r} in an official U-Net state dict")
+    level, pos = 0, 2
+    while len(parts) - pos > 2:  # more than "<index>.<field>" left: descend one level
+        if parts[pos] != ("1" if level == 0 else "3") or parts[pos + 1] != "model":
+            raise ValueError(f"unexpected key {key!r} in an official U-Net state dict")
+        level, pos = level + 1, pos + 2
+    return level, int(parts[pos]), parts[pos + 1]
+
+
 def official_generator_depth(state: dict) -> int:
-    levels = {len(m.group(1)) // len("model.1.") for m in map(_OFFICIAL_G.match, state) if m}
-    return max(levels) + 1
+    return max(_parse(k)[0] for k in state) + 1
 
 
 def generator_from_official(state: dict) -> dict[str, torch.Tensor]:
@@ -39,14 +53,11 @@ def generator_from_official(state: dict) -> dict[str, torch.Tensor]:
     inner = official_generator_depth(state) - 1
     out = {}
     for key, value in state.items():
-        m = _OFFICIAL_G.match(key)
-        if not m:
-            raise ValueError(f"unexpected key {key!r} in an official U-Net state dict")
-        k = len(m.group(1)) // len("model.1.")
-        slot = _layer_slots(k, inner).get(int(m.group(2)))
+        k, index, field = _parse(key)
+        slot = _layer_slots(k, inner).get(index)
         if slot is None:
             raise ValueError(f"unexpected layer {key!r} at level {k} of an official U-Net")
-        out[f"{slot}.{m.group(3)}"] = value
+        out[f"{slot}.{field}"] = value
     return out
 
 
@@ -55,9 +66,8 @@ def generator_to_official(state: dict) -> dict[str, torch.Tensor]:
     inner = max(int(k.split(".")[1]) for k in state if k.startswith("down."))
     names = {}
     for k in range(inner + 1):
-        prefix = "model." + "model.1." * k + "model."
         for idx, slot in _layer_slots(k, inner).items():
-            names[slot] = f"{prefix}{idx}"
+            names[slot] = f"{_level_prefix(k)}{idx}"
     out = {}
     for key, value in state.items():
         slot, field = key.rsplit(".", 1)

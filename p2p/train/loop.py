@@ -27,7 +27,7 @@ from p2p.config import Config
 from p2p.data import build_loader
 from p2p.data.order import mix_seed
 from p2p.errors import UsageError
-from p2p.metrics import image_metrics
+from p2p.evaluate import means, score
 from p2p.models import DiscriminatorArch, GeneratorArch, arch_dict, build_discriminator, build_generator, init_weights
 from p2p.tasks import Task, build_task
 from p2p.train.checkpoint import FORMAT_VERSION, Checkpoints, capture_rng, restore_rng
@@ -57,6 +57,8 @@ class TrainResult:
     signal: str | None = None
     run_dir: str = ""
     last_metrics: dict = field(default_factory=dict)
+    generator: torch.nn.Module | None = None
+    discriminator: torch.nn.Module | None = None
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -152,30 +154,18 @@ def val_images(cfg: Config, rank: int, world: int, device: torch.device) -> torc
     return torch.cat(imgs).to(device) if imgs else None
 
 
-@torch.no_grad()
 def evaluate(G, task: Task, images: torch.Tensor | None, cfg: Config, precision: Precision, accel) -> dict:
     """Mean PSNR/SSIM/L1 (+ colourfulness) over every rank's held-out images, in eval mode."""
     net = unwrap(G)
     was_training = net.training
     net.eval()
-    keys = ("psnr", "ssim", "l1") + (("colorfulness", "colorfulness_target") if task.name == "colorize" else ())
-    sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=accel.device)
-    if images is not None:
-        bs = cfg.train.batch_size
-        for i in range(0, images.shape[0], bs):
-            gen = step_generator(cfg.run.seed, 0, i, stream=99)  # fixed degradations for restore
-            inp, target = task.prepare(images[i:i + bs], cfg.data.image_size, gen, crop_gen=None)
-            with precision.autocast():
-                out = net(inp)
-            m = image_metrics(task.output_rgb(inp, out.float()), task.output_rgb(inp, target),
-                              colour=task.name == "colorize")
-            sums[:-1] += torch.stack([m[k].sum() for k in keys])
-            sums[-1] += inp.shape[0]
+    bs = cfg.train.batch_size
+    chunks = [] if images is None else [images[i:i + bs] for i in range(0, images.shape[0], bs)]
+    sums = score(net, task, chunks, cfg.data.image_size, cfg.run.seed, precision).to(accel.device)
     if accel.num_processes > 1:
         torch.distributed.all_reduce(sums)
     net.train(was_training)
-    count = max(sums[-1].item(), 1.0)  # note: host sync; validation is rare
-    return {k: v / count for k, v in zip(keys, sums[:-1].tolist())}
+    return means(task, sums)
 
 
 @torch.no_grad()
@@ -287,12 +277,14 @@ def train(cfg: Config, on_start=None) -> TrainResult:
 
     stop = StopSignals()
     window = Window(device)
-    fault_step = int(os.environ.get("P2P_FAULT_NAN_STEP", "0"))  # fault injection for tests
     metrics: dict = {}
     stream = batches(loader, state, device) if state.step < cfg.train.max_steps else iter(())
+    end = cfg.train.max_steps
+    if cfg.train.stop_after:  # a chunk of a longer run: the schedule still follows max_steps
+        end = min(end, state.step + cfg.train.stop_after)
     try:
         with stop:
-            while state.step < cfg.train.max_steps:
+            while state.step < end:
                 t_wait = time.perf_counter()
                 epoch, index, batch = next(stream)
                 window.data_wait += time.perf_counter() - t_wait
@@ -303,15 +295,13 @@ def train(cfg: Config, on_start=None) -> TrainResult:
                 inp, target = task.prepare(batch.images, cfg.data.image_size,
                                            step_generator(cfg.run.seed, rank, step),
                                            flip=cfg.data.flip, crop_gen=step_generator(cfg.run.seed, rank, step, 1))
-                if fault_step and step + 1 == fault_step:
-                    target = target * float("nan")
                 losses = step_fn(inp, target)
                 window.add(losses)
 
                 state.step += 1
                 state.epoch, state.batch_in_epoch = ((epoch + 1, 0) if index + 1 == loader.batches_per_epoch
                                                      else (epoch, index + 1))
-                last = state.step == cfg.train.max_steps
+                last = state.step == end
                 stopping = stop.agreed(accel, every=1 if world == 1 else 10, step=state.step)
 
                 if state.step % cfg.train.log_every == 0 or last or stopping:
@@ -329,14 +319,14 @@ def train(cfg: Config, on_start=None) -> TrainResult:
                     average_buffers(G, accel)
                     val = evaluate(G, task, held_out, cfg, precision, accel)
                     log.log_eval(state.step, val)
-                    is_best = state.best is None or val["psnr"] > state.best
+                    is_best = val["count"] > 0 and (state.best is None or val["psnr"] > state.best)
                     if is_best:
                         state.best = val["psnr"]
                 if (cfg.train.ckpt_every and state.step % cfg.train.ckpt_every == 0) or last or stopping or is_best:
                     save("best" if is_best else "periodic")
                 if stopping:
                     log.print(f"received {stop.name}: saved step {state.step} to {ckpts.last}; exiting")
-                    return TrainResult(state.step, True, stop.name, str(run_dir), metrics)
+                    return TrainResult(state.step, True, stop.name, str(run_dir), metrics, unwrap(G), unwrap(D))
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"out of memory at train.batch_size={cfg.train.batch_size}, data.image_size={cfg.data.image_size}, "
@@ -346,7 +336,7 @@ def train(cfg: Config, on_start=None) -> TrainResult:
         log.close()
     if state.step >= cfg.train.max_steps and not metrics:
         log.print(f"nothing to do: {run_dir} already reached step {state.step}")
-    return TrainResult(state.step, False, None, str(run_dir), metrics)
+    return TrainResult(state.step, False, None, str(run_dir), metrics, unwrap(G), unwrap(D))
 
 
 def make_step_fn(nets: Nets, cfg: Config, precision: Precision, graphs: bool):

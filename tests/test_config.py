@@ -1,0 +1,114 @@
+"""Config: presets, overrides, and the one-line exit-2 errors users see."""
+
+from pathlib import Path
+
+import pytest
+
+from p2p.cli import main
+from p2p.config import Config, help_table, load_config
+from p2p.errors import UsageError
+
+from conftest import ROOT, run_p2p
+
+PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_demo():
+    cfg = Config()
+    assert cfg.task.name == "colorize" and cfg.data.source == "embedded"
+    assert cfg.data.image_size % 2 ** cfg.model.num_downs == 0
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_preset_loads(preset):
+    cfg = load_config(preset)
+    assert cfg.data.image_size % 2 ** cfg.model.num_downs == 0
+
+
+def test_preset_inherits_from_base():
+    cfg = load_config(ROOT / "configs" / "colorize_coco.yaml")
+    assert cfg.model.ngf == 64 and cfg.model.num_downs == 8  # from pix2pix.yaml
+    assert cfg.train.batch_size == 64 and cfg.train.precision == "bf16"  # its own
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["optim.lr=1e-3", "train.batch_size=3", "model.dropout=false", "run.name=42"])
+    assert cfg.optim.lr == 1e-3 and cfg.train.batch_size == 3 and cfg.model.dropout is False
+    assert cfg.run.name == "42"
+
+
+def test_override_beats_preset(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  batch_size: 5\n")
+    assert load_config(tmp_path / "a.yaml", ["train.batch_size=7"]).train.batch_size == 7
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.lrr=1", "did you mean optim.lr"),
+    ("lr=1", "optim.lr"),
+    ("train.batchsize=2", "train.batch_size"),
+    ("model.norm=bn", "batch, syncbatch, instance, none"),
+    ("task.name=segment", "colorize"),
+    ("train.batch_size=big", "expected int"),
+    ("data.image_size=100", "image_size"),
+    ("loss.gan_mode=hinge", "vanilla, lsgan, wgangp"),
+])
+def test_bad_override_is_one_line_exit_2(capsys, override, needle):
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_missing_config_file_exit_2(capsys, tmp_path):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_invalid_yaml_and_unknown_section(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("model: [1, 2\n")
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 2
+    (tmp_path / "sec.yaml").write_text("modle:\n  ngf: 3\n")
+    assert main(["train", str(tmp_path / "sec.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and "did you mean model" in err
+
+
+def test_error_through_real_process_has_no_traceback():
+    proc = run_p2p("train", "model.ngff=3", check=False, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "model.ngf" in proc.stderr
+
+
+def test_base_loop_is_detected(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UsageError, match="loops"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_every_key_has_help():
+    rows = help_table()
+    assert len(rows) > 40 and all(text for _, _, text in rows)
+    keys = {k for k, _, _ in rows}
+    for contract in ("run.name", "run.out_dir", "run.seed", "run.deterministic", "task.name", "task.direction",
+                     "data.source", "data.load_size", "data.image_size", "model.ngf", "model.ndf",
+                     "model.num_downs", "model.n_layers_d", "model.norm", "model.dropout", "loss.gan_mode",
+                     "loss.lambda_l1", "optim.lr", "optim.beta1", "optim.beta2", "optim.lr_policy",
+                     "train.batch_size", "train.max_steps", "train.log_every", "train.sample_every",
+                     "train.ckpt_every"):
+        assert contract in keys
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "facades.yaml", ["train.max_steps=3"])
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_cli_unknown_command(capsys):
+    assert main(["trian"]) == 2
+    assert "did you mean 'train'" in capsys.readouterr().err
+
+
+def test_python_m_p2p_matches_console_script():
+    assert "pix2pix" in run_p2p("--help", timeout=60).stdout
+    assert Path(ROOT / "p2p" / "__main__.py").is_file()

@@ -1,0 +1,117 @@
+"""Models: exact official topology, parameter counts, init, and loading official weights."""
+
+import pytest
+import torch
+
+from p2p.models import (DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, init_weights,
+                        load_discriminator, load_generator)
+from p2p.models.official import generator_from_official, generator_to_official
+
+from official_layout import OfficialNLayerD, OfficialPixelD, OfficialUnet, randomize
+
+
+def count(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_official_parameter_counts():
+    assert count(build_generator(GeneratorArch(3, 3, 8, 64, "batch"))) == 54_413_955
+    assert count(build_discriminator(DiscriminatorArch(6, 64, 3, "batch"))) == 2_768_705
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+@pytest.mark.parametrize("num_downs", [5, 6, 7])
+def test_counts_match_official_layout(norm, num_downs):
+    ours = build_generator(GeneratorArch(1, 2, num_downs, 8, norm))
+    official = OfficialUnet(1, 2, num_downs, 8, norm, dropout=True)
+    assert count(ours) == count(official)
+    assert set(generator_to_official(ours.state_dict())) == set(official.state_dict())
+
+
+@pytest.mark.parametrize("in_ch, out_ch, num_downs, size", [(1, 2, 5, 32), (3, 3, 6, 64), (1, 3, 7, 128)])
+def test_generator_shapes_and_range(in_ch, out_ch, num_downs, size):
+    g = build_generator(GeneratorArch(in_ch, out_ch, num_downs, 8)).eval()
+    y = g(torch.randn(2, in_ch, size, size))
+    assert y.shape == (2, out_ch, size, size) and y.abs().max() <= 1
+
+
+@pytest.mark.parametrize("n_layers, out_side", [(0, 64), (1, 30), (2, 14), (3, 6)])
+def test_discriminator_patch_grid(n_layers, out_side):
+    d = build_discriminator(DiscriminatorArch(3, 8, n_layers))
+    assert d(torch.randn(2, 3, 64, 64)).shape == (2, 1, out_side, out_side)
+
+
+def test_dropout_sits_in_the_8ngf_decoder_blocks():
+    g = build_generator(GeneratorArch(3, 3, 8, 4, dropout=True))
+    with_dropout = [k for k, up in enumerate(g.up) if isinstance(up.dropout, torch.nn.Dropout)]
+    assert with_dropout == [4, 5, 6]  # official: the num_downs-5 blocks between innermost and 8ngf level 3
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+@pytest.mark.parametrize("num_downs, size", [(5, 32), (8, 256)])
+def test_official_generator_weights_give_official_outputs(tmp_path, norm, num_downs, size):
+    official = randomize(OfficialUnet(3, 3, num_downs, 8, norm, dropout=True), seed=1).eval()
+    torch.save(official.state_dict(), tmp_path / "latest_net_G.pth")
+    keys = official.state_dict()
+    assert "model.model.1.model.1.weight" in keys and "model.model.1.model.3.model.1.weight" in keys
+    ours = load_generator(tmp_path / "latest_net_G.pth")
+    assert (ours.num_downs, ours.down[0].conv.out_channels) == (num_downs, 8)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
+        # train mode without dropout: batch statistics, the official in-place skip activations
+        official.train()
+        ours.train()
+        for m in list(official.modules()) + list(ours.modules()):
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
+
+
+def test_official_state_without_num_batches_tracked_loads():
+    official = randomize(OfficialUnet(1, 2, 6, 8, "batch"))
+    state = {k: v for k, v in official.state_dict().items() if not k.endswith("num_batches_tracked")}
+    load_generator(state)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_official_discriminator_weights(tmp_path, norm, n_layers):
+    official = OfficialPixelD(6, 8, norm) if n_layers == 0 else OfficialNLayerD(6, 8, n_layers, norm)
+    randomize(official, seed=2).eval()
+    torch.save(official.state_dict(), tmp_path / "latest_net_D.pth")
+    ours = load_discriminator(tmp_path / "latest_net_D.pth")
+    x = torch.randn(2, 6, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
+
+
+def test_official_mapping_round_trips():
+    state = build_generator(GeneratorArch(3, 3, 8, 4)).state_dict()
+    back = generator_from_official(generator_to_official(state))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_ddp_prefixed_state_dict_loads():
+    g = build_generator(GeneratorArch(1, 2, 5, 8))
+    state = {f"module.{k}": v for k, v in g.state_dict().items()}
+    assert load_generator(state).down[0].conv.in_channels == 1
+
+
+def test_mismatched_state_dict_is_an_error():
+    state = build_generator(GeneratorArch(1, 2, 5, 8)).state_dict()
+    state["down.1.conv.weight"] = torch.zeros(3, 3, 4, 4)
+    with pytest.raises(Exception):
+        load_generator(state)
+
+
+@pytest.mark.parametrize("init_type", ["normal", "xavier", "kaiming", "orthogonal"])
+def test_init_types(init_type):
+    torch.manual_seed(0)
+    g = init_weights(build_generator(GeneratorArch(1, 2, 5, 8)), init_type, 0.02)
+    conv = g.down[1].conv.weight
+    assert conv.abs().sum() > 0 and torch.isfinite(conv).all()
+    assert g.down[1].norm.bias.abs().sum() == 0
+    if init_type == "normal":
+        assert abs(conv.std().item() - 0.02) < 0.005
+        assert abs(g.down[1].norm.weight.mean().item() - 1.0) < 0.02
