@@ -122,9 +122,6 @@ def _srgb_to_linear(rgb: Tensor) -> Tensor:
 
 def _linear_to_srgb_(linear: Tensor, scratch: Tensor | None = None) -> Tensor:
     """In place, ending with skimage's clip to [0, 1]."""
-    # The curve is increasing and its output clipped at 1, so clipping its input at 1 first
-    # changes nothing and keeps the power function in range.
-    linear.clamp_(max=1.0)
     knee_value = 1.055 * _LINEAR_KNEE ** (1 / 2.4) - 0.055
     srgb = _piecewise(linear, _LINEAR_KNEE, _linear_curve_, knee_value, 12.92, 0.0, linear, scratch)
     return srgb.clamp_(0.0, 1.0)

@@ -138,7 +138,25 @@ class SlurmConfig:
     array_parallelism: int = _f(8, "sweeps: array elements running at once")
     folder: str = _f("", "submitit logs (empty = <run folder>/slurm)")
     signal_delay_s: int = _f(120, "USR2 this many seconds before the time limit")
-    extra: dict = _f({}, "extra sbatch parameters, e.g. {exclusive: true}")
+    extra: dict = _f({}, "extra sbatch parameters, e.g. {exclusive: true} or slurm.extra.mail-type=END")
+
+    def __post_init__(self):
+        """Checks that `p2p submit` needs before anything reaches sbatch (a bad value here would
+        otherwise cost a queue wait, or make the job signal itself as soon as it starts)."""
+        import re
+
+        for key in ("tasks_per_node", "gpus_per_node", "mem_gb", "signal_delay_s"):
+            _require(getattr(self, key) >= 0, f"slurm.{key}", getattr(self, key), "must be >= 0")
+        for key in ("cpus_per_task", "time_min", "array_parallelism"):
+            _require(getattr(self, key) >= 1, f"slurm.{key}", getattr(self, key), "must be >= 1")
+        _require(self.signal_delay_s < self.time_min * 60, "slurm.signal_delay_s", self.signal_delay_s,
+                 f"must be shorter than the time limit (slurm.time_min={self.time_min} = {self.time_min * 60} s): "
+                 f"Slurm would send the checkpoint signal as soon as the job starts")
+        for key, value in self.extra.items():
+            _require(isinstance(key, str) and re.fullmatch(r"[a-z][a-z0-9_-]*", key) is not None,
+                     "slurm.extra", key, "keys are sbatch long options without dashes, e.g. exclusive, mail-type")
+            _require(value is None or isinstance(value, (str, int, float, bool)), f"slurm.extra.{key}", value,
+                     "must be a string, number or true/false")
 
 
 @dataclass

@@ -24,7 +24,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    launcher: str = "single"  # single | torchrun | slurm
+    launcher: str = "single"  # single | torchrun | mpi | slurm
 
 
 def _expand_nodelist(nodelist: str) -> list[str]:
@@ -55,6 +55,16 @@ def detect(environ: dict | None = None) -> DistEnv:
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun")
+    for size_var, rank_var in (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
+                               ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK")):
+        if size_var in env and int(env[size_var]) > 1:  # mpirun (accelerate's multi-CPU launcher)
+            return DistEnv(int(env.get(rank_var, 0)), int(env[size_var]), 0, "mpi")
+    if "MASTER_PORT" in env and env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1"):
+        # `accelerate launch --cpu --num_processes N` without an MPI hostfile starts ONE process
+        # (its multi-CPU path is mpirun) and that process would train alone.
+        raise UsageError("accelerate launch --cpu started a single process; for several CPU processes use "
+                         "`accelerate launch --multi_gpu --num_processes N ...` (p2p picks gloo without CUDA) "
+                         "or torchrun")
     ntasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")) or 1)
     if "SLURM_PROCID" in env and ntasks > 1:
         rank, local = int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0))

@@ -58,3 +58,44 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------------------
+# Slurm: tests marked `slurm` run against the local cluster (`slurm/local-cluster up`).
+# Without one they are skipped, unless P2P_REQUIRE_SLURM=1 (as in CI): then they fail.
+
+import functools  # noqa: E402
+import shutil  # noqa: E402
+
+SLURM_REQUIRE_ENV = "P2P_REQUIRE_SLURM"
+
+
+@functools.lru_cache(maxsize=1)
+def slurm_problem() -> str | None:
+    """Why the local cluster cannot be used, or None when `sinfo -h` works."""
+    if shutil.which("sinfo") is None:
+        return "Slurm is not installed (no sinfo on PATH); run: sudo slurm/local-cluster up"
+    try:
+        proc = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "`sinfo -h` did not answer within 20 s; is slurmctld up? (slurm/local-cluster status)"
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip().splitlines()
+        return f"Slurm cluster is not up (`sinfo -h` failed: {err[-1] if err else proc.returncode}); run: sudo slurm/local-cluster up"
+    return None
+
+
+def require_slurm() -> None:
+    """Skip the calling test when no cluster is up; fail instead when P2P_REQUIRE_SLURM=1."""
+    problem = slurm_problem()
+    if problem is None:
+        return
+    if os.environ.get(SLURM_REQUIRE_ENV) == "1":
+        pytest.fail(f"{SLURM_REQUIRE_ENV}=1 but {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def slurm_cluster() -> None:
+    """Use in a test (or autouse in a module) that needs the local Slurm cluster."""
+    require_slurm()

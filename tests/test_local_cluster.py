@@ -24,32 +24,9 @@ REQUIRE_ENV = "P2P_REQUIRE_SLURM"
 
 
 # --------------------------------------------------------------------------------------
-# Skip / require logic (to move to tests/conftest.py later).
+# Skip / require logic: shared with the other Slurm tests (tests/conftest.py).
 
-
-@functools.lru_cache(maxsize=1)
-def _cluster_problem() -> str | None:
-    """Why the local cluster cannot be used, or None when `sinfo -h` works."""
-    if shutil.which("sinfo") is None:
-        return "Slurm is not installed (no sinfo on PATH); run: sudo slurm/local-cluster up"
-    try:
-        proc = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "`sinfo -h` did not answer within 20 s; is slurmctld up? (slurm/local-cluster status)"
-    if proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip().splitlines()
-        return f"Slurm cluster is not up (`sinfo -h` failed: {err[-1] if err else proc.returncode}); run: sudo slurm/local-cluster up"
-    return None
-
-
-def require_slurm() -> None:
-    """Skip the calling test when no cluster is up; fail instead when P2P_REQUIRE_SLURM=1."""
-    problem = _cluster_problem()
-    if problem is None:
-        return
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1 but {problem}", pytrace=False)
-    pytest.skip(problem)
+from conftest import require_slurm  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -159,8 +136,8 @@ def test_sbatch_job_completes_in_sacct(tmp_path: Path):
     assert out_file.read_text().startswith("hello from node"), out_file.read_text()
 
 
-def test_two_single_core_jobs_share_a_node(tmp_path: Path):
-    """OverSubscribe: two jobs each asking for all CPUs of node1 run at the same time."""
+def test_oversubscribe_lets_two_jobs_share_node1(tmp_path: Path):
+    """OverSubscribe=FORCE: two array elements, each asking for all CPUs of node1, run at once."""
     cpus = run(["sinfo", "-h", "-N", "-n", "node1", "-o", "%c"], timeout=20).split()[0]
     script = (
         f'touch {tmp_path}/started.$SLURM_ARRAY_TASK_ID; '

@@ -28,7 +28,7 @@ class RunLogger:
             return
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)  # long lines stay whole in log files
         self.metrics_path = self.run_dir / "metrics.jsonl"
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
         try:

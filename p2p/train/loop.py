@@ -220,6 +220,10 @@ def train(cfg: Config, on_start=None) -> TrainResult:
     graphs = cfg.train.cuda_graphs and device.type == "cuda"
     if cfg.train.cuda_graphs and not graphs:
         notices.append("train.cuda_graphs=true: CUDA graphs need a GPU; running eager steps")
+    elif graphs and (cfg.train.precision == "fp16" or cfg.train.on_nonfinite == "skip"):
+        graphs = False
+        notices.append("train.cuda_graphs=true: fp16 loss scaling and on_nonfinite=skip read the gradient "
+                       "check on the host every step, which a graph cannot; running eager (use bf16)")
     precision = Precision(cfg.train.precision, device)
     skip = cfg.train.on_nonfinite == "skip"
     nets = Nets(G, D, D_plain,
@@ -251,7 +255,7 @@ def train(cfg: Config, on_start=None) -> TrainResult:
     held_out = val_images(cfg, rank, world, device)
     flops = step_flops_per_image(g_arch, d_arch, cfg.data.image_size)
     peak = peak_flops(device)
-    step_fn = make_step_fn(nets, cfg, precision, graphs)
+    step_fn = make_step_fn(nets, cfg, precision, graphs, log.print)
     log.print(f"p2p train: {task.name}, {world} process(es) on {device.type}, global batch "
               f"{cfg.train.batch_size * world}, {loader.batches_per_epoch} batches/epoch/rank, "
               f"step {state.step} -> {cfg.train.max_steps}, run folder {run_dir}"
@@ -339,7 +343,7 @@ def train(cfg: Config, on_start=None) -> TrainResult:
     return TrainResult(state.step, False, None, str(run_dir), metrics, unwrap(G), unwrap(D))
 
 
-def make_step_fn(nets: Nets, cfg: Config, precision: Precision, graphs: bool):
+def make_step_fn(nets: Nets, cfg: Config, precision: Precision, graphs: bool, notice):
     """Eager step, or the same step captured once in a CUDA graph and replayed."""
     def eager(inp, target):
         return train_step(nets, inp, target, cfg.loss, precision)
@@ -348,7 +352,7 @@ def make_step_fn(nets: Nets, cfg: Config, precision: Precision, graphs: bool):
         return eager
     from p2p.train.graphs import GraphedStep
 
-    return GraphedStep(eager, fp16=cfg.train.precision == "fp16", nets=nets)
+    return GraphedStep(eager, notice=notice)
 
 
 def checkpoint_payload(cfg, g_arch, d_arch, nets: Nets, state: TrainState, rngs: list) -> dict:

@@ -1,0 +1,303 @@
+"""`p2p bench data --source SHARDS`: input pipelines, from stored images to model-ready tensors.
+
+Every row measures images/s from files on disk to what the generator and discriminator eat: for
+colorization the normalised L and ab, image_size x image_size, float32, on the training device
+(here the CPU). For the p2p backends that is the loader's uint8 load_size batches plus the
+training loop's own device-side step (`Task.prepare`: random crop to image_size, flip, the uint8
+lookup-table Lab conversion, normalisation), run in this process as the loop runs it.
+
+Rows, all on the same images, measured one after another in this process:
+
+* baseline: the seed-style pipeline. A torch Dataset whose __getitem__ opens the ORIGINAL JPEG
+  with PIL, applies torchvision Resize((256, 256)) and RandomHorizontalFlip, converts with
+  skimage.color.rgb2lab and normalises L/50 - 1, ab/110; DataLoader(num_workers=2,
+  batch_size=16). The originals are found through the shard folder's manifest (`source`) and
+  each sample's json (`path`); when they are gone, the baseline decodes the shard's JPEGs.
+* wds at several worker counts (default 0, 1, 2 and the core count);
+* dali on the CPU at several thread counts (default 1 and 2), when DALI is installed;
+* folder on the original images, when the manifest's source folder still exists.
+
+Each row: one untimed warm-up round (worker start-up, first batches), then --repeats timed
+rounds of --images images each from one continuing stream of batches (epochs follow each other
+as in training, so small sets loop over epochs and an epoch's worker start-up is counted);
+img_per_s is the median round. Results go to --json (environment, config, rows with the ratio
+to the baseline) and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from p2p.bench.common import environment, measure, print_table, with_ratios, write_json
+from p2p.errors import UsageError
+
+BASELINE = "seed-style PIL + skimage Dataset (baseline)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="shard folder made by 'p2p shard' (its manifest names the originals)")
+    p.add_argument("--json", default=None, help="write results here (JSON)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16, as the baseline)")
+    p.add_argument("--images", type=int, default=512, help="images per timed round (default 512)")
+    p.add_argument("--backends", default="wds,dali,folder",
+                   help="comma-separated p2p backends to measure besides the baseline (default wds,dali,folder)")
+    p.add_argument("--workers", default=None,
+                   help="wds DataLoader worker counts, comma-separated (default 0,1,2,<cores>)")
+    p.add_argument("--dali-threads", default="1,2", help="DALI CPU thread counts (default 1,2)")
+    p.add_argument("--main-threads", type=int, default=0,
+                   help="torch threads of this process, which runs the Lab step (default: the cores "
+                   "left over by the loader workers, at least 1)")
+    p.add_argument("--image-size", type=int, default=256, help="model input size (default 256)")
+    p.add_argument("--load-size", type=int, default=0, help="loader size (default: the shards' stored size)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per row (default 3)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 2 batches per round, one round, "
+                   "worker counts 0 and 1, DALI 1 thread")
+
+
+# ---------------------------------------------------------------------------------------------
+# the baseline
+
+
+class SeedStyleDataset(torch.utils.data.Dataset):
+    """The seed's per-image pipeline: PIL open, Resize((256,256)), RandomHorizontalFlip,
+    skimage rgb2lab, L/50 - 1 and ab/110, all in __getitem__."""
+
+    def __init__(self, items: list, size: int = 256):
+        from torchvision import transforms
+
+        self.items = items  # paths, or JPEG bytes when the originals are gone
+        self.transform = transforms.Compose([transforms.Resize((size, size)), transforms.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        import io
+
+        from PIL import Image
+        from skimage.color import rgb2lab
+
+        item = self.items[i]
+        img = Image.open(item if isinstance(item, str) else io.BytesIO(item)).convert("RGB")
+        img = np.asarray(self.transform(img))
+        lab = rgb2lab(img).astype(np.float32)
+        lab_t = torch.from_numpy(lab).permute(2, 0, 1)
+        L = lab_t[[0], ...] / 50.0 - 1.0
+        ab = lab_t[[1, 2], ...] / 110.0
+        return L, ab
+
+
+def _endless(make_iter):
+    """Batches from make_iter(epoch) for epoch 0, 1, ...: one continuing stream."""
+    epoch = 0
+    while True:
+        got = False
+        for item in make_iter(epoch):
+            got = True
+            yield item
+        if not got:
+            raise UsageError("bench data: a pipeline produced no batch")
+        epoch += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the images
+
+
+def _sample_jsons(source: str, limit: int) -> list[dict]:
+    """The json member of the first `limit` train samples (manifest order), via the index."""
+    from p2p.data.wds import ShardSet
+    from p2p.data.wds_index import read_index
+
+    shards = ShardSet(source, "train")
+    out = []
+    for tar, idx in zip(shards.tars, shards.idxs):
+        with open(tar, "rb") as f:
+            for comps in read_index(idx):
+                for c in comps:
+                    if c.ext == "json":
+                        f.seek(c.offset)
+                        out.append(json.loads(f.read(c.size)))
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def baseline_items(source: str, manifest: dict, limit: int) -> tuple[list, str]:
+    """(items for SeedStyleDataset, what they are): original JPEG paths when the manifest's
+    source folder still has them, else the shards' JPEG bytes."""
+    src = manifest.get("source")
+    metas = _sample_jsons(source, limit)
+    if src and Path(src).is_dir():
+        paths = [str(Path(src) / m["path"]) for m in metas if "path" in m]
+        paths = [p for p in paths if os.path.isfile(p)]
+        if paths:
+            return paths, f"original JPEGs under {src}"
+    from p2p.data.wds import ShardSet
+
+    shards = ShardSet(source, "train")
+    items = []
+    for s, c in enumerate(shards.counts.tolist()):
+        for m in range(c):
+            items.append(shards.read(s, m))
+            if len(items) >= limit:
+                return items, "shard JPEGs (the originals are gone)"
+    return items, "shard JPEGs (the originals are gone)"
+
+
+# ---------------------------------------------------------------------------------------------
+# rows
+
+
+def _threads_for(workers: int, cores: int, asked: int) -> int:
+    return asked if asked > 0 else max(1, cores - workers)
+
+
+def run(args) -> int:
+    from p2p.config import Config
+    from p2p.data.shard import read_manifest
+
+    source = args.source
+    try:
+        manifest = read_manifest(source)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--source {source}: not a shard folder made by 'p2p shard' ({e})") from None
+    if args.batch_size < 1 or args.images < 1 or args.repeats < 1:
+        raise UsageError("--batch-size, --images and --repeats must be >= 1")
+    cores = os.cpu_count() or 1
+    quick = args.quick
+    bs = args.batch_size
+    images = 2 * bs if quick else args.images
+    repeats = 1 if quick else args.repeats
+    rounds = -(-images // bs)  # batches per round
+    if args.workers:
+        worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    else:
+        worker_counts = [0, 1] if quick else sorted({0, 1, 2, cores})
+    dali_threads = [1] if quick else [int(t) for t in args.dali_threads.split(",") if t.strip()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    stored = (manifest.get("options") or {}).get("size") or 286
+    load = args.load_size or stored
+    size = min(args.image_size, load)
+    if manifest.get("task") == "paired":
+        raise UsageError("bench data measures single-image shards (colorize); these are paired A|B shards")
+
+    cfg = Config()
+    cfg.data.source, cfg.data.load_size, cfg.data.image_size = source, load, size
+    cfg.data.val_fraction = 0.0
+    cfg.train.batch_size = bs
+    from p2p.augment import step_generator
+    from p2p.tasks import build_task
+
+    task = build_task(cfg.task)
+    default_threads = torch.get_num_threads()
+    timing = {"warmup": 1, "repeats": repeats}
+    rows: list[dict] = []
+
+    def timed(name: str, backend: str, workers: int | None, stream, prepare: bool, threads: int, **extra) -> None:
+        step = [0]
+
+        def one_round() -> int:
+            n = 0
+            for _ in range(rounds):
+                batch = next(stream)
+                if prepare:
+                    g = step_generator(0, 0, step[0])
+                    inp, target = task.prepare(batch.images, size, g, flip=True,
+                                               crop_gen=step_generator(0, 0, step[0], 1))
+                    n += inp.shape[0]
+                elif isinstance(batch, (tuple, list)):  # the baseline's (L, ab)
+                    n += batch[0].shape[0]
+                else:  # loader only: uint8 load_size batches
+                    n += batch.images.shape[0]
+                step[0] += 1
+            return n
+
+        torch.set_num_threads(threads)
+        try:
+            r = measure(one_round, **timing)
+        finally:
+            torch.set_num_threads(default_threads)
+        row = {"name": name, "backend": backend, "workers": workers, "main_threads": threads,
+               "stage": "model-ready" if prepare or backend == "baseline" else "loader only", **extra, **r}
+        rows.append(row)
+        print(f"  {name}: {r['img_per_s']:.1f} img/s", flush=True)
+
+    # the baseline, on the same images
+    items, what = baseline_items(source, manifest, max(images, 4 * bs))
+    if not items:
+        raise UsageError(f"--source {source}: no train samples")
+    ds = SeedStyleDataset(items, 256)
+
+    def baseline_epoch(epoch: int):
+        g = torch.Generator().manual_seed(epoch)
+        return torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, generator=g,
+                                           drop_last=True)
+
+    print(f"bench data: {source} (stored {stored}px, load {load}, image {size}); baseline reads {what}", flush=True)
+    timed(BASELINE, "baseline", 2, _endless(baseline_epoch), False, default_threads, batch_size=16)
+
+    if "wds" in backends:
+        from p2p.data.wds import WdsLoader
+
+        for w in worker_counts:
+            cfg.data.workers = w
+            loader = WdsLoader(cfg, source, "train", 0, 1)
+            timed(f"wds workers={w}", "wds", w, _endless(loader.epoch), True, _threads_for(w, cores, args.main_threads))
+        if not quick:  # where the time goes: the loader alone at the most workers
+            cfg.data.workers = w = max(worker_counts)
+            loader = WdsLoader(cfg, source, "train", 0, 1)
+            timed(f"wds workers={w}, loader only (uint8 {load}px)", "wds", w, _endless(loader.epoch), False, 1)
+    if "dali" in backends:
+        try:
+            from p2p.data.dali import DaliLoader
+
+            for t in dali_threads:
+                cfg.data.workers = t
+                loader = DaliLoader(cfg, source, "train", 0, 1)
+                timed(f"dali cpu threads={t}", "dali", t, _endless(loader.epoch), True,
+                      _threads_for(t, cores, args.main_threads))
+            if not quick:
+                cfg.data.workers = t = max(dali_threads)
+                loader = DaliLoader(cfg, source, "train", 0, 1)
+                timed(f"dali cpu threads={t}, loader only (uint8 {load}px)", "dali", t, _endless(loader.epoch),
+                      False, 1)
+        except UsageError as e:
+            print(f"  dali skipped: {e}")
+    if "folder" in backends:
+        src = manifest.get("source")
+        if src and Path(src).is_dir() and manifest.get("options", {}).get("split_mode") == "hash":
+            from p2p.data.folder import FolderLoader
+
+            fcfg = Config()
+            fcfg.data.source, fcfg.data.load_size, fcfg.data.image_size = src, load, size
+            fcfg.data.val_fraction, fcfg.train.batch_size = 0.0, bs
+            w = min(2, cores) if not quick else 1
+            fcfg.data.workers = w
+            loader = FolderLoader(fcfg, src, "train", 0, 1)
+            timed(f"folder workers={w} (originals)", "folder", w, _endless(loader.epoch), True,
+                  _threads_for(w, cores, args.main_threads))
+        else:
+            print("  folder skipped: the manifest's source folder is gone (or has train/ val/ folders)")
+
+    rows = with_ratios(rows, BASELINE)
+    config = {"source": os.path.abspath(source), "stored_size": stored, "load_size": load, "image_size": size,
+              "batch_size": bs, "images_per_round": rounds * bs, "repeats": repeats, "quick": quick,
+              "baseline_reads": what, "train_samples": int(sum(s["count"] for s in manifest["train"]["shards"])),
+              "cores": cores, "task": "colorize"}
+    payload = {"environment": environment(), "config": config, "results": rows}
+    if args.json:
+        write_json(args.json, payload)
+    print_table(f"input pipelines to model-ready L/ab ({size}px, batch {bs}, {cores} cores)", rows,
+                ("name", "stage", "workers", "main_threads", "img_per_s", "ratio"))
+    best = max((r for r in rows if r["backend"] != "baseline" and r["stage"] == "model-ready"), key=lambda r: r["img_per_s"], default=None)
+    if best is not None:
+        print(f"best: {best['name']} at {best['img_per_s']:.0f} img/s = {best['ratio']:.2f}x the baseline")
+    return 0

@@ -1,0 +1,349 @@
+"""The wds backend: WebDataset shards made by `p2p shard`, decoded by DataLoader workers.
+
+Epoch plan (training)
+---------------------
+Everything is computed from the manifest's per-shard counts, identically on every rank, with
+no communication and without opening a tar:
+
+1. the shards are permuted by (seed, epoch) and their samples concatenated: N samples;
+2. rank r of W takes the contiguous range [N*r//W, N*(r+1)//W) of that sequence (the rule
+   DALI's readers use for shard_id/num_shards, so the dali backend gives each rank the same
+   samples). Ranks are disjoint; the split is at sample granularity, so one shard may feed
+   several ranks and fewer shards than ranks x workers is fine;
+3. the rank shuffles its range by (seed, epoch, rank) and keeps batches_per_epoch * batch_size
+   samples, batches_per_epoch = (N // W) // batch_size: the smallest range's whole batches,
+   the same number on every rank.
+
+Batch b of the epoch is a fixed list of (shard, member) pairs. DataLoader workers build whole
+batches by batch index (a map-style dataset with batch_size=None), and DataLoader returns them
+in index order, so the sequence is the same for any worker count or timing. `epoch(e, start)`
+asks only for batches start.. : skipped batches are never read or decoded.
+
+Reading and decoding
+--------------------
+A member is read with one pread at the offset in the shard's DALI index (`.idx`, parsed once per
+process for the shards the rank's epoch touches), decoded by libjpeg-turbo
+(`torchvision.io.decode_jpeg`) and its load_size window copied straight into the batch tensor,
+which workers allocate in shared memory (no copy on the way to the main process). The window
+is random per (seed, epoch, key) in training and the centre in validation; paired A|B images are
+resized to load_size x 2*load_size. A sample that fails to decode is reported (shard and key)
+and replaced by the next sample of the rank's range, so batch counts never change.
+
+Validation
+----------
+The val split's shards in manifest order (or, for a shard folder without a val split, its
+train shards, with a warning): rank r takes the first of its [N*r//W, N*(r+1)//W) range, up to
+its share of data.val_images; centre crops; the last batch may be short.
+
+The `webdataset` package is not needed at run time: reading members at their index offsets
+is what its tar iterators do sequentially, with random access and no per-sample Python
+pipeline stages on top.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from p2p.data import Batch
+from p2p.data.decode import fill_sample
+from p2p.data.order import batches_per_epoch, mix_seed
+from p2p.errors import UsageError
+
+_WARNED: set = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# the shard folder
+
+
+class ShardSet:
+    """The shards of one split of a shard folder: paths and counts from the manifest; member
+    offsets, sizes and keys from the `.idx` files, parsed on demand and cached per process."""
+
+    def __init__(self, source: str, split: str):
+        from p2p.data.shard import read_manifest
+
+        try:
+            self.manifest = read_manifest(source)
+        except FileNotFoundError:
+            raise UsageError(f"data.source={source!r} has no manifest.json: make shards with 'p2p shard'") from None
+        except ValueError as e:
+            raise UsageError(f"data.source={source!r}: {e}") from None
+        self.source, self.split = source, split
+        entries = self.manifest.get(split, {}).get("shards", [])
+        base = Path(source) / split
+        self.tars = [str(base / s["file"]) for s in entries]
+        self.idxs = [str(base / s["index"]) for s in entries]
+        self.counts = np.array([int(s["count"]) for s in entries], dtype=np.int64)
+        self.total = int(self.counts.sum())
+        self._index: dict[int, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    @property
+    def stored_size(self) -> int | None:
+        return (self.manifest.get("options") or {}).get("size")
+
+    @property
+    def paired(self) -> bool:
+        opts = self.manifest.get("options") or {}
+        return bool(opts.get("paired")) or self.manifest.get("task") == "paired"
+
+    def index(self, shard: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(jpg data offsets, sizes, keys) of a shard's samples, in stored order."""
+        got = self._index.get(shard)
+        if got is None:
+            from p2p.data.wds_index import read_index, split_name
+
+            try:
+                samples = read_index(self.idxs[shard])
+            except (OSError, ValueError) as e:
+                raise UsageError(f"data.source={self.source!r}: cannot read the index {self.idxs[shard]}: {e}") from None
+            if len(samples) != self.counts[shard]:
+                raise UsageError(f"{self.idxs[shard]} lists {len(samples)} samples, the manifest {self.counts[shard]}: "
+                                 f"the shard folder is inconsistent (re-run 'p2p shard')")
+            offsets = np.zeros(len(samples), dtype=np.int64)
+            sizes = np.zeros(len(samples), dtype=np.int64)
+            keys = []
+            for i, comps in enumerate(samples):
+                key = None
+                for c in comps:
+                    if key is None:
+                        key = split_name(c.name)[0] if c.name else f"{Path(self.tars[shard]).stem}/{i}"
+                    if c.ext in ("jpg", "jpeg"):
+                        offsets[i], sizes[i] = c.offset, c.size
+                keys.append(key)
+            got = self._index[shard] = (offsets, sizes, keys)
+        return got
+
+    def key(self, shard: int, member: int) -> str:
+        return self.index(shard)[2][member]
+
+    def read(self, shard: int, member: int) -> bytes:
+        """The jpg bytes of a sample (one pread at the index offset)."""
+        offsets, sizes, _ = self.index(shard)
+        if os.getpid() != self._pid:  # a forked worker: its own descriptors
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.tars[shard], os.O_RDONLY)
+        size = int(sizes[member])
+        data = os.pread(fd, size, int(offsets[member]))
+        if size == 0 or len(data) != size:
+            raise OSError(f"short read: {len(data)} of {size} bytes (is the shard truncated?)")
+        return data
+
+    def __getstate__(self):  # spawn-started workers: no descriptors across processes
+        state = dict(self.__dict__)
+        state["_fds"] = {}
+        return state
+
+    def close(self) -> None:
+        if os.getpid() == self._pid:
+            for fd in self._fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fds = {}
+
+    def __del__(self):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: pure functions of the manifest counts and (seed, epoch, rank, world)
+
+
+def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """DALI's shard rule (loader.cc start_index): rank r of W gets [n*r//W, n*(r+1)//W)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+def shard_order(n_shards: int, seed: int, epoch: int) -> np.ndarray:
+    """The shards' order in an epoch: a permutation from (seed, epoch), the same on every rank."""
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, 0x5EED))
+    return torch.randperm(n_shards, generator=g).numpy()
+
+
+def sequence(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(shard, member) rows of the shards in `order`, concatenated: M x 2 int64."""
+    if len(order) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    c = counts[order]
+    shard = np.repeat(order, c)
+    starts = np.repeat(np.cumsum(c) - c, c)
+    member = np.arange(int(c.sum()), dtype=np.int64) - starts
+    return np.stack([shard, member], axis=1).astype(np.int64)
+
+
+def rank_samples(counts: np.ndarray, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
+    """This rank's whole range of an epoch, shuffled by (seed, epoch, rank): M x 2 (shard, member)."""
+    n = int(counts.sum())
+    lo, hi = rank_range(n, rank, world)
+    mine = sequence(counts, shard_order(len(counts), seed, epoch))[lo:hi]
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 0xB47C))
+    return mine[torch.randperm(len(mine), generator=g).numpy()]
+
+
+def train_plan(counts: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int, world: int,
+               what: str = "data.source") -> np.ndarray:
+    """This rank's samples of an epoch in reading order: (nb * batch_size) x 2 (shard, member),
+    nb = batches_per_epoch (the same on every rank)."""
+    nb = batches_per_epoch(int(counts.sum()), batch_size, world, what)
+    return rank_samples(counts, seed, epoch, rank, world)[: nb * batch_size]
+
+
+def val_plan(counts: np.ndarray, images: int, rank: int, world: int) -> np.ndarray:
+    """This rank's validation samples: the head of its range, up to its share of `images`."""
+    n = int(counts.sum())
+    lo, hi = rank_range(n, rank, world)
+    want = min(images, n)
+    share = want * (rank + 1) // world - want * rank // world
+    return sequence(counts, np.arange(len(counts)))[lo:min(hi, lo + share)]
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+
+def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """uint8 tensor; in a DataLoader worker straight in shared memory (no copy when sent)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+class ShardBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose item b is the whole batch b (a Batch)."""
+
+    def __init__(self, shards: ShardSet, plan: np.ndarray, batch_size: int, spare: np.ndarray, load_size: int,
+                 paired: bool, seed: int, epoch: int, train: bool):
+        self.shards, self.plan, self.batch_size, self.spare = shards, plan, batch_size, spare
+        self.load_size, self.paired, self.seed, self.epoch, self.train = load_size, paired, seed, epoch, train
+
+    def __len__(self) -> int:
+        return -(-len(self.plan) // self.batch_size)
+
+    def __getitem__(self, b: int) -> Batch:
+        rows = self.plan[b * self.batch_size:(b + 1) * self.batch_size]
+        s = self.load_size
+        images = _empty_batch((len(rows), 3, s, 2 * s if self.paired else s))
+        keys = []
+        for i, (shard, member) in enumerate(rows.tolist()):
+            keys.append(self._fill(images[i], b * self.batch_size + i, shard, member))
+        return Batch(images, keys)
+
+    def _fill(self, out: torch.Tensor, pos: int, shard: int, member: int) -> str:
+        sh = self.shards
+        for attempt in range(16):
+            key = sh.key(shard, member)
+            try:
+                fill_sample(out, sh.read(shard, member), self.load_size, self.paired, self.seed, self.epoch,
+                            key if self.train else None)
+                return key
+            except (OSError, RuntimeError, ValueError) as e:
+                warnings.warn(f"skipping corrupt sample {key!r} in {sh.tars[shard]}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}", stacklevel=2)
+            # a deterministic replacement: the rank's samples left out of this epoch first
+            shard, member = (int(v) for v in self.spare[(pos + attempt) % len(self.spare)])
+        raise UsageError(f"data: 16 corrupt samples in a row near {sh.tars[shard]}; re-run 'p2p shard'")
+
+
+def open_split(cfg, source: str, split: str) -> ShardSet:
+    """The shards a loader reads for `split`, checked against the task. A shard folder without
+    val shards validates on its first train samples (with a warning, unless it is a separate
+    data.val_source)."""
+    d, what = cfg.data, f"data.source={source!r}"
+    shards = ShardSet(source, split)
+    if split != "train" and shards.total == 0:
+        fallback = ShardSet(source, "train")
+        if fallback.total:
+            if source != d.val_source:  # a separate val_source may well hold only a train split
+                warn_once(f"{what} has no val shards: validating on the first {d.val_images} train samples "
+                          f"(they are also trained on); shard with --val-fraction > 0 or set data.val_source")
+            shards = fallback
+    if shards.total == 0:
+        raise UsageError(f"{what}: the {shards.split} split has no samples (see the manifest's skipped list)")
+    paired = cfg.task.name == "paired"
+    if shards.paired != paired:
+        raise UsageError(f"{what} holds paired A|B images (p2p shard --task paired); set task.name=paired"
+                         if shards.paired else
+                         f"task.name=paired needs A|B shards, and {what} holds single images: "
+                         f"make them with 'p2p shard --task paired'")
+    return shards
+
+
+def _identity(x):
+    return x
+
+
+class WdsLoader:
+    """Deterministic, rank-disjoint batches from a shard folder (see the module docstring)."""
+
+    def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
+        d = cfg.data
+        self.train = split == "train"
+        self.seed, self.rank, self.world = cfg.run.seed, rank, world
+        self.load_size, self.workers = d.load_size, max(0, d.workers)
+        self.paired = cfg.task.name == "paired"
+        self.pin = device is not None and torch.device(device).type == "cuda"
+        what = f"data.source={source!r}"
+        self.shards = shards = open_split(cfg, source, split)
+        if self.train:
+            self.batch_size = cfg.train.batch_size
+            self.batches_per_epoch = batches_per_epoch(shards.total, self.batch_size, world, what)
+        else:
+            self.batch_size = max(1, min(cfg.train.batch_size, d.val_images))
+            self._val = val_plan(shards.counts, d.val_images, rank, world)
+            self.batches_per_epoch = -(-len(self._val) // self.batch_size)
+
+    def plan(self, epoch: int) -> np.ndarray:
+        """This rank's (shard, member) rows of an epoch, in batch order."""
+        if not self.train:
+            return self._val
+        return train_plan(self.shards.counts, self.batch_size, self.seed, epoch, self.rank, self.world)
+
+    def keys(self, epoch: int) -> list[str]:
+        """The keys of the epoch's samples in order (reads index files only)."""
+        return [self.shards.key(int(s), int(m)) for s, m in self.plan(epoch)]
+
+    def dataset(self, epoch: int) -> ShardBatches:
+        if self.train:  # replacements for corrupt samples: the rank's unused samples, then the rest
+            full = rank_samples(self.shards.counts, self.seed, epoch, self.rank, self.world)
+            plan = full[: self.batches_per_epoch * self.batch_size]
+            spare = np.concatenate([full[len(plan):], plan])
+        else:
+            plan = self._val
+            spare = np.roll(plan, -1, axis=0)
+        for shard in np.unique(plan[:, 0]).tolist():  # parse before workers fork: they inherit it
+            self.shards.index(shard)
+        return ShardBatches(self.shards, plan, self.batch_size, spare, self.load_size, self.paired, self.seed,
+                            epoch, self.train)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        if start >= self.batches_per_epoch:
+            return
+        data = self.dataset(epoch)
+        batches = range(start, self.batches_per_epoch)
+        workers = min(self.workers, len(batches))
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=None, sampler=batches, num_workers=workers, pin_memory=self.pin,
+            collate_fn=_identity, prefetch_factor=4 if workers else None,
+            # its own generator: DataLoader would otherwise draw worker seeds from the global
+            # torch RNG, and a resumed run's dropout masks would differ
+            generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank)))
+        yield from loader

@@ -1,0 +1,108 @@
+"""Real multi-process training: 2 processes on CPU with gloo, started by torchrun."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, load_ckpt, p2p_env
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, timeout=240, check=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=p2p_env(), cwd=ROOT)
+    if check and proc.returncode:
+        raise AssertionError(f"torchrun exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def test_two_ranks_end_with_identical_weights(tmp_path):
+    torchrun("tests/train_worker.py", tmp_path, f"run.out_dir={tmp_path}", "run.name=ddp", *TINY,
+             "train.max_steps=4", "train.ckpt_every=2")
+    r0, r1 = load_ckpt(tmp_path / "rank0.pt"), load_ckpt(tmp_path / "rank1.pt")
+    for net in ("G", "D"):
+        for k in r0[net]:
+            assert torch.equal(r0[net][k], r1[net][k]), f"{net}.{k} differs between ranks"
+    rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["world_size"] == 2 and r["global_batch"] == 8 for r in rows)
+    ck = load_ckpt(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+
+
+def one_step(tmp_path, norm, name, world, batch):
+    same = [*TINY, f"model.norm={norm}", "model.dropout=false", "data.flip=false", "data.load_size=32",
+            "train.max_steps=1", "optim.lr_policy=constant", "run.seed=3", f"run.out_dir={tmp_path}"]
+    out = tmp_path / f"{name}-w"
+    out.mkdir()
+    args = ["tests/train_worker.py", out, f"run.name={name}", *same, f"train.batch_size={batch}"]
+    if world == 2:
+        torchrun(*args)
+    else:
+        subprocess.run([sys.executable, *map(str, args)], check=True, env=p2p_env(), cwd=ROOT, timeout=240,
+                       capture_output=True)
+    return load_ckpt(out / "rank0.pt"), load_ckpt(tmp_path / name / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_two_batches_of_b_equal_one_batch_of_2b(tmp_path, norm):
+    # No augmentation (crop = image, no flip), no batch coupling, no dropout: the only difference
+    # left is how the gradient is summed over the 2b images.
+    two, two_ck = one_step(tmp_path, norm, "two", world=2, batch=2)
+    one, one_ck = one_step(tmp_path, norm, "one", world=1, batch=4)
+    lr = 2e-4
+    noise = {"G": lambda k: norm == "instance" and k.endswith("conv.bias")
+             and not k.startswith(("down.0.", "up.0.", "down.4.")),
+             "D": lambda k: norm == "instance" and k.endswith(".bias") and k not in ("model.0.bias", "model.11.bias")}
+    # The averaged gradients agree (Adam's first moment after one step is (1 - beta1) * grad).
+    # Every bias right before an InstanceNorm has an exactly-zero true gradient (the norm removes
+    # any per-channel shift): only rounding noise, left out here and below.
+    for net, opt in (("G", "opt_g"), ("D", "opt_d")):
+        names = list(one[net])  # no buffers with instance/none norm: state-dict order = parameter order
+        for pid, state in one_ck[opt]["state"].items():
+            if not noise[net](names[pid]):
+                torch.testing.assert_close(two_ck[opt]["state"][pid]["exp_avg"], state["exp_avg"], rtol=1e-4,
+                                           atol=1e-6, msg=names[pid])
+    # So do the weights. Adam's first update is lr * g / (|g| + eps): where a gradient is near zero
+    # it magnifies rounding noise, so a rare weight may move by a fraction of lr.
+    for net in ("G", "D"):
+        for k in one[net]:
+            if not noise[net](k):
+                torch.testing.assert_close(two[net][k], one[net][k], rtol=0, atol=0.1 * lr, msg=f"{net}.{k}")
+                close = (two[net][k] - one[net][k]).abs() <= 2e-6
+                assert close.float().mean() > 0.999, f"{net}.{k}"
+
+
+def accelerate_launch(tmp_path, *flags):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "p2p", "train", f"run.out_dir={tmp_path}", "run.name=acc", *TINY, "train.max_steps=2"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=p2p_env(), cwd=ROOT)
+
+
+def test_accelerate_launch_runs_the_same_entry(tmp_path):
+    proc = accelerate_launch(tmp_path, "--multi_gpu")  # its torchrun launcher; gloo without CUDA
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "acc" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["world_size"] == 2
+
+
+def test_accelerate_cpu_launch_that_would_train_alone_is_refused(tmp_path):
+    # `--cpu --num_processes 2` without an MPI hostfile starts one process: it must not train alone.
+    proc = accelerate_launch(tmp_path, "--cpu")
+    assert proc.returncode != 0 and "started a single process" in proc.stderr
+    assert not (tmp_path / "acc" / "metrics.jsonl").exists()

@@ -1,0 +1,327 @@
+"""The shard loaders (wds, dali on the CPU) and the folder backend against the loader contract
+of p2p.data: batch format, determinism, resume, rank-disjointness, validation, paired data,
+corrupt members; then a few real training steps from shards with each backend and a smoke run
+of `p2p bench data`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import image_folders as F
+from conftest import TINY, run_p2p
+from p2p.config import Config
+from p2p.data import build_loader
+from p2p.data.shard import make_shards, read_manifest, shard_files
+from p2p.data.wds import ShardSet, rank_range, train_plan
+from p2p.data.wds_index import read_index
+from p2p.errors import UsageError
+
+SIZE = 48  # stored short side = load size
+BACKENDS = ("wds", "dali", "folder")
+
+
+def _has_dali() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_dali = pytest.mark.skipif(not _has_dali(), reason="nvidia-dali not installed")
+
+
+def backend_param(b: str):
+    return pytest.param(b, marks=needs_dali) if b == "dali" else b
+
+
+ALL = [backend_param(b) for b in BACKENDS]
+SHARDED = [backend_param(b) for b in ("wds", "dali")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loaders")
+    src = root / "src"
+    F.make_coco_like(src, n=36, seed=0, scale=0.25)  # about 160 x 120
+    out = root / "shards"
+    make_shards(src, out, size=SIZE, val_fraction=0.2, shard_size_mb=0.02, workers=2)
+    one = root / "one_shard"  # a single shard: fewer shards than ranks x workers
+    make_shards(src, one, size=SIZE, val_fraction=0.2, workers=1)
+    psrc = root / "paired_src"
+    F.make_paired(psrc, n=10, size=64)
+    pout = root / "paired"
+    make_shards(psrc, pout, task="paired", size=SIZE, val_fraction=0.25, workers=1)
+    return {"root": root, "src": src, "shards": out, "one": one, "psrc": psrc, "paired": pout}
+
+
+def make_cfg(data, backend: str, source=None, **over) -> Config:
+    cfg = Config()
+    cfg.data.backend = backend
+    cfg.data.source = str(source or (data["src"] if backend == "folder" else data["shards"]))
+    cfg.data.load_size, cfg.data.image_size = SIZE, 32
+    cfg.data.val_fraction, cfg.data.val_images = 0.2, 6
+    cfg.data.workers = over.pop("workers", 0)
+    cfg.train.batch_size = over.pop("batch_size", 4)
+    cfg.run.seed = over.pop("seed", 0)
+    if "task" in over:
+        cfg.task.name = over.pop("task")
+    assert not over
+    return cfg
+
+
+def run_epoch(cfg, epoch=0, start=0, split="train", rank=0, world=1):
+    loader = build_loader(cfg, split, rank, world)
+    return loader, list(loader.epoch(epoch, start))
+
+
+def keys_of(batches) -> list[str]:
+    return [k for b in batches for k in b.keys]
+
+
+def norm_key(backend: str, key: str) -> str:
+    """folder keys are file paths; shard keys are the path relative to SRC without extension."""
+    return Path(key).stem if backend == "folder" else key
+
+
+def manifest_keys(out: Path, split: str) -> set[str]:
+    """Sample keys read back with the webdataset package (independent of p2p's reader)."""
+    import webdataset as wds
+
+    urls = [t for t, _ in shard_files(out, split)]
+    return {s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the contract, per backend
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_batch_contract_and_determinism(data, backend):
+    cfg = make_cfg(data, backend)
+    loader, first = run_epoch(cfg, 1)
+    assert len(first) == loader.batches_per_epoch > 1
+    known = manifest_keys(data["shards"], "train")
+    if backend == "folder":  # the folder backend splits train/val by its own hash of the path
+        known |= manifest_keys(data["shards"], "val")
+    for b in first:
+        assert b.images.dtype == torch.uint8 and b.images.shape == (4, 3, SIZE, SIZE)
+        assert all(isinstance(k, str) and norm_key(backend, k) in known for k in b.keys)
+    again = list(loader.epoch(1))
+    assert keys_of(again) == keys_of(first)
+    assert all(torch.equal(a.images, b.images) for a, b in zip(first, again))
+    other = list(loader.epoch(2))
+    assert keys_of(other) != keys_of(first)  # a new order every epoch
+    keys = keys_of(first)
+    assert len(set(keys)) == len(keys)  # no sample twice in an epoch
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_resume_is_the_tail_of_the_epoch(data, backend):
+    cfg = make_cfg(data, backend)
+    loader, full = run_epoch(cfg, 3)
+    k = 2
+    tail = list(loader.epoch(3, start=k))
+    assert len(tail) == len(full) - k
+    assert keys_of(tail) == keys_of(full[k:])
+    assert all(torch.equal(a.images, b.images) for a, b in zip(tail, full[k:]))
+    assert list(loader.epoch(3, start=loader.batches_per_epoch)) == []
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_are_disjoint_with_equal_batch_counts(data, backend, world):
+    cfg = make_cfg(data, backend, batch_size=2)
+    counts, seen = set(), []
+    for rank in range(world):
+        loader, batches = run_epoch(cfg, 0, rank=rank, world=world)
+        counts.add((loader.batches_per_epoch, len(batches)))
+        keys = keys_of(batches)
+        assert len(set(keys)) == len(keys), f"rank {rank} repeats a sample"
+        seen.append(set(keys))
+    assert len(counts) == 1 and next(iter(counts))[0] == next(iter(counts))[1]
+    for i in range(world):
+        for j in range(i + 1, world):
+            assert not seen[i] & seen[j], f"ranks {i} and {j} share samples"
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_validation_is_fixed_centre_crops(data, backend):
+    cfg = make_cfg(data, backend, batch_size=4)
+    loader, a = run_epoch(cfg, 0, split="val")
+    b = list(loader.epoch(7))  # no randomness: the epoch does not matter
+    assert keys_of(a) == keys_of(b) and all(torch.equal(x.images, y.images) for x, y in zip(a, b))
+    assert 0 < len(keys_of(a)) <= cfg.data.val_images
+    assert all(x.images.shape[1:] == (3, SIZE, SIZE) for x in a)
+    if backend != "folder":
+        assert {norm_key(backend, k) for k in keys_of(a)} <= manifest_keys(data["shards"], "val")
+
+
+@needs_dali
+def test_wds_and_dali_read_the_same_samples_and_validate_alike(data):
+    # Same per-rank sample sets in an epoch (the same shard order and range rule), and the
+    # same validation pixels (libjpeg-turbo both, the same centre window).
+    shards = ShardSet(str(data["shards"]), "train")
+    for world in (1, 2):
+        for rank in range(world):
+            mine = _range_keys(shards, 0, 4, rank, world)
+            lo, hi = rank_range(shards.total, rank, world)
+            assert len(mine) == hi - lo
+            for be in ("wds", "dali"):
+                got = keys_of(run_epoch(make_cfg(data, be, batch_size=2), 4, rank=rank, world=world)[1])
+                assert set(got) <= mine and len(got) == (shards.total // world) // 2 * 2
+    va = run_epoch(make_cfg(data, "wds"), split="val")[1]
+    vb = run_epoch(make_cfg(data, "dali"), split="val")[1]
+    assert keys_of(va) == keys_of(vb)
+    assert all(torch.equal(x.images, y.images) for x, y in zip(va, vb))
+
+
+def _range_keys(shards: ShardSet, seed: int, epoch: int, rank: int, world: int) -> set[str]:
+    from p2p.data.wds import rank_samples
+
+    return {shards.key(int(s), int(m)) for s, m in rank_samples(shards.counts, seed, epoch, rank, world)}
+
+
+def test_wds_is_independent_of_the_worker_count(data):
+    ref = run_epoch(make_cfg(data, "wds", workers=0), 5)[1]
+    for w in (1, 2):
+        got = run_epoch(make_cfg(data, "wds", workers=w), 5)[1]
+        assert keys_of(got) == keys_of(ref)
+        assert all(torch.equal(a.images, b.images) for a, b in zip(got, ref))
+
+
+def test_wds_plan_is_computed_from_manifest_counts(data):
+    shards = ShardSet(str(data["shards"]), "train")
+    m = read_manifest(data["shards"])
+    assert shards.total == m["train"]["count"] and len(m["train"]["shards"]) >= 4
+    for world in (1, 2, 3, 5):
+        plans = [train_plan(shards.counts, 2, 0, 0, r, world) for r in range(world)]
+        assert len({len(p) for p in plans}) == 1 and len(plans[0]) == (shards.total // world) // 2 * 2
+        rows = {tuple(x) for p in plans for x in p.tolist()}
+        assert len(rows) == sum(len(p) for p in plans)  # disjoint
+    with pytest.raises(UsageError, match="cannot give each"):
+        train_plan(shards.counts, 64, 0, 0, 0, 1)
+
+
+@pytest.mark.parametrize("backend", SHARDED)
+def test_fewer_shards_than_ranks_times_workers(data, backend):
+    assert len(read_manifest(data["one"])["train"]["shards"]) == 1
+    cfg = make_cfg(data, backend, source=data["one"], workers=2, batch_size=2)
+    seen = []
+    for rank in range(3):
+        loader, batches = run_epoch(cfg, 1, rank=rank, world=3)
+        assert len(batches) == loader.batches_per_epoch > 0
+        seen.append(set(keys_of(batches)))
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_paired_shards_give_side_by_side_images(data, backend):
+    source = data["psrc"] if backend == "folder" else data["paired"]
+    cfg = make_cfg(data, backend, source=source, task="paired", batch_size=2)
+    _, batches = run_epoch(cfg, 0)
+    assert batches and all(b.images.shape == (2, 3, SIZE, 2 * SIZE) for b in batches)
+    if backend != "folder":
+        with pytest.raises(UsageError, match="task.name=paired"):
+            build_loader(make_cfg(data, backend, source=source), "train")
+        with pytest.raises(UsageError, match="A\\|B shards"):
+            build_loader(make_cfg(data, backend, task="paired"), "train")
+
+
+def test_other_stored_size_is_resized(data):
+    cfg = make_cfg(data, "wds")
+    cfg.data.load_size = 40
+    _, batches = run_epoch(cfg, 0)
+    assert batches[0].images.shape == (4, 3, 40, 40)
+
+
+def test_corrupt_member_is_skipped_with_a_warning(data, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(data["shards"], bad)
+    tar, idx = shard_files(bad, "train")[1]
+    comp = next(c for c in read_index(idx)[0] if c.ext == "jpg")
+    key = comp.name.rsplit(".", 1)[0]
+    with open(tar, "r+b") as f:  # a badly copied byte range: the JPEG's first 64 bytes
+        f.seek(comp.offset)
+        f.write(b"\x00" * 64)
+    cfg = make_cfg(data, "wds", source=bad)
+    loader = build_loader(cfg, "train")
+    clean = build_loader(make_cfg(data, "wds"), "train")
+    for epoch in range(3):  # the shard order changes; find an epoch that reads it
+        plan = {clean.shards.key(int(s), int(m)) for s, m in clean.plan(epoch)}
+        if key in plan:
+            break
+    else:
+        pytest.skip("the corrupt sample is never in an epoch's plan")
+    with pytest.warns(UserWarning, match=f"corrupt sample '{key}'.*{Path(tar).name}"):
+        batches = list(loader.epoch(epoch))
+    assert len(batches) == loader.batches_per_epoch
+    assert all(b.images.shape == (4, 3, SIZE, SIZE) for b in batches)
+    assert key not in keys_of(batches)
+    again = list(loader.epoch(epoch))  # the replacement is deterministic
+    assert keys_of(again) == keys_of(batches)
+
+
+def test_shard_folder_without_val_split_warns_once(data, tmp_path):
+    out = tmp_path / "noval"
+    make_shards(data["src"], out, size=SIZE, val_fraction=0.0, workers=1)
+    cfg = make_cfg(data, "wds", source=out)
+    with pytest.warns(UserWarning, match="no val shards"):
+        loader, batches = run_epoch(cfg, split="val")
+    assert len(keys_of(batches)) == cfg.data.val_images
+
+
+def test_dali_missing_is_a_usage_error(data, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dali(name, *a, **kw):
+        if name.startswith("nvidia.dali") or name == "nvidia":
+            raise ImportError("No module named 'nvidia.dali'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_dali)
+    with pytest.raises(UsageError, match="nvidia-dali-cuda130"):
+        build_loader(make_cfg(data, "dali"), "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# the real commands
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ALL)
+def test_train_a_few_steps(data, backend, tmp_path):
+    source = data["src"] if backend == "folder" else data["shards"]
+    run_p2p("train", f"data.source={source}", f"data.backend={backend}", *TINY, f"data.load_size={SIZE}",
+            "data.val_fraction=0.2", "data.workers=1", "train.max_steps=3", "train.eval_every=3",
+            f"run.out_dir={tmp_path}", "run.name=t", timeout=180)
+    rows = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "step" in r and "G_L1" in r]
+    assert steps and steps[-1] == 3
+    assert all(np.isfinite(r["G_L1"]) for r in rows if "G_L1" in r)
+
+
+@pytest.mark.slow
+def test_bench_data_quick(data, tmp_path):
+    out = tmp_path / "bench.json"
+    backends = "wds,dali,folder" if _has_dali() else "wds,folder"
+    proc = run_p2p("bench", "data", "--source", data["shards"], "--json", out, "--quick", "--batch-size", 4,
+                   "--backends", backends, timeout=180)
+    assert "baseline" in proc.stdout
+    res = json.loads(out.read_text())
+    assert {"environment", "config", "results"} <= set(res)
+    rows = res["results"]
+    base = [r for r in rows if "baseline" in r["name"]]
+    assert len(base) == 1 and base[0]["ratio"] == pytest.approx(1.0)
+    names = {r["backend"] for r in rows}
+    assert set(backends.split(",")) <= names
+    for r in rows:
+        assert r["img_per_s"] > 0 and r["ratio"] > 0 and r["baseline"] == base[0]["name"]
