@@ -106,3 +106,12 @@ def test_accelerate_cpu_launch_that_would_train_alone_is_refused(tmp_path):
     proc = accelerate_launch(tmp_path, "--cpu")
     assert proc.returncode != 0 and "started a single process" in proc.stderr
     assert not (tmp_path / "acc" / "metrics.jsonl").exists()
+
+
+def test_a_dead_rank_fails_the_job_promptly(tmp_path):
+    # rank 1 dies (os._exit) at its third step; rank 0 must not hang in the next all-reduce
+    t0 = time.time()
+    proc = torchrun("tests/train_worker.py", tmp_path, "--die-at-step", "3", f"run.out_dir={tmp_path}",
+                    "run.name=dead", *TINY, "train.max_steps=1000", "train.timeout_s=60", check=False, timeout=200)
+    assert proc.returncode != 0
+    assert time.time() - t0 < 90
