@@ -417,8 +417,9 @@ def _table(records: list[dict], states: dict[str, dict], title: str | None = Non
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col in ("job", "state", "restarts", "step", "img/s", "elapsed", "run folder"):
-        table.add_column(col, overflow="fold")
+    for col in ("job", "state", "requeues", "step", "img/s", "elapsed"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("run folder", overflow="fold")
     for r in records:
         st = states.get(r["job_id"], {})
         step, speed = _progress_text(r)
@@ -655,17 +656,22 @@ def run_jobs(args) -> int:
     from rich.table import Table
 
     table = Table(title=f"p2p jobs ({registry_path()})", title_justify="left")
-    for col in ("job", "name", "state", "step", "img/s", "elapsed", "run folder", "log"):
+    wide = console.width >= 150  # narrower terminals get the log paths below the table
+    for col in ("job", "state", "requeues", "step", "img/s", "elapsed"):
+        table.add_column(col, no_wrap=True)
+    for col in ("name", "run folder", "log (stderr)") if wide else ("run folder",):
         table.add_column(col, overflow="fold")
     colors = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow"}
     for o in out:
         color = colors.get(o["state"], "red")
         step = "-" if o["step"] is None else f"{o['step']}/{o['max_steps']}"
         speed = "-" if o["img_per_s"] is None else f"{o['img_per_s']:.1f}"
-        state = o["state"] + (f" ({o['restarts']} requeue)" if o["restarts"] else "")
-        table.add_row(o["job_id"], o["name"], f"[{color}]{state}[/]", step, speed, o["elapsed"] or "-",
-                      o["run_dir"], o["stderr"] or "-")
+        cells = [o["job_id"], f"[{color}]{o['state']}[/]", str(o["restarts"]), step, speed, o["elapsed"] or "-"]
+        table.add_row(*cells, *((o["name"], o["run_dir"], o["stderr"] or "-") if wide else (o["run_dir"],)))
     console.print(table)
+    if not wide:
+        for o in out:
+            console.print(f"log {o['job_id']}: {o['stderr']}", soft_wrap=True)
     return 0
 
 

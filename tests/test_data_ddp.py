@@ -5,6 +5,7 @@ number of batches. Then 3 real DDP training steps from shards with the wds backe
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -26,9 +27,17 @@ def _has_dali() -> bool:
     return True
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(*args, timeout=180):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
-           *map(str, args)]
+    # An explicit free port: with --master-port 0 this torch's torchrun hands MASTER_PORT=0 to
+    # the workers, whose env:// rendezvous then waits for a store at port 0 forever.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=p2p_env(OMP_NUM_THREADS="1"),
                           cwd=ROOT)
     if proc.returncode:
@@ -49,7 +58,8 @@ def test_ranks_read_disjoint_samples_and_equal_batch_counts(shards, tmp_path):
     backends = "wds,dali" if _has_dali() else "wds"
     out = tmp_path / "keys.json"
     torchrun("tests/ddp_data_worker.py", out, "--backends", backends, "--epoch", "1", f"data.source={shards}",
-             f"data.load_size={SIZE}", "data.image_size=32", "train.batch_size=3", "data.workers=1")
+             f"data.load_size={SIZE}", "data.image_size=32", "model.num_downs=5", "train.batch_size=3",
+             "data.workers=1")
     result = json.loads(out.read_text())
     assert set(result) == set(backends.split(","))
     for backend, ranks in result.items():

@@ -385,7 +385,11 @@ class Window:
 
     def flush(self, state: TrainState, cfg: Config, world: int, flops: float, peak: float | None, nets: Nets) -> dict:
         names = list(self.sums)
-        values = torch.stack([self.sums[k].float() for k in names]).tolist()  # note: host sync point
+        stacked = torch.stack([self.sums[k].float() for k in names])
+        if world > 1:  # the mean over ranks: every rank logs and checks the same numbers
+            torch.distributed.all_reduce(stacked)
+            stacked /= world
+        values = stacked.tolist()  # note: host sync point
         elapsed = time.perf_counter() - self.t0
         per_rank = cfg.train.batch_size * self.steps / elapsed
         row = {"step": state.step, "epoch": state.epoch, "world_size": world,
