@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"p2p {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `p2p jobs | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -7,10 +7,8 @@ is set (as CI does), in which case they fail. Every wait is bounded.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +18,6 @@ import pytest
 
 PARTITION = "debug"
 NODES = ["node1", "node2"]
-REQUIRE_ENV = "P2P_REQUIRE_SLURM"
 
 
 # --------------------------------------------------------------------------------------
