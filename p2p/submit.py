@@ -284,9 +284,9 @@ def registry_path() -> Path:
 def register(records: list[dict]) -> None:
     path = registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:  # one write per line: appends from several shells do not interleave
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with open(path, "a") as f:  # one O_APPEND write: submissions from several shells do not interleave
+        f.write(text)
 
 
 def read_registry() -> list[dict]:
@@ -339,10 +339,10 @@ def query_states(ids: list[str]) -> dict[str, dict]:
             if len(parts) < 5:
                 continue
             for jid in _array_ids(parts[0]):
-                prev = out.get(jid)  # an earlier run of the same id: counts if it was requeued
-                restarts = (prev["restarts"] + (prev["state"] == "REQUEUED")) if prev else 0
-                out[jid] = {"state": parts[1].split()[0] if parts[1] else "UNKNOWN", "exit_code": parts[2],
-                            "elapsed": parts[3], "nodes": parts[4], "restarts": restarts}
+                state = parts[1].split()[0] if parts[1] else "UNKNOWN"
+                prev = out.get(jid, {}).get("restarts", 0)  # each REQUEUED record is one requeue
+                out[jid] = {"state": state, "exit_code": parts[2], "elapsed": parts[3], "nodes": parts[4],
+                            "restarts": prev + (state == "REQUEUED")}
     missing = [i for i in ids if i not in out or out[i]["state"] in ("PENDING", "REQUEUED")]
     if missing:  # sacct lags behind the controller by a moment; squeue knows live jobs at once
         proc = _run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%M|%N", "-j", ",".join(sorted({i.split("_")[0] for i in missing}))])
@@ -623,28 +623,58 @@ def _select(rows: list[dict], ids: list[str]) -> list[dict]:
     return [r for r in rows if r["job_id"] in ids or r["job_id"].split("_")[0] in ids]
 
 
+def _unregistered_p2p_jobs(known: set[str], ids: list[str] | None) -> list[dict]:
+    """Jobs named p2p* that Slurm knows but the registry does not (e.g. from slurm/train.sbatch):
+    this user's jobs in squeue, or the given ids (sacct too)."""
+    import getpass
+
+    found: dict[str, str] = {}
+    cmds = [["squeue", "-h", "-t", "all", "-o", "%i|%j"] + (["-j", ",".join(ids)] if ids else ["-u", getpass.getuser()])]
+    if ids:
+        cmds.append(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName", "-j", ",".join(ids)])
+    for cmd in cmds:
+        proc = _run(cmd)
+        for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+            jid, _, name = line.partition("|")
+            for j in _array_ids(jid.strip()):
+                if name.startswith("p2p") and j not in known:
+                    found.setdefault(j, name)
+    rows = []
+    for jid, name in sorted(found.items()):
+        show = _run(["scontrol", "show", "job", "-o", jid]).stdout
+        paths = dict(re.findall(r"\b(StdOut|StdErr|WorkDir)=(\S+)", show))
+        rows.append({"job_id": jid, "name": name, "run_dir": "", "stdout": paths.get("StdOut"),
+                     "stderr": paths.get("StdErr", paths.get("StdOut")), "max_steps": None,
+                     "note": "not submitted by p2p submit: run folder unknown"})
+    return rows
+
+
 def run_jobs(args) -> int:
     rows = read_registry()
+    known = {r["job_id"] for r in rows}
     if args.ids:
         rows = _select(rows, args.ids)
+        others = [i for i in args.ids if not _select(rows, [i])]
+        rows += _unregistered_p2p_jobs(known, others) if others else []
         unknown = [i for i in args.ids if not _select(rows, [i])]
         if unknown:
-            raise UsageError(f"unknown job id {', '.join(unknown)}: not submitted with `p2p submit` from this account "
+            raise UsageError(f"unknown job id {', '.join(unknown)}: Slurm knows no p2p job by that id "
                              f"(registry {registry_path()})")
     else:
         rows = rows[-args.last:] if args.last > 0 else rows
+        rows += _unregistered_p2p_jobs(known, None)
     states = query_states([r["job_id"] for r in rows])
     out = []
     for r in rows:
         st = states.get(r["job_id"], {})
-        row = last_metrics(r["run_dir"])
+        row = last_metrics(r["run_dir"]) if r["run_dir"] else {}
         out.append({
             "job_id": r["job_id"], "name": r.get("name", ""), "state": st.get("state", "UNKNOWN"),
             "exit_code": st.get("exit_code", ""), "elapsed": st.get("elapsed", ""), "nodes": st.get("nodes", ""),
             "restarts": st.get("restarts", 0), "step": row.get("step"), "max_steps": r.get("max_steps"),
             "img_per_s": row.get("img_per_s"), "metrics": row, "run_dir": r["run_dir"],
             "stdout": r.get("stdout"), "stderr": r.get("stderr"), "submitted": r.get("submitted"),
-            "sweep": r.get("sweep"),
+            "sweep": r.get("sweep"), **({"note": r["note"]} if "note" in r else {}),
         })
     if args.json:
         print(json.dumps(out, indent=2))
@@ -667,7 +697,8 @@ def run_jobs(args) -> int:
         step = "-" if o["step"] is None else f"{o['step']}/{o['max_steps']}"
         speed = "-" if o["img_per_s"] is None else f"{o['img_per_s']:.1f}"
         cells = [o["job_id"], f"[{color}]{o['state']}[/]", str(o["restarts"]), step, speed, o["elapsed"] or "-"]
-        table.add_row(*cells, *((o["name"], o["run_dir"], o["stderr"] or "-") if wide else (o["run_dir"],)))
+        folder = o["run_dir"] or "?"
+        table.add_row(*cells, *((o["name"], folder, o["stderr"] or "-") if wide else (folder,)))
     console.print(table)
     if not wide:
         for o in out:

@@ -207,7 +207,8 @@ def test_jobs_lists_and_cancel_stops_a_running_job(senv):
     def listed():
         p = senv.p2p("jobs", "--json")
         assert p.returncode == 0, p.stderr
-        rows = json.loads(p.stdout)
+        # Registered jobs first; then p2p-named jobs Slurm knows that this registry does not.
+        rows = [r for r in json.loads(p.stdout) if "note" not in r]
         return rows if rows and rows[0]["state"] == "RUNNING" and rows[0]["step"] else None
 
     rows = wait_for(listed, 90, "p2p jobs to show the job RUNNING with a step", poll=1)
@@ -222,7 +223,7 @@ def test_jobs_lists_and_cancel_stops_a_running_job(senv):
     assert cancel.returncode == 0, cancel.stderr
     assert f"cancelled job {job_id}" in cancel.stdout
     wait_for(lambda: sacct_state(job_id) == "CANCELLED", 60, "the job to be CANCELLED")
-    assert json.loads(senv.p2p("jobs", "--json").stdout)[0]["state"] == "CANCELLED"
+    assert json.loads(senv.p2p("jobs", "--json", job_id).stdout)[0]["state"] == "CANCELLED"
     # The trainer's SIGTERM handler saved where it stopped.
     wait_for(lambda: (senv.runs / "long" / "checkpoints" / "last.pt").exists(), 20, "last.pt after cancel")
 
@@ -268,6 +269,9 @@ def test_plain_sbatch_script_two_nodes_with_requeue(senv):
     job_id = sub.stdout.strip().split(";")[0]
     try:
         wait_for(lambda: len(metrics(run_dir)) >= 3, 90, "the first training steps")
+        # `p2p jobs` shows p2p-named jobs it did not submit too (run folder unknown, log known).
+        listed = {r["job_id"]: r for r in json.loads(senv.p2p("jobs", "--json").stdout)}
+        assert listed[job_id]["name"] == "p2p-train" and listed[job_id]["stdout"] == str(log), listed
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=20)
         wait_for(lambda: sacct_state(job_id) in TERMINAL, 150, "the requeued job to end", poll=1)
     finally:
