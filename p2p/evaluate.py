@@ -82,8 +82,12 @@ def run(args) -> int:
     loader = build_loader(cfg, "val", 0, 1, device)
     G = G.to(device).eval()
     sums = score(G, task, (b.images.to(device) for b in loader.epoch(0)), cfg.data.image_size, cfg.run.seed)
-    result = {"checkpoint": str(args.checkpoint), "source": args.data, "task": task.name,
-              "image_size": cfg.data.image_size, "metrics": means(task, sums)}
+    metrics = means(task, sums)
+    if "colorfulness" in metrics:  # the paper's spelling, for readers who search for it
+        metrics["colourfulness"] = metrics["colorfulness"]
+    # Flat for scripts (result["psnr"]) and grouped under "metrics" for readers.
+    result = {**metrics, "checkpoint": str(args.checkpoint), "source": args.data, "task": task.name,
+              "image_size": cfg.data.image_size, "metrics": metrics}
     if result["metrics"]["count"] == 0:
         raise UsageError(f"--data {args.data}: no images to score")
     from rich.console import Console
@@ -93,7 +97,7 @@ def run(args) -> int:
     table.add_column("metric")
     table.add_column("mean", justify="right")
     for k, v in result["metrics"].items():
-        if k != "count":
+        if k not in ("count", "colourfulness"):
             table.add_row(k, f"{v:.4f}")
     Console().print(table)
     if args.json:

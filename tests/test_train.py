@@ -63,8 +63,9 @@ def test_train_then_predict_then_eval(tmp_path):
 
     run_p2p("eval", run / "checkpoints" / "last.pt", "--data", src, "--json", tmp_path / "eval.json")
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["metrics"]["count"] == 2
+    assert result["metrics"]["count"] == result["count"] == 2
     assert {"psnr", "ssim", "l1", "colorfulness"} <= result["metrics"].keys()
+    assert result["psnr"] == result["metrics"]["psnr"] and result["ssim"] <= 1.0
 
 
 def test_resume_is_bit_identical(tmp_path):
