@@ -83,7 +83,8 @@ def environment() -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "cuda_build": torch.version.cuda,  # what torch was built against, GPU or not
+        "cuda_available": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     for mod in ("torchvision", "accelerate", "nvidia.dali", "webdataset", "skimage", "PIL"):

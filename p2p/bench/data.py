@@ -13,14 +13,23 @@ Rows, all on the same images, measured one after another in this process:
   skimage.color.rgb2lab and normalises L/50 - 1, ab/110; DataLoader(num_workers=2,
   batch_size=16). The originals are found through the shard folder's manifest (`source`) and
   each sample's json (`path`); when they are gone, the baseline decodes the shard's JPEGs.
-* wds at several worker counts (default 0, 1, 2 and the core count);
-* dali on the CPU at several thread counts (default 1 and 2), when DALI is installed;
+* device step only: `Task.prepare` on one fixed batch, no loading, at 1 thread and at the core
+  count: the ceiling of every p2p row on a CPU-only machine, where this step shares the cores
+  with decoding (on a GPU it runs on the GPU);
+* wds at several worker counts (default 0, 1, 2 and the core count), plus the loader alone
+  (uint8 batches, no device step) at the most workers;
+* dali on the CPU at several thread counts (default 1 and 2), plus the loader alone, when DALI
+  is installed;
 * folder on the original images, when the manifest's source folder still exists.
+
+The loader-alone rows are the CPU work a GPU node's cores do per image (the device step then
+runs on the GPU), against the baseline that does all of its work on CPU cores.
 
 Each row: one untimed warm-up round (worker start-up, first batches), then --repeats timed
 rounds of --images images each from one continuing stream of batches (epochs follow each other
 as in training, so small sets loop over epochs and an epoch's worker start-up is counted);
-img_per_s is the median round. Results go to --json (environment, config, rows with the ratio
+img_per_s is the median round. The device step runs with --main-threads torch threads (default:
+the cores the loader's workers or DALI threads leave, at least 1). Results go to --json (environment, config, rows with the ratio
 to the baseline) and a table.
 """
 
@@ -29,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +100,11 @@ class SeedStyleDataset(torch.utils.data.Dataset):
         L = lab_t[[0], ...] / 50.0 - 1.0
         ab = lab_t[[1, 2], ...] / 110.0
         return L, ab
+
+
+def _repeat(batch):
+    while True:
+        yield batch
 
 
 def _endless(make_iter):
@@ -172,6 +185,7 @@ def run(args) -> int:
     if args.batch_size < 1 or args.images < 1 or args.repeats < 1:
         raise UsageError("--batch-size, --images and --repeats must be >= 1")
     cores = os.cpu_count() or 1
+    load_avg = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     quick = args.quick
     bs = args.batch_size
     images = 2 * bs if quick else args.images
@@ -194,6 +208,7 @@ def run(args) -> int:
     cfg.data.val_fraction = 0.0
     cfg.train.batch_size = bs
     from p2p.augment import step_generator
+    from p2p.data.wds import WdsLoader
     from p2p.tasks import build_task
 
     task = build_task(cfg.task)
@@ -225,6 +240,8 @@ def run(args) -> int:
             r = measure(one_round, **timing)
         finally:
             torch.set_num_threads(default_threads)
+            if hasattr(stream, "close"):  # stop its workers / pipeline before the next row
+                stream.close()
         row = {"name": name, "backend": backend, "workers": workers, "main_threads": threads,
                "stage": "model-ready" if prepare or backend == "baseline" else "loader only", **extra, **r}
         rows.append(row)
@@ -236,17 +253,25 @@ def run(args) -> int:
         raise UsageError(f"--source {source}: no train samples")
     ds = SeedStyleDataset(items, 256)
 
+    base_bs = min(16, len(ds))  # the seed's batch of 16 (fewer only for a tiny image set)
+
     def baseline_epoch(epoch: int):
         g = torch.Generator().manual_seed(epoch)
-        return torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, generator=g,
+        return torch.utils.data.DataLoader(ds, batch_size=base_bs, shuffle=True, num_workers=2, generator=g,
                                            drop_last=True)
 
     print(f"bench data: {source} (stored {stored}px, load {load}, image {size}); baseline reads {what}", flush=True)
-    timed(BASELINE, "baseline", 2, _endless(baseline_epoch), False, default_threads, batch_size=16)
+    timed(BASELINE, "baseline", 2, _endless(baseline_epoch), False, default_threads, batch_size=base_bs)
+
+    # the device-side step alone (no loading): the ceiling of every p2p row on this device
+    if not quick:
+        cfg.data.workers = 0
+        fixed = next(iter(WdsLoader(cfg, source, "train", 0, 1).epoch(0)))
+        for t in sorted({1, cores}):
+            timed(f"device step only (crop + Lab, {t} thread{'s' if t > 1 else ''})", "device-step", None,
+                  _repeat(fixed), True, t, stage="device step only")
 
     if "wds" in backends:
-        from p2p.data.wds import WdsLoader
-
         for w in worker_counts:
             cfg.data.workers = w
             loader = WdsLoader(cfg, source, "train", 0, 1)
@@ -291,13 +316,14 @@ def run(args) -> int:
     config = {"source": os.path.abspath(source), "stored_size": stored, "load_size": load, "image_size": size,
               "batch_size": bs, "images_per_round": rounds * bs, "repeats": repeats, "quick": quick,
               "baseline_reads": what, "train_samples": int(sum(s["count"] for s in manifest["train"]["shards"])),
-              "cores": cores, "task": "colorize"}
+              "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg}
     payload = {"environment": environment(), "config": config, "results": rows}
     if args.json:
         write_json(args.json, payload)
     print_table(f"input pipelines to model-ready L/ab ({size}px, batch {bs}, {cores} cores)", rows,
                 ("name", "stage", "workers", "main_threads", "img_per_s", "ratio"))
-    best = max((r for r in rows if r["backend"] != "baseline" and r["stage"] == "model-ready"), key=lambda r: r["img_per_s"], default=None)
+    pipelines = [r for r in rows if r["backend"] not in ("baseline", "device-step") and r["stage"] == "model-ready"]
+    best = max(pipelines, key=lambda r: r["img_per_s"], default=None)
     if best is not None:
         print(f"best: {best['name']} at {best['img_per_s']:.0f} img/s = {best['ratio']:.2f}x the baseline")
     return 0

@@ -1,0 +1,242 @@
+"""`p2p bench profile [CONFIG.yaml] [section.key=value ...]`: torch.profiler over a real run.
+
+The run is built and stepped exactly as `p2p train` does (p2p.train.loop's own pieces: the
+config, the loader for data.source with its worker processes, the one-batch-ahead device copy,
+`Task.prepare` on the device, wrap_models, make_optimizer, make_step_fn incl. CUDA graphs when
+configured, losses summed on the device and read at log steps), minus checkpoints, samples and
+validation. The default is the demo: the photographs embedded in scikit-image; `--source`
+takes an image or shard folder.
+
+After --warmup untimed steps (worker start-up, first batches, cuDNN autotuning), --steps steps
+run under torch.profiler. Outputs in --out:
+
+* trace.json: a Chrome trace (chrome://tracing, https://ui.perfetto.dev or TensorBoard), with
+  the phases of each step marked `p2p.data_wait`, `p2p.prepare`, `p2p.train_step`, `p2p.log_read`;
+* profile.json (or --json): top operators by self CPU time (and self CUDA time on GPU), the
+  data-wait fraction (time blocked on the next batch / wall time of the profiled steps) and a
+  one-line verdict naming the bottleneck.
+
+Times are measured with the profiler on, which adds some per-op overhead to every phase.
+Run directly as `python -m p2p.bench.profile [options]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from p2p.bench.common import environment, print_table, sync, write_json
+from p2p.errors import UsageError
+
+DATA_BOUND = 0.2  # waiting for batches this share of the wall time or more: the input pipeline limits
+REGIONS = ("p2p.data_wait", "p2p.prepare", "p2p.train_step", "p2p.log_read")
+# Not operators: the profiler's step markers, our phase markers, and the DataLoader's own marker
+# (its time is the data wait, reported separately).
+SKIP_EVENTS = ("ProfilerStep", "p2p.", "enumerate(DataLoader)")
+
+# tests: a toy model on 32 px crops, no loader workers
+TINY = ["data.image_size=32", "data.load_size=40", "model.num_downs=5", "model.ngf=8", "model.ndf=8",
+        "train.batch_size=4", "data.epoch_size=32", "data.workers=0"]
+
+
+def _time(evt, kind: str) -> float:
+    """Self time in microseconds of a FunctionEventAvg (names changed across PyTorch versions)."""
+    if kind == "cpu":
+        return float(getattr(evt, "self_cpu_time_total", 0.0))
+    for attr in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(evt, attr):
+            return float(getattr(evt, attr))
+    return 0.0
+
+
+def top_operators(prof, kind: str, top: int) -> list[dict]:
+    """The `top` operators by self `kind` time (cpu or cuda), each with its share of the total."""
+    events = [e for e in prof.key_averages() if not e.key.startswith(SKIP_EVENTS)]
+    if kind == "cuda":  # operators only: their self CUDA time already counts the kernels they launched
+        from torch.autograd import DeviceType
+
+        events = [e for e in events if getattr(e, "device_type", DeviceType.CPU) == DeviceType.CPU]
+    total = sum(_time(e, kind) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: _time(e, kind), reverse=True)[:top]
+    return [{"name": e.key, "calls": int(e.count), f"self_{kind}_ms": _time(e, kind) / 1000,
+             f"self_{kind}_share": _time(e, kind) / total} for e in ranked if _time(e, kind) > 0]
+
+
+def verdict(data_wait_fraction: float, top: list[dict], kind: str) -> str:
+    if data_wait_fraction >= DATA_BOUND:
+        return f"data-bound: {100 * data_wait_fraction:.0f}% of wall time waiting for batches"
+    if not top:
+        return f"compute-bound: {100 * data_wait_fraction:.0f}% of wall time waiting for batches"
+    op = top[0]
+    return (f"compute-bound: top op {op['name']} {100 * op[f'self_{kind}_share']:.0f}% of self {kind.upper()} time "
+            f"({100 * data_wait_fraction:.0f}% of wall time waiting for batches)")
+
+
+def run_profile(overrides: list[str] | None = None, config_path: str | None = None, steps: int = 10,
+                warmup: int = 3, out_dir: str | os.PathLike = "bench-out/profile", top: int = 15,
+                progress=print) -> dict:
+    """Profile `steps` steps of the configured run; writes out_dir/trace.json and returns the summary."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from p2p import dist
+    from p2p.augment import step_generator
+    from p2p.config import load_config
+    from p2p.data import build_loader
+    from p2p.models import build_discriminator, build_generator, init_weights
+    from p2p.tasks import build_task
+    from p2p.train.loop import (TrainState, Window, architectures, batches, configure_determinism, lr_factor,
+                                make_step_fn, seed_all, set_lr)
+    from p2p.train.step import Nets, Precision
+    from p2p.train.wrap import make_optimizer, unwrap, wrap_models
+
+    if steps < 1 or warmup < 0:
+        raise UsageError("--steps must be >= 1 and --warmup >= 0")
+    cfg = load_config(config_path, list(overrides or []))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notices: list[str] = []
+
+    # build, as p2p.train.loop.train does
+    configure_determinism(cfg.run.deterministic)
+    accel = dist.start(cfg.train.device, cfg.train.timeout_s)
+    if accel.num_processes > 1:
+        raise UsageError("bench profile runs one process; start it without torchrun")
+    device = accel.device
+    seed_all(cfg.run.seed)
+    task = build_task(cfg.task)
+    g_arch, d_arch = architectures(cfg, task)
+    G = init_weights(build_generator(g_arch), cfg.model.init_type, cfg.model.init_gain)
+    D = init_weights(build_discriminator(d_arch), cfg.model.init_type, cfg.model.init_gain)
+    G, D, D_plain = wrap_models(G, D, cfg, accel, notices.append)
+    graphs = cfg.train.cuda_graphs and device.type == "cuda" and cfg.train.precision != "fp16" \
+        and cfg.train.on_nonfinite != "skip"
+    precision = Precision(cfg.train.precision, device)
+    skip = cfg.train.on_nonfinite == "skip"
+    nets = Nets(G, D, D_plain, make_optimizer(unwrap(G).parameters(), cfg, device, capturable=graphs),
+                make_optimizer(unwrap(D).parameters(), cfg, device, capturable=graphs),
+                precision.make_scaler(skip), precision.make_scaler(skip))
+    loader = build_loader(cfg, "train", 0, 1, device)
+    stream = batches(loader, TrainState(), device)
+    step_fn = make_step_fn(nets, cfg, precision, graphs, notices.append)
+    window = Window(device)
+    progress(f"bench profile: {task.name} on {cfg.data.source} ({cfg.data.backend} backend, "
+             f"{cfg.data.workers} workers), batch {cfg.train.batch_size}, {cfg.data.image_size}px, "
+             f"{device.type}: {warmup} warm-up + {steps} profiled steps")
+
+    def one_step(step: int) -> float:
+        """The loop's per-step calls; returns the seconds spent waiting for the batch."""
+        t0 = time.perf_counter()
+        with record_function("p2p.data_wait"):
+            _, _, batch = next(stream)
+        waited = time.perf_counter() - t0
+        set_lr(nets.opt_g, cfg.optim.lr * lr_factor(step, cfg))
+        set_lr(nets.opt_d, cfg.optim.lr * lr_factor(step, cfg))
+        with record_function("p2p.prepare"):
+            inp, target = task.prepare(batch.images, cfg.data.image_size, step_generator(cfg.run.seed, 0, step),
+                                       flip=cfg.data.flip, crop_gen=step_generator(cfg.run.seed, 0, step, 1))
+        with record_function("p2p.train_step"):
+            window.add(step_fn(inp, target))
+        if (step + 1) % cfg.train.log_every == 0:
+            with record_function("p2p.log_read"):  # note: the loop's only host sync, at log steps
+                torch.stack([v.float() for v in window.sums.values()]).tolist()
+                window.sums = {}
+        return waited
+
+    t_warm = time.perf_counter()
+    for s in range(warmup):
+        one_step(s)
+    sync(device)
+    warmup_s = time.perf_counter() - t_warm
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    waits = []
+    with profile(activities=activities, record_shapes=False, with_stack=False) as prof:
+        t0 = time.perf_counter()
+        for s in range(warmup, warmup + steps):
+            waits.append(one_step(s))
+            prof.step()
+        sync(device)
+        wall = time.perf_counter() - t0
+    losses = {k: float(v) for k, v in window.sums.items()}  # host read: the run stayed finite?
+    trace = out_dir / "trace.json"
+    prof.export_chrome_trace(str(trace))
+
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    ops_cpu = top_operators(prof, "cpu", top)
+    ops_cuda = top_operators(prof, "cuda", top) if kind == "cuda" else []
+    ranked = ops_cuda if kind == "cuda" else ops_cpu
+    regions = {}
+    for e in prof.key_averages():
+        if e.key in REGIONS:
+            regions[e.key] = {"calls": int(e.count), "cpu_total_ms": float(e.cpu_time_total) / 1000}
+    wait_fraction = sum(waits) / wall if wall > 0 else 0.0
+    bs = cfg.train.batch_size
+    summary = {
+        "bottleneck": verdict(wait_fraction, ranked, kind),
+        "data_wait_fraction": wait_fraction,
+        "data_wait_s": sum(waits), "wall_s": wall, "steps": steps, "warmup_steps": warmup, "warmup_s": warmup_s,
+        "img_per_s": bs * steps / wall, "step_ms": 1000 * wall / steps,
+        "regions": regions, "top_ops_cpu": ops_cpu, "top_ops_cuda": ops_cuda, "trace": str(trace),
+        "trace_bytes": trace.stat().st_size, "losses_sum_last_window": losses, "notices": notices,
+        "note": "measured with the profiler on (adds per-op overhead)",
+    }
+    config = {"device": str(device), "task": task.name, "source": cfg.data.source, "backend": cfg.data.backend,
+              "workers": cfg.data.workers, "batch_size": bs, "image_size": cfg.data.image_size,
+              "load_size": cfg.data.load_size, "ngf": cfg.model.ngf, "ndf": cfg.model.ndf,
+              "num_downs": cfg.model.num_downs, "precision": cfg.train.precision,
+              "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
+              "cuda_graphs": graphs, "threads": torch.get_num_threads(), "config_file": config_path,
+              "overrides": list(overrides or [])}
+    return {"environment": environment(), "config": config, "summary": summary}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | section.key=value",
+                        help="the run to profile, as for `p2p train` (default: the demo on the embedded photos)")
+    parser.add_argument("--source", default=None, help="data.source: an image or shard folder (default: the config's)")
+    parser.add_argument("--steps", type=int, default=None, help="profiled steps (default 10; 4 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="unprofiled steps first (default 3; 2 with --quick)")
+    parser.add_argument("--top", type=int, default=15, help="operators in the table (default 15)")
+    parser.add_argument("--out", default="bench-out/profile", help="folder for trace.json and profile.json")
+    parser.add_argument("--json", metavar="PATH", help="the summary JSON (default: OUT/profile.json)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps: a smoke run")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    from p2p.train.entry import split_args
+
+    path, overrides = split_args(list(args.args))
+    tiny = args.tiny or os.environ.get("P2P_BENCH_TINY") == "1"
+    if tiny:
+        overrides = TINY + overrides
+    if args.source:
+        overrides.append(f"data.source={args.source}")
+    return {"config_path": path, "overrides": overrides,
+            "steps": args.steps or (2 if tiny else 4 if args.quick else 10),
+            "warmup": args.warmup if args.warmup is not None else (1 if tiny else 2 if args.quick else 3),
+            "top": args.top}
+
+
+def run(args: argparse.Namespace) -> int:
+    o = resolve(args)
+    payload = run_profile(out_dir=args.out, progress=lambda s: print(s, flush=True), **o)
+    s = payload["summary"]
+    kind = "cuda" if s["top_ops_cuda"] else "cpu"
+    print_table(f"top operators by self {kind.upper()} time ({s['steps']} steps)",
+                s[f"top_ops_{kind}"], columns=("name", "calls", f"self_{kind}_ms", f"self_{kind}_share"))
+    print(f"{s['img_per_s']:.1f} img/s with the profiler on; data wait {100 * s['data_wait_fraction']:.0f}% of "
+          f"{s['wall_s']:.2f} s; trace: {s['trace']}")
+    print(s["bottleneck"])
+    write_json(args.json or Path(args.out) / "profile.json", payload)
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m p2p.bench.profile", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    raise SystemExit(run(_parser.parse_args()))
