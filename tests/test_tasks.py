@@ -32,6 +32,15 @@ def test_crop_flip_is_deterministic_per_generator_and_exact():
         assert found
 
 
+def test_gpu_gather_and_cpu_slices_agree():
+    from p2p.augment import gather_windows, slice_windows
+
+    x = torch.randint(0, 256, (5, 6, 20, 24), dtype=torch.uint8)
+    top, left = torch.tensor([0, 3, 7, 2, 10]), torch.tensor([0, 8, 1, 14, 5])
+    mirror = torch.tensor([False, True, True, False, True])
+    assert torch.equal(gather_windows(x, top, left, mirror, 10), slice_windows(x, top, left, mirror, 10))
+
+
 def test_center_crop_without_generator():
     x = torch.rand(1, 3, 10, 10)
     assert torch.equal(crop_flip(x, 4, None), x[:, :, 3:7, 3:7])

@@ -555,7 +555,8 @@ class _Run:
             from p2p.data.wds_index import write_text_atomic
 
             write_text_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-        self._summary(manifest, failures)
+        if not self.quiet:
+            self._summary(manifest, failures)
         if failures:
             for t, err in failures:
                 print(f"p2p shard: error: {t.split}/{t.stem}: {err}", file=sys.stderr)
