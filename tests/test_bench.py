@@ -31,7 +31,7 @@ def check_rows(rows: list[dict], baseline: str) -> None:
 
 
 def check_environment(env: dict) -> None:
-    for key in ("date", "cpu", "cpu_cores", "torch", "python", "cuda", "gpu", "dali"):
+    for key in ("date", "cpu", "cpu_cores", "torch", "python", "cuda_build", "cuda_available", "gpu", "dali"):
         assert key in env
 
 
