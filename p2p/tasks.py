@@ -75,7 +75,11 @@ class Colorize(Task):
 
     def convert(self, images, gen):
         lab = color.rgb_to_lab(images)  # uint8 fast path; float32 out
-        return color.normalize_l(lab[:, :1]), color.normalize_ab(lab[:, 1:])
+        # color.normalize_l / normalize_ab, in place: two full-size temporaries fewer, which
+        # halves this step's cost on a CPU.
+        lab[:, :1].div_(50.0).sub_(1.0)
+        lab[:, 1:].div_(110.0)
+        return lab[:, :1], lab[:, 1:]
 
     def output_rgb(self, inp, out):
         return color.model_to_rgb(inp.float(), out.float())
