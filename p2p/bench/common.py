@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from p2p.atomic import write_text
+
 
 def sync(device: torch.device | str | None) -> None:
     """Wait for queued GPU work so a timer measures it (a CPU-GPU sync point, on purpose)."""
@@ -99,9 +101,7 @@ def write_json(path: str | os.PathLike, payload: dict) -> None:
     """Atomic: a reader never sees half a results file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def print_table(title: str, rows: list[dict], columns: tuple[str, ...] = ("name", "img_per_s", "ratio")) -> None:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from p2p.atomic import fsync_dir, write_bytes, write_text
 from p2p.errors import UsageError
 
 FORMAT = "p2p-wds-shards"
@@ -552,9 +553,7 @@ class _Run:
             for meta in results:
                 done[(meta["split"], meta["index"])] = meta
             manifest = self._manifest(tasks, done, ignored, todo, workers, seconds, failures)
-            from p2p.data.wds_index import write_text_atomic
-
-            write_text_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+            write_text(self.out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
         if not self.quiet:
             self._summary(manifest, failures)
         if failures:
@@ -1026,22 +1025,9 @@ class TarWriter:
         self.pos = end
 
 
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_shard(t: ShardTask) -> dict:
     """Write one shard (tar, idx, sidecar; each to .tmp, fsync, rename) and return its sidecar."""
-    from p2p.data.wds_index import Component, format_index, write_bytes_atomic
+    from p2p.data.wds_index import Component, format_index
 
     t0 = time.perf_counter()
     os.makedirs(t.folder, exist_ok=True)
@@ -1088,7 +1074,7 @@ def write_shard(t: ShardTask) -> dict:
     nbytes = w.pos
     if samples:
         os.replace(tmp, base + ".tar")
-        write_bytes_atomic(base + ".idx", format_index(samples).encode("utf-8"))
+        write_bytes(base + ".idx", format_index(samples).encode("utf-8"))
     else:  # DALI cannot index an empty tar: a shard whose every input was skipped has no files
         os.remove(tmp)
         nbytes = 0
@@ -1099,8 +1085,8 @@ def write_shard(t: ShardTask) -> dict:
         "sizes": {"source": src_stats.to_dict(), "output": out_stats.to_dict()},
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_bytes_atomic(base + ".meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-    _fsync_dir(t.folder)
+    write_bytes(base + ".meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    fsync_dir(t.folder)
     return meta
 
 

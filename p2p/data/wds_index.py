@@ -29,6 +29,8 @@ import os
 import tarfile
 from typing import NamedTuple
 
+from p2p.atomic import write_text
+
 INDEX_VERSION = "v1.2"
 BLOCK = 512
 
@@ -102,7 +104,7 @@ def write_index(tar_path: str | os.PathLike, idx_path: str | os.PathLike | None 
     samples = scan_tar(tar_path)
     if not samples:
         raise ValueError(f"{tar_path}: no samples (DALI rejects an empty index)")
-    write_text_atomic(idx_path, format_index(samples))
+    write_text(idx_path, format_index(samples))
     return len(samples)
 
 
@@ -145,16 +147,3 @@ def read_index_count(idx_path: str | os.PathLike) -> int:
     return int(head[1])
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file under a temporary name in the same folder, fsync it, rename it over `path`."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = os.fspath(path)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

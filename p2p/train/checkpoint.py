@@ -16,41 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from p2p.atomic import TMP_SUFFIX, fsync_dir, replace_with
+
 FORMAT_VERSION = 1
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_atomic(obj, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    replace_with(path, lambda f: torch.save(obj, f))
 
 
 def _link_atomic(src: Path, dst: Path) -> None:
     """dst becomes the same file as src: a hard link renamed into place (a copy if links fail)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = dst.with_name(dst.name + TMP_SUFFIX)
     if tmp.exists():
         tmp.unlink()
     try:
@@ -81,7 +60,7 @@ class Checkpoints:
                 old.unlink(missing_ok=True)
         if is_best:
             _link_atomic(self.last, self.best)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return self.last
 
     def load_last(self) -> dict | None:
