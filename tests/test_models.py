@@ -115,3 +115,17 @@ def test_init_types(init_type):
     if init_type == "normal":
         assert abs(conv.std().item() - 0.02) < 0.005
         assert abs(g.down[1].norm.weight.mean().item() - 1.0) < 0.02
+
+
+def test_predict_runs_official_weights(tmp_path):
+    from PIL import Image
+
+    from p2p.cli import main
+    from p2p.data.folder import embedded_photo
+
+    official = randomize(OfficialUnet(3, 3, 5, 8, "batch", dropout=True)).eval()
+    torch.save(official.state_dict(), tmp_path / "latest_net_G.pth")
+    Image.fromarray(embedded_photo("coffee")[:40, :70]).save(tmp_path / "facade.png")
+    assert main(["predict", str(tmp_path / "latest_net_G.pth"), str(tmp_path / "facade.png"),
+                 "--out", str(tmp_path / "out"), "--size", "32", "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "out" / "facade.png").size == (70, 40)

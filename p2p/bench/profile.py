@@ -82,46 +82,24 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     """Profile `steps` steps of the configured run; writes out_dir/trace.json and returns the summary."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from p2p import dist
-    from p2p.augment import step_generator
     from p2p.config import load_config
     from p2p.data import build_loader
-    from p2p.models import build_discriminator, build_generator, init_weights
-    from p2p.tasks import build_task
-    from p2p.train.loop import (TrainState, Window, architectures, batches, configure_determinism, lr_factor,
-                                make_step_fn, seed_all, set_lr)
-    from p2p.train.step import Nets, Precision
-    from p2p.train.wrap import make_optimizer, unwrap, wrap_models
+    from p2p.train.graphs import GraphedStep
+    from p2p.train.loop import Window, batches, build_run
 
     if steps < 1 or warmup < 0:
         raise UsageError("--steps must be >= 1 and --warmup >= 0")
     cfg = load_config(config_path, list(overrides or []))
+    cfg.run.resume = False  # profile a fresh run, whatever the run folder holds
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    notices: list[str] = []
 
-    # build, as p2p.train.loop.train does
-    configure_determinism(cfg.run.deterministic)
-    accel = dist.start(cfg.train.device, cfg.train.timeout_s)
-    if accel.num_processes > 1:
+    run = build_run(cfg)  # exactly as `p2p train` builds it
+    if run.world > 1:
         raise UsageError("bench profile runs one process; start it without torchrun")
-    device = accel.device
-    seed_all(cfg.run.seed)
-    task = build_task(cfg.task)
-    g_arch, d_arch = architectures(cfg, task)
-    G = init_weights(build_generator(g_arch), cfg.model.init_type, cfg.model.init_gain)
-    D = init_weights(build_discriminator(d_arch), cfg.model.init_type, cfg.model.init_gain)
-    G, D, D_plain = wrap_models(G, D, cfg, accel, notices.append)
-    graphs = cfg.train.cuda_graphs and device.type == "cuda" and cfg.train.precision != "fp16" \
-        and cfg.train.on_nonfinite != "skip"
-    precision = Precision(cfg.train.precision, device)
-    skip = cfg.train.on_nonfinite == "skip"
-    nets = Nets(G, D, D_plain, make_optimizer(unwrap(G).parameters(), cfg, device, capturable=graphs),
-                make_optimizer(unwrap(D).parameters(), cfg, device, capturable=graphs),
-                precision.make_scaler(skip), precision.make_scaler(skip))
+    device, task, notices = run.device, run.task, run.notices
     loader = build_loader(cfg, "train", 0, 1, device)
-    stream = batches(loader, TrainState(), device)
-    step_fn = make_step_fn(nets, cfg, precision, graphs, notices.append)
+    stream = batches(loader, run.state, device)
     window = Window(device)
     progress(f"bench profile: {task.name} on {cfg.data.source} ({cfg.data.backend} backend, "
              f"{cfg.data.workers} workers), batch {cfg.train.batch_size}, {cfg.data.image_size}px, "
@@ -131,15 +109,13 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         """The loop's per-step calls; returns the seconds spent waiting for the batch."""
         t0 = time.perf_counter()
         with record_function("p2p.data_wait"):
-            _, _, batch = next(stream)
+            epoch, index, batch = next(stream)
         waited = time.perf_counter() - t0
-        set_lr(nets.opt_g, cfg.optim.lr * lr_factor(step, cfg))
-        set_lr(nets.opt_d, cfg.optim.lr * lr_factor(step, cfg))
         with record_function("p2p.prepare"):
-            inp, target = task.prepare(batch.images, cfg.data.image_size, step_generator(cfg.run.seed, 0, step),
-                                       flip=cfg.data.flip, crop_gen=step_generator(cfg.run.seed, 0, step, 1))
+            inp, target = run.prepare(batch)
         with record_function("p2p.train_step"):
-            window.add(step_fn(inp, target))
+            window.add(run.step(inp, target))
+        run.advance(epoch, index, loader.batches_per_epoch)
         if (step + 1) % cfg.train.log_every == 0:
             with record_function("p2p.log_read"):  # note: the loop's only host sync, at log steps
                 torch.stack([v.float() for v in window.sums.values()]).tolist()
@@ -189,7 +165,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
               "load_size": cfg.data.load_size, "ngf": cfg.model.ngf, "ndf": cfg.model.ndf,
               "num_downs": cfg.model.num_downs, "precision": cfg.train.precision,
               "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
-              "cuda_graphs": graphs, "threads": torch.get_num_threads(), "config_file": config_path,
+              "cuda_graphs": isinstance(run.step_fn, GraphedStep), "threads": torch.get_num_threads(), "config_file": config_path,
               "overrides": list(overrides or [])}
     return {"environment": environment(), "config": config, "summary": summary}
 

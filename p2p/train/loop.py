@@ -1,7 +1,7 @@
 """The training run. `train(cfg)` reads like its table of contents:
 
-    start processes -> build task, models, optimizers -> resume -> wrap for distribution
-    -> for each step: next batch, task conversion on the device, train_step
+    build_run: start processes -> task, models, optimizers -> wrap for distribution -> resume
+    -> for each step: next batch, jitter + task conversion on the device, G+D step
        -> at log steps: read losses (the only host sync), check they are finite, log
        -> samples, validation (best.pt), checkpoints
     -> on SIGTERM/SIGUSR2: finish the step, checkpoint, return (Slurm requeues us)
@@ -191,14 +191,81 @@ def all_finite(*nets) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
-def train(cfg: Config, on_start=None) -> TrainResult:
+@dataclass
+class Run:
+    """Everything a step needs, built once: processes, task, networks, optimizers, position."""
+
+    cfg: Config
+    accel: object
+    task: Task
+    g_arch: GeneratorArch
+    d_arch: DiscriminatorArch
+    nets: Nets
+    precision: Precision
+    state: TrainState
+    ckpts: Checkpoints
+    resumed: bool
+    notices: list[str]
+    step_fn: object = None
+
+    @property
+    def rank(self) -> int:
+        return self.accel.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accel.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.accel.device
+
+    def prepare(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Jitter and task conversion on the device; the randomness is a function of the step."""
+        cfg, step = self.cfg, self.state.step
+        return self.task.prepare(batch.images, cfg.data.image_size, step_generator(cfg.run.seed, self.rank, step),
+                                 flip=cfg.data.flip, crop_gen=step_generator(cfg.run.seed, self.rank, step, 1))
+
+    def step(self, inp: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        lr = self.cfg.optim.lr * lr_factor(self.state.step, self.cfg)
+        set_lr(self.nets.opt_g, lr)
+        set_lr(self.nets.opt_d, lr)
+        return self.step_fn(inp, target)
+
+    def advance(self, epoch: int, index: int, batches_per_epoch: int) -> None:
+        """Count the step and the data position just consumed (what a checkpoint resumes from)."""
+        s = self.state
+        s.step += 1
+        s.epoch, s.batch_in_epoch = (epoch + 1, 0) if index + 1 == batches_per_epoch else (epoch, index + 1)
+
+    def save(self, is_best: bool = False) -> None:
+        """Checkpoint on every rank's behalf (collective: every rank must call it)."""
+        G, D, accel = self.nets.G, self.nets.D, self.accel
+        average_buffers(G, accel)
+        average_buffers(D, accel)
+        if not all_finite(G, D):
+            raise TrainingError(f"weights became non-finite before step {self.state.step}; not saving over "
+                                f"{self.ckpts.last} (the last good checkpoint)")
+        rngs = [None] * self.world
+        if self.world > 1:
+            torch.distributed.all_gather_object(rngs, capture_rng())
+        else:
+            rngs = [capture_rng()]
+        if accel.is_main_process:
+            payload = checkpoint_payload(self.cfg, self.g_arch, self.d_arch, self.nets, self.state, rngs)
+            self.ckpts.save(payload, self.state.step, is_best=is_best)
+        accel.wait_for_everyone()
+
+
+def build_run(cfg: Config) -> Run:
+    """Start this process's part of the job, build the networks and optimizers, and resume from
+    <run>/checkpoints/last.pt when it exists."""
     configure_determinism(cfg.run.deterministic)
     accel = dist.start(cfg.train.device, cfg.train.timeout_s)
-    rank, world, device = accel.process_index, accel.num_processes, accel.device
-    run_dir, rank0 = cfg.run_dir, accel.is_main_process
+    rank, device = accel.process_index, accel.device
     notices: list[str] = []
 
-    # Build: identical initial weights on every rank (DDP also broadcasts them).
+    # Identical initial weights on every rank (DDP also broadcasts them).
     seed_all(cfg.run.seed)
     task = build_task(cfg.task)
     g_arch, d_arch = architectures(cfg, task)
@@ -206,141 +273,147 @@ def train(cfg: Config, on_start=None) -> TrainResult:
     D = init_weights(build_discriminator(d_arch), cfg.model.init_type, cfg.model.init_gain)
     seed_all(mix_seed(cfg.run.seed, rank))  # from here on each rank draws its own dropout masks
 
-    ckpts = Checkpoints(run_dir, cfg.train.keep_last)
+    ckpts = Checkpoints(cfg.run_dir, cfg.train.keep_last)
     payload = ckpts.load_last() if cfg.run.resume else None
-    state = TrainState()
     if payload is not None:
         if payload.get("arch") != arch_dict(g_arch, d_arch):
             raise UsageError(f"{ckpts.last} holds a different model than this config; use another run.name "
                              f"or run.resume=false")
-        unwrap(G).load_state_dict(payload["generator"])
-        unwrap(D).load_state_dict(payload["discriminator"])
+        G.load_state_dict(payload["generator"])
+        D.load_state_dict(payload["discriminator"])
 
     G, D, D_plain = wrap_models(G, D, cfg, accel, notices.append)
-    graphs = cfg.train.cuda_graphs and device.type == "cuda"
-    if cfg.train.cuda_graphs and not graphs:
-        notices.append("train.cuda_graphs=true: CUDA graphs need a GPU; running eager steps")
-    elif graphs and (cfg.train.precision == "fp16" or cfg.train.on_nonfinite == "skip"):
-        graphs = False
-        notices.append("train.cuda_graphs=true: fp16 loss scaling and on_nonfinite=skip read the gradient "
-                       "check on the host every step, which a graph cannot; running eager (use bf16)")
+    graphs = use_cuda_graphs(cfg, device, notices.append)
     precision = Precision(cfg.train.precision, device)
     skip = cfg.train.on_nonfinite == "skip"
     nets = Nets(G, D, D_plain,
                 make_optimizer(unwrap(G).parameters(), cfg, device, capturable=graphs),
                 make_optimizer(unwrap(D).parameters(), cfg, device, capturable=graphs),
                 precision.make_scaler(skip), precision.make_scaler(skip))
-
+    run = Run(cfg, accel, task, g_arch, d_arch, nets, precision, TrainState(), ckpts, payload is not None, notices)
     if payload is not None:
-        nets.opt_g.load_state_dict(payload["opt_g"])
-        nets.opt_d.load_state_dict(payload["opt_d"])
-        nets.scaler_g.load_state_dict(payload["scaler_g"])
-        nets.scaler_d.load_state_dict(payload["scaler_d"])
-        state = TrainState(payload["step"], payload["epoch"], payload["batch_in_epoch"], payload.get("best"))
-        rngs = payload.get("rng") or []
-        if len(rngs) == world:
-            restore_rng(rngs[rank])
-        else:
-            seed_all(mix_seed(cfg.run.seed, rank, state.step))
-            notices.append(f"resumed with {world} processes from a checkpoint of {len(rngs)}: "
+        resume(run, payload)
+    run.step_fn = make_step_fn(nets, cfg, precision, graphs, notices.append)
+    return run
+
+
+def use_cuda_graphs(cfg: Config, device: torch.device, notice) -> bool:
+    if not cfg.train.cuda_graphs:
+        return False
+    if device.type != "cuda":
+        notice("train.cuda_graphs=true: CUDA graphs need a GPU; running eager steps")
+        return False
+    if cfg.train.precision == "fp16" or cfg.train.on_nonfinite == "skip":
+        notice("train.cuda_graphs=true: fp16 loss scaling and on_nonfinite=skip read the gradient check on "
+               "the host every step, which a graph cannot; running eager (use bf16)")
+        return False
+    return True
+
+
+def resume(run: Run, payload: dict) -> None:
+    """Optimizers, scalers, position and this rank's RNG streams from a checkpoint."""
+    nets = run.nets
+    nets.opt_g.load_state_dict(payload["opt_g"])
+    nets.opt_d.load_state_dict(payload["opt_d"])
+    nets.scaler_g.load_state_dict(payload["scaler_g"])
+    nets.scaler_d.load_state_dict(payload["scaler_d"])
+    run.state = TrainState(payload["step"], payload["epoch"], payload["batch_in_epoch"], payload.get("best"))
+    rngs = payload.get("rng") or []
+    if len(rngs) == run.world:
+        restore_rng(rngs[run.rank])
+    else:
+        seed_all(mix_seed(run.cfg.run.seed, run.rank, run.state.step))
+        run.notices.append(f"resumed with {run.world} processes from a checkpoint of {len(rngs)}: "
                            f"data order is kept, dropout streams are reseeded")
 
-    log = RunLogger(run_dir, cfg.train.max_steps, state.step, enabled=rank0)
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    for n in notices:
-        log.print(f"[yellow]notice:[/] {n}")
-    loader = build_loader(cfg, "train", rank, world, device)
-    held_out = val_images(cfg, rank, world, device)
-    flops = step_flops_per_image(g_arch, d_arch, cfg.data.image_size)
-    peak = peak_flops(device)
-    step_fn = make_step_fn(nets, cfg, precision, graphs, log.print)
-    log.print(f"p2p train: {task.name}, {world} process(es) on {device.type}, global batch "
-              f"{cfg.train.batch_size * world}, {loader.batches_per_epoch} batches/epoch/rank, "
-              f"step {state.step} -> {cfg.train.max_steps}, run folder {run_dir}"
-              + (" (resumed)" if payload is not None else ""))
-    if on_start is not None:
-        on_start(state)
 
-    def save(reason: str) -> None:
-        average_buffers(G, accel)
-        average_buffers(D, accel)
-        if not all_finite(G, D):
-            raise TrainingError(f"weights became non-finite before step {state.step}; not saving over "
-                                f"{ckpts.last} (the last good checkpoint)")
-        rngs = [None] * world
-        if world > 1:
-            torch.distributed.all_gather_object(rngs, capture_rng())
-        else:
-            rngs = [capture_rng()]
-        if rank0:
-            ckpts.save(checkpoint_payload(cfg, g_arch, d_arch, nets, state, rngs), state.step,
-                       is_best=reason == "best")
-        accel.wait_for_everyone()
-
-    stop = StopSignals()
-    window = Window(device)
-    metrics: dict = {}
-    stream = batches(loader, state, device) if state.step < cfg.train.max_steps else iter(())
-    end = cfg.train.max_steps
-    if cfg.train.stop_after:  # a chunk of a longer run: the schedule still follows max_steps
-        end = min(end, state.step + cfg.train.stop_after)
+def train(cfg: Config) -> TrainResult:
+    run = build_run(cfg)
+    state, t = run.state, cfg.train
+    log = RunLogger(cfg.run_dir, t.max_steps, state.step, enabled=run.accel.is_main_process)
     try:
-        with stop:
+        start_run_folder(run, log)
+        loader = build_loader(cfg, "train", run.rank, run.world, run.device)
+        held_out = val_images(cfg, run.rank, run.world, run.device)
+        announce(run, loader, log)
+        end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
+        window = Window(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size),
+                        peak_flops(run.device))
+        metrics: dict = {}
+        with StopSignals() as stop:
+            stream = batches(loader, state, run.device) if state.step < end else iter(())
             while state.step < end:
-                t_wait = time.perf_counter()
-                epoch, index, batch = next(stream)
-                window.data_wait += time.perf_counter() - t_wait
+                epoch, index, batch = window.timed_next(stream)
+                inp, target = run.prepare(batch)
+                window.add(run.step(inp, target))
+                run.advance(epoch, index, loader.batches_per_epoch)
 
-                step = state.step
-                set_lr(nets.opt_g, cfg.optim.lr * lr_factor(step, cfg))
-                set_lr(nets.opt_d, cfg.optim.lr * lr_factor(step, cfg))
-                inp, target = task.prepare(batch.images, cfg.data.image_size,
-                                           step_generator(cfg.run.seed, rank, step),
-                                           flip=cfg.data.flip, crop_gen=step_generator(cfg.run.seed, rank, step, 1))
-                losses = step_fn(inp, target)
-                window.add(losses)
-
-                state.step += 1
-                state.epoch, state.batch_in_epoch = ((epoch + 1, 0) if index + 1 == loader.batches_per_epoch
-                                                     else (epoch, index + 1))
                 last = state.step == end
-                stopping = stop.agreed(accel, every=1 if world == 1 else 10, step=state.step)
-
-                if state.step % cfg.train.log_every == 0 or last or stopping:
-                    metrics = window.flush(state, cfg, world, flops, peak, nets)
+                stopping = stop.agreed(run.accel, every=1 if run.world == 1 else 10, step=state.step)
+                if state.step % t.log_every == 0 or last or stopping:
+                    metrics = window.flush(state, cfg, run.world, run.nets)
                     log.log(metrics)
-                    bad = [k for k in LOSS_NAMES if not math.isfinite(metrics.get(k, 0.0))]
-                    if bad and cfg.train.on_nonfinite == "stop":
-                        raise TrainingError(f"non-finite loss {bad[0]}={metrics[bad[0]]} in the steps up to "
-                                            f"{state.step}; stopped without saving (last good checkpoint: "
-                                            f"{ckpts.last if ckpts.last.exists() else 'none'})")
-                if cfg.train.sample_every and (state.step % cfg.train.sample_every == 0 or last):
-                    sample_grid(G, task, held_out, cfg, precision, log, state.step)
+                    check_finite(metrics, state.step, run.ckpts, cfg)
+                if t.sample_every and (state.step % t.sample_every == 0 or last):
+                    sample_grid(run.nets.G, run.task, held_out, cfg, run.precision, log, state.step)
                 is_best = False
-                if cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or last):
-                    average_buffers(G, accel)
-                    val = evaluate(G, task, held_out, cfg, precision, accel)
-                    log.log_eval(state.step, val)
-                    is_best = val["count"] > 0 and (state.best is None or val["psnr"] > state.best)
-                    if is_best:
-                        state.best = val["psnr"]
-                if (cfg.train.ckpt_every and state.step % cfg.train.ckpt_every == 0) or last or stopping or is_best:
-                    save("best" if is_best else "periodic")
+                if t.eval_every and (state.step % t.eval_every == 0 or last):
+                    is_best = validate(run, held_out, log)
+                if (t.ckpt_every and state.step % t.ckpt_every == 0) or last or stopping or is_best:
+                    run.save(is_best)
                 if stopping:
-                    log.print(f"received {stop.name}: saved step {state.step} to {ckpts.last}; exiting")
-                    return TrainResult(state.step, True, stop.name, str(run_dir), metrics, unwrap(G), unwrap(D))
+                    log.print(f"received {stop.name}: saved step {state.step} to {run.ckpts.last}; exiting")
+                    return result(run, metrics, preempted=True, signal=stop.name)
     except torch.OutOfMemoryError:
         raise TrainingError(
-            f"out of memory at train.batch_size={cfg.train.batch_size}, data.image_size={cfg.data.image_size}, "
-            f"precision {cfg.train.precision}: lower train.batch_size, use train.precision=bf16, or lower "
+            f"out of memory at train.batch_size={t.batch_size}, data.image_size={cfg.data.image_size}, "
+            f"precision {t.precision}: lower train.batch_size, use train.precision=bf16, or lower "
             f"model.ngf/model.num_downs") from None
     finally:
         log.close()
-    if state.step >= cfg.train.max_steps and not metrics:
-        log.print(f"nothing to do: {run_dir} already reached step {state.step}")
-    return TrainResult(state.step, False, None, str(run_dir), metrics, unwrap(G), unwrap(D))
+    if not metrics:
+        log.print(f"nothing to do: {cfg.run_dir} already reached step {state.step}")
+    return result(run, metrics)
+
+
+def start_run_folder(run: Run, log: RunLogger) -> None:
+    if run.accel.is_main_process:
+        run.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.cfg.run_dir / "config.yaml").write_text(run.cfg.to_yaml())
+    for n in run.notices:
+        log.print(f"[yellow]notice:[/] {n}")
+
+
+def announce(run: Run, loader, log: RunLogger) -> None:
+    cfg = run.cfg
+    log.print(f"p2p train: {run.task.name}, {run.world} process(es) on {run.device.type}, global batch "
+              f"{cfg.train.batch_size * run.world}, {loader.batches_per_epoch} batches/epoch/rank, "
+              f"step {run.state.step} -> {cfg.train.max_steps}, run folder {cfg.run_dir}"
+              + (" (resumed)" if run.resumed else ""))
+
+
+def check_finite(metrics: dict, step: int, ckpts: Checkpoints, cfg: Config) -> None:
+    """Stop before a NaN can reach a checkpoint (skip mode drops such updates instead)."""
+    bad = [k for k in LOSS_NAMES if not math.isfinite(metrics.get(k, 0.0))]
+    if bad and cfg.train.on_nonfinite == "stop":
+        raise TrainingError(f"non-finite loss {bad[0]}={metrics[bad[0]]} in the steps up to {step}; stopped "
+                            f"without saving (last good checkpoint: {ckpts.last if ckpts.last.exists() else 'none'})")
+
+
+def validate(run: Run, held_out: torch.Tensor | None, log: RunLogger) -> bool:
+    """Score the held-out images; True when this is the best PSNR so far (then best.pt is written)."""
+    average_buffers(run.nets.G, run.accel)
+    val = evaluate(run.nets.G, run.task, held_out, run.cfg, run.precision, run.accel)
+    log.log_eval(run.state.step, val)
+    if val["count"] > 0 and (run.state.best is None or val["psnr"] > run.state.best):
+        run.state.best = val["psnr"]
+        return True
+    return False
+
+
+def result(run: Run, metrics: dict, preempted: bool = False, signal: str | None = None) -> TrainResult:
+    return TrainResult(run.state.step, preempted, signal, str(run.cfg.run_dir), metrics,
+                       unwrap(run.nets.G), unwrap(run.nets.D))
 
 
 def make_step_fn(nets: Nets, cfg: Config, precision: Precision, graphs: bool, notice):
@@ -371,19 +444,26 @@ def checkpoint_payload(cfg, g_arch, d_arch, nets: Nets, state: TrainState, rngs:
 class Window:
     """Losses summed on the device between log steps, plus timing of the same window."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, flops_per_image: float = 0.0, peak: float | None = None):
+        self.device, self.flops, self.peak = device, flops_per_image, peak
         self.sums: dict[str, torch.Tensor] = {}
         self.steps, self.data_wait, self.t0 = 0, 0.0, time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+
+    def timed_next(self, stream):
+        """The next batch, counting the time spent waiting for it."""
+        t0 = time.perf_counter()
+        item = next(stream)
+        self.data_wait += time.perf_counter() - t0
+        return item
 
     def add(self, losses: dict[str, torch.Tensor]) -> None:
         for k, v in losses.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.steps += 1
 
-    def flush(self, state: TrainState, cfg: Config, world: int, flops: float, peak: float | None, nets: Nets) -> dict:
+    def flush(self, state: TrainState, cfg: Config, world: int, nets: Nets) -> dict:
         names = list(self.sums)
         stacked = torch.stack([self.sums[k].float() for k in names])
         if world > 1:  # the mean over ranks: every rank logs and checks the same numbers
@@ -402,8 +482,8 @@ class Window:
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             row["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        if peak:
-            row["mfu"] = flops * per_rank / peak
+        if self.peak:
+            row["mfu"] = self.flops * per_rank / self.peak
         if nets.scaler_g.is_enabled():
             row["loss_scale_g"], row["loss_scale_d"] = nets.scaler_g.get_scale(), nets.scaler_d.get_scale()
         self.sums, self.steps, self.data_wait, self.t0 = {}, 0, 0.0, time.perf_counter()
