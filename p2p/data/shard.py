@@ -115,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_MB,
                    help=f"target shard size in MB (default {DEFAULT_SHARD_MB:g}); images per shard are fixed "
                    "up front from an estimate")
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
+    p.add_argument("--quality", "--jpeg-quality", dest="quality", type=int, default=DEFAULT_QUALITY,
                    help=f"JPEG quality of the stored images (default {DEFAULT_QUALITY}; >= 90: 4:4:4 chroma, "
                    "else 4:2:0)")
     p.add_argument("--upscale-small", action="store_true",
