@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,8 @@ class SlurmConfig:
     def __post_init__(self):
         """Checks that `p2p submit` needs before anything reaches sbatch (a bad value here would
         otherwise cost a queue wait, or make the job signal itself as soon as it starts)."""
-        import re
-
+        _require(self.nodes >= 1, "slurm.nodes", self.nodes, "must be >= 1")
+        _require(self.max_requeues >= 0, "slurm.max_requeues", self.max_requeues, "must be >= 0")
         for key in ("tasks_per_node", "gpus_per_node", "mem_gb", "signal_delay_s"):
             _require(getattr(self, key) >= 0, f"slurm.{key}", getattr(self, key), "must be >= 0")
         for key in ("cpus_per_task", "time_min", "array_parallelism"):
@@ -231,8 +232,6 @@ def validate(cfg: Config) -> None:
     _require(tk.noise_std >= 0, "task.noise_std", tk.noise_std, "must be >= 0")
     _require(tk.blur_sigma >= 0, "task.blur_sigma", tk.blur_sigma, "must be >= 0")
     _require(1 <= tk.jpeg_quality <= 100, "task.jpeg_quality", tk.jpeg_quality, "must be in 1..100")
-    _require(cfg.slurm.nodes >= 1, "slurm.nodes", cfg.slurm.nodes, "must be >= 1")
-    _require(cfg.slurm.max_requeues >= 0, "slurm.max_requeues", cfg.slurm.max_requeues, "must be >= 0")
 
 
 # --------------------------------------------------------------------------- building
