@@ -144,12 +144,7 @@ def batches(loader, state: TrainState, device: torch.device):
 
 def val_images(cfg: Config, rank: int, world: int, device: torch.device) -> torch.Tensor | None:
     """This rank's share of the fixed held-out images, loaded once."""
-    try:
-        loader = build_loader(cfg, "val", rank, world, device)
-    except UsageError:
-        if rank == 0:
-            raise
-        return None
+    loader = build_loader(cfg, "val", rank, world, device)
     imgs = [b.images for b in loader.epoch(0)]
     return torch.cat(imgs).to(device) if imgs else None
 
