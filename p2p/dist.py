@@ -78,9 +78,9 @@ def detect(environ: dict | None = None) -> DistEnv:
     return DistEnv()
 
 
-def use_cuda(device: str) -> bool:
+def use_cuda(device: str, what: str = "train.device") -> bool:
     if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("train.device=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES)")
+        raise UsageError(f"{what}=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES)")
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 

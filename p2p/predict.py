@@ -36,9 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from p2p.dist import use_cuda
+
+    if name.startswith("cuda:"):  # a particular GPU
+        use_cuda("cuda", "--device")
+        return torch.device(name)
+    if name not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: choose auto, cpu, cuda or cuda:N")
+    return torch.device("cuda" if use_cuda(name, "--device") else "cpu")
 
 
 def infer_task(in_ch: int, out_ch: int) -> str:
