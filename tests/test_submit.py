@@ -81,6 +81,15 @@ def sacct_state(job_id: str) -> str:
     return rows[-1] if rows else ""
 
 
+def final_state(job_id: str, timeout: float = 30) -> str:
+    """The job's accounting state once it is final. slurmdbd records array elements a few seconds
+    after they end, so one read right after `--wait` returned can still say RUNNING."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sacct_state(job_id) not in TERMINAL:
+        time.sleep(0.5)
+    return sacct_state(job_id)
+
+
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.3):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -123,7 +132,7 @@ def test_two_node_job_completes_with_world_size_2(senv):
     assert rows and {r["world_size"] for r in rows} == {2}, rows
     assert rows[-1]["step"] == 6
     assert load_ckpt(run_dir / "checkpoints" / "last.pt")["step"] == 6
-    assert sacct_state(job_id) == "COMPLETED"
+    assert final_state(job_id) == "COMPLETED"
     # Both tasks ran this checkout's p2p, with the interpreter of this test run.
     out = logs(run_dir / "slurm", f"{job_id}_*_log.out")
     assert "rank 0/2" in out and "rank 1/2" in out, out
@@ -182,7 +191,7 @@ def test_sweep_runs_as_array_with_one_run_folder_per_element(senv):
         assert sweep["overrides"] == {"optim.lr": lr} and sweep["job_id"] == f"{array_id}_{index}"
         assert f"lr: {lr}" in (run_dir / "config.yaml").read_text()
         assert metrics(run_dir)[-1]["step"] == 4
-        assert sacct_state(f"{array_id}_{index}") == "COMPLETED"
+        assert final_state(f"{array_id}_{index}") == "COMPLETED"
     assert senv.job_ids() == [f"{array_id}_0", f"{array_id}_1"]
 
 
@@ -196,7 +205,7 @@ def test_job_that_fails_inside_slurm_makes_wait_fail_with_the_log(senv):
     job_id = submitted_id(proc.stdout)
     assert f"job {job_id} FAILED" in proc.stdout
     assert "last lines of" in proc.stdout and "no images for the train split" in proc.stdout, proc.stdout
-    assert sacct_state(job_id) == "FAILED"
+    assert final_state(job_id) == "FAILED"
 
 
 def test_jobs_lists_and_cancel_stops_a_running_job(senv):
@@ -278,7 +287,7 @@ def test_plain_sbatch_script_two_nodes_with_requeue(senv):
         if sacct_state(job_id) not in TERMINAL:
             subprocess.run(["scancel", job_id], timeout=20, check=False)
     text = log.read_text()
-    assert sacct_state(job_id) == "COMPLETED", text[-3000:]
+    assert final_state(job_id) == "COMPLETED", text[-3000:]
     assert sacct_rows(job_id, duplicates=True) == ["REQUEUED", "COMPLETED"]
     rows = metrics(run_dir)
     assert {r["world_size"] for r in rows} == {2}
