@@ -25,36 +25,91 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     launcher: str = "single"  # single | torchrun | mpi | slurm
+    master_addr: str = ""  # where rank 0 listens (several processes only)
+    master_port: int = 0
 
 
-def _expand_nodelist(nodelist: str) -> list[str]:
-    """First hostnames of a Slurm nodelist like "node[1-2],gpu07"; scontrol when present."""
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.split()
-        if out:
-            return out
-    except (OSError, subprocess.SubprocessError):
-        pass
+# Master ports of Slurm steps: 10000-32767, below Linux's ephemeral range (32768-60999: the
+# kernel hands those out to every outgoing connection and to every bind to port 0, as gloo and
+# NCCL do for their own sockets, so a fixed port there is now and then already taken), with
+# STEP_SLOTS consecutive ports per job id so that concurrent steps of one job differ too.
+PORT_MIN, PORT_MAX = 10000, 32767
+STEP_SLOTS = 8
+
+
+def slurm_master_port(job_id: int, step_id: int) -> int:
+    """The rendezvous port of one Slurm step, the same on every rank without talking.
+    SLURM_JOB_ID already differs between the elements of a job array (they share only
+    SLURM_ARRAY_JOB_ID), so job and step id name the step. Two steps numbered below STEP_SLOTS
+    share a port only when they have the same step id and their job ids differ by a multiple of
+    (PORT_MAX - PORT_MIN + 1) / STEP_SLOTS = 2846; step 8 of a job shares step 0's of the next
+    job id, which matters only if both run at once with the same first node."""
+    span = PORT_MAX - PORT_MIN + 1
+    return PORT_MIN + (job_id * STEP_SLOTS + step_id) % span
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Hostnames of a Slurm node list such as "node[1-2],gpu[007-008,010]"; [] when it is in a
+    form this does not know (several bracket groups in one name, a suffix after the brackets)."""
+    parts = re.findall(r"(?:[^,\[\]]+|\[[^\]]*\])+", nodelist)
+    if not parts or ",".join(parts) != nodelist:
+        return []
     hosts = []
-    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", nodelist):
-        m = re.match(r"(.*)\[(.*)\]$", part)
+    for part in parts:
+        m = re.fullmatch(r"([^\[\]]+)(?:\[([0-9,-]+)\])?", part)
         if not m:
+            return []
+        if m.group(2) is None:
             hosts.append(part)
             continue
         for rng in m.group(2).split(","):
             lo, _, hi = rng.partition("-")
-            for i in range(int(lo), int(hi or lo) + 1):
-                hosts.append(f"{m.group(1)}{i:0{len(lo)}d}")
+            if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+                return []
+            hosts += [f"{m.group(1)}{i:0{len(lo)}d}" for i in range(int(lo), int(hi or lo) + 1)]
     return hosts
 
 
+def first_host(nodelist: str) -> str:
+    """The first node of a step: srun starts task 0 there, so it is the master's address.
+    Parsed here rather than with `scontrol show hostnames`: every rank resolves it, and a
+    job of N tasks would send N requests to the controller at the same moment for an answer
+    each rank can read off its own environment. scontrol only for forms the parser does not know."""
+    hosts = expand_nodelist(nodelist)
+    if hosts:
+        return hosts[0]
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               timeout=30, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise UsageError(f"cannot tell the first node of SLURM node list {nodelist!r} (scontrol show "
+                         f"hostnames failed: {e}); set MASTER_ADDR to rank 0's host") from None
+    if not hosts:
+        raise UsageError(f"SLURM node list {nodelist!r} names no node; set MASTER_ADDR to rank 0's host")
+    return hosts[0]
+
+
+_this_process: DistEnv | None = None  # detect()'s answer for os.environ, once worked out
+
+
 def detect(environ: dict | None = None) -> DistEnv:
-    """Read the launcher's environment. For a multi-task Slurm step with no torchrun on top,
-    export the torch.distributed variables (MASTER_ADDR/PORT, RANK, ...) so Accelerate finds them."""
-    env = os.environ if environ is None else environ
+    """Read the launcher's environment. For a multi-task Slurm step with no torchrun on top
+    (an srun task of slurm/train.sbatch, or of a `p2p submit` job: submitit runs its tasks with
+    srun), export the torch.distributed variables (MASTER_ADDR/PORT, RANK, ...) so Accelerate
+    finds them. Without `environ` it reads os.environ once per process and returns that answer
+    after: the submitit job asks before training (to log it), `start()` again inside it."""
+    global _this_process
+    if environ is not None:
+        return _read_environment(environ)
+    if _this_process is None:
+        _this_process = _read_environment(os.environ)
+    return _this_process
+
+
+def _read_environment(env) -> DistEnv:
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun")
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun",
+                       env.get("MASTER_ADDR", ""), int(env.get("MASTER_PORT", 0) or 0))
     for size_var, rank_var in (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"),
                                ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK")):
         if size_var in env and int(env[size_var]) > 1:  # mpirun (accelerate's multi-CPU launcher)
@@ -68,20 +123,45 @@ def detect(environ: dict | None = None) -> DistEnv:
     ntasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")) or 1)
     if "SLURM_PROCID" in env and ntasks > 1:
         rank, local = int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0))
-        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")
-        env.setdefault("MASTER_ADDR", _expand_nodelist(nodes)[0])
-        # A port derived from the job id: tasks agree on it without talking, jobs on a node differ.
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        if "MASTER_ADDR" not in env:
+            env["MASTER_ADDR"] = first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost"))
+        if "MASTER_PORT" not in env:
+            step = int(env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", "0")) or 0)
+            env["MASTER_PORT"] = str(slurm_master_port(int(env.get("SLURM_JOB_ID", "0") or 0), step))
         env.update(RANK=str(rank), WORLD_SIZE=str(ntasks), LOCAL_RANK=str(local))
         env.setdefault("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
-        return DistEnv(rank, ntasks, local, "slurm")
+        return DistEnv(rank, ntasks, local, "slurm", env["MASTER_ADDR"], int(env["MASTER_PORT"]))
     return DistEnv()
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """What a collective's error says about the other processes, or None when it is not about
+    them. gloo raises RuntimeError ("Timed out waiting 10000ms for recv", "Connection closed by
+    peer"); NCCL raises DistBackendError (a RuntimeError) naming a watchdog timeout."""
+    text = str(error)
+    if "Timed out" in text or "timed out" in text or "Watchdog caught collective operation timeout" in text:
+        return "a collective operation timed out"
+    if "Connection closed by peer" in text or "Connection reset by peer" in text or "Broken pipe" in text:
+        return "a collective operation lost its connection"
+    if isinstance(error, getattr(torch.distributed, "DistBackendError", ())):
+        return "the process group failed"
+    return None
 
 
 def use_cuda(device: str, what: str = "train.device") -> bool:
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"{what}=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES)")
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
+def resolve_device(name: str, what: str = "--device") -> torch.device:
+    """auto, cpu, cuda or cuda:N -> the device; asking for CUDA where there is none is a UsageError."""
+    if name.startswith("cuda:"):  # a particular GPU
+        use_cuda("cuda", what)
+        return torch.device(name)
+    if name not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"{what} {name!r}: choose auto, cpu, cuda or cuda:N")
+    return torch.device("cuda" if use_cuda(name, what) else "cpu")
 
 
 def start(device: str = "auto", timeout_s: int = 600):

@@ -62,6 +62,17 @@ class Task:
     def convert(self, images: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def model_input(self, rgb01: torch.Tensor) -> torch.Tensor:
+        """What the generator sees for an RGB image in [0, 1] (N x 3 x H x W), any size: the
+        input half of `convert`, for inference."""
+        return _signed(rgb01)
+
+    def eval_pair(self, images: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 held-out image (N x 3 x H x W, whole) -> (the RGB a user would give `p2p
+        predict`, the RGB it should return), both float in [0, 1] at the image's own size."""
+        rgb = _to_unit(images)
+        return rgb, rgb
+
     def output_rgb(self, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return _unsigned(out)
 
@@ -87,6 +98,9 @@ class Colorize(Task):
     def input_rgb(self, inp):
         return color.model_to_rgb(inp.float(), torch.zeros_like(inp.float()).expand(-1, 2, -1, -1))
 
+    def model_input(self, rgb01):
+        return color.normalize_l(color.rgb_to_lab(rgb01)[:, :1])
+
 
 class Gray2RGB(Task):
     name, in_channels, out_channels = "gray2rgb", 1, 3
@@ -94,6 +108,9 @@ class Gray2RGB(Task):
     def convert(self, images, gen):
         rgb = _to_unit(images)
         return _signed(gray(rgb)), _signed(rgb)
+
+    def model_input(self, rgb01):
+        return _signed(gray(rgb01))
 
 
 class Paired(Task):
@@ -109,6 +126,11 @@ class Paired(Task):
         a, b = _signed(_to_unit(images[:, :3])), _signed(_to_unit(images[:, 3:]))
         return (a, b) if self.cfg.direction == "AtoB" else (b, a)
 
+    def eval_pair(self, images, gen):
+        w = images.shape[-1] // 2
+        a, b = _to_unit(images[..., :w]), _to_unit(images[..., w:2 * w])
+        return (a, b) if self.cfg.direction == "AtoB" else (b, a)
+
 
 class Restore(Task):
     name = "restore"
@@ -116,6 +138,10 @@ class Restore(Task):
     def convert(self, images, gen):
         clean = _to_unit(images)
         return _signed(degrade(clean, self.cfg, gen)), _signed(clean)
+
+    def eval_pair(self, images, gen):
+        clean = _to_unit(images)
+        return degrade(clean, self.cfg, gen), clean
 
 
 def _gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:

@@ -12,10 +12,14 @@ import types
 import pytest
 import torch
 
-from conftest import run_p2p
+from helpers.runs import TINY, run_p2p
 from p2p.errors import UsageError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# toy networks and images, passed to the benchmarks as their own sizes
+TOY_MODEL = {"ngf": 8, "ndf": 8, "num_downs": 5}
+TOY_STEP = {**TOY_MODEL, "image_size": 32, "batch_size": 2, "steps": 1, "warmup": 1, "repeats": 1}
+TOY_FLAGS = ["--ngf", 8, "--ndf", 8, "--num-downs", 5, "--image-size", 32]
 
 
 def check_rows(rows: list[dict], baseline: str) -> None:
@@ -39,9 +43,9 @@ def check_environment(env: dict) -> None:
 
 
 def test_step_rows_and_skips(tmp_path):
-    from p2p.bench.step import MODES, run_step
+    from p2p.bench.step import MODES, StepOptions, run_step
 
-    payload = run_step(device="cpu", tiny=True, progress=lambda s: None)
+    payload = run_step(StepOptions(device="cpu", **TOY_STEP), progress=lambda s: None)
     check_environment(payload["environment"])
     rows = payload["results"]
     check_rows(rows, "baseline")
@@ -55,13 +59,15 @@ def test_step_rows_and_skips(tmp_path):
     assert by["fused_adam"]["adam"] in ("fused", "foreach")
     assert by["all"]["channels_last"] and by["all"]["precision"] == "bf16" and not by["all"]["sync_every_step"]
     c = payload["config"]
-    assert c["model"] == "tiny" and c["flops_per_image"] > 0 and c["peak_flops"] is None
+    assert c["model"] == "custom" and (c["ngf"], c["num_downs"], c["ndf"]) == (8, 5, 8)
+    assert c["flops_per_image"] > 0 and c["peak_flops"] is None
     assert any("no GPU" in n for n in payload["notes"])
 
 
 def test_step_command_writes_json(tmp_path):
     out = tmp_path / "step.json"
-    proc = run_p2p("bench", "step", "--tiny", "--modes", "no_sync,cuda_graphs", "--json", out)
+    proc = run_p2p("bench", "step", *TOY_FLAGS, "--batch-size", 2, "--steps", 1, "--repeats", 1,
+                   "--modes", "no_sync,cuda_graphs", "--json", out)
     assert "no GPU" in proc.stdout
     payload = json.loads(out.read_text())
     assert set(payload) >= {"environment", "config", "results"}
@@ -71,19 +77,19 @@ def test_step_command_writes_json(tmp_path):
 
 
 def test_step_options_are_checked():
-    from p2p.bench.step import run_step
+    from p2p.bench.step import StepOptions, run_step
 
     with pytest.raises(UsageError, match="unknown mode"):
-        run_step(device="cpu", tiny=True, modes="baseline,warp_drive")
+        run_step(StepOptions(device="cpu", **TOY_STEP, modes=("baseline", "warp_drive")))
     with pytest.raises(UsageError, match="divisible"):
-        run_step(device="cpu", tiny=True, image_size=40)
+        run_step(StepOptions(device="cpu", **{**TOY_STEP, "image_size": 40}))
 
 
 # ------------------------------------------------------------------------------ profile
 
 
 def test_profile_writes_a_chrome_trace(tmp_path):
-    from p2p.bench.profile import TINY, run_profile
+    from p2p.bench.profile import run_profile
 
     payload = run_profile(overrides=TINY + [f"run.out_dir={tmp_path}"], steps=2, warmup=1, out_dir=tmp_path,
                           progress=lambda s: None)
@@ -111,10 +117,9 @@ def test_verdict_names_the_bottleneck():
 
 @pytest.mark.slow
 def test_scaling_launches_real_processes():
-    from p2p.bench.scaling import run_scaling
+    from p2p.bench.scaling import ScalingOptions, run_scaling
 
-    payload = run_scaling(procs=(1, 2), device="cpu", model="tiny", batch_size=2, image_size=32, steps=1,
-                          warmup=1, repeats=1, progress=lambda s: None)
+    payload = run_scaling(ScalingOptions(procs=(1, 2), device="cpu", **TOY_STEP), progress=lambda s: None)
     rows = payload["results"]
     check_rows(rows, "1 process")
     assert [r["procs"] for r in rows] == [1, 2]
@@ -130,7 +135,8 @@ def test_scaling_launches_real_processes():
 @pytest.mark.slow
 def test_all_tiny_writes_results_report_and_plots(tmp_path):
     out = tmp_path / "bench"
-    run_p2p("bench", "all", "--quick", "--out", out, timeout=300, P2P_BENCH_TINY="1")
+    run_p2p("bench", "all", "--quick", "--out", out, *TOY_FLAGS, "--batch-size", 4, "--photos", 16,
+            "--photo-scale", 0.25, timeout=300)
     results = json.loads((out / "results.json").read_text())
     check_environment(results["environment"])
     assert results["command"].startswith("p2p bench all")
@@ -184,17 +190,17 @@ def test_report_renders_skips_and_errors(tmp_path):
 def test_all_records_a_missing_data_benchmark(tmp_path, monkeypatch):
     from p2p.bench import all_bench
 
-    args = types.SimpleNamespace(source=None, quick=True, tiny=True, device="cpu")
+    options = all_bench.AllOptions(quick=True, device="cpu", **TOY_MODEL, image_size=32)
     monkeypatch.setitem(sys.modules, "p2p.bench.data", None)  # import fails: module missing
-    assert "not in this build" in all_bench.data_section(args, tmp_path)["skipped"]
+    assert "not in this build" in all_bench.data_section(options, tmp_path)["skipped"]
     monkeypatch.setitem(sys.modules, "p2p.bench.data", types.ModuleType("p2p.bench.data"))  # no entry yet
-    assert "no run(args)" in all_bench.data_section(args, tmp_path)["skipped"]
+    assert "no run_data(" in all_bench.data_section(options, tmp_path)["skipped"]
 
 
 def test_photo_folder_is_coco_like_and_deterministic(tmp_path):
     from PIL import Image
 
-    from p2p.bench.all_bench import make_photo_folder
+    from p2p.bench.photos import make_photo_folder
 
     a = make_photo_folder(tmp_path / "a", count=6, scale=0.25)
     b = make_photo_folder(tmp_path / "b", count=6, scale=0.25)
@@ -207,11 +213,11 @@ def test_photo_folder_is_coco_like_and_deterministic(tmp_path):
 def test_bench_suites_are_registered():
     import argparse
 
-    from p2p.bench import add_arguments
+    from p2p.cli.bench import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     for suite in ("step", "scaling", "profile", "all"):
         args = parser.parse_args([suite])
-        assert not getattr(args, "_missing", None) and args._module.__name__.startswith("p2p.bench.")
+        assert args.suite == suite and callable(args.run_suite)
     assert torch.get_num_threads() >= 1

@@ -8,7 +8,7 @@ from p2p.cli import main
 from p2p.config import Config, help_table, load_config
 from p2p.errors import UsageError
 
-from conftest import ROOT, run_p2p
+from helpers.runs import ROOT, run_p2p
 
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -112,3 +112,22 @@ def test_cli_unknown_command(capsys):
 def test_python_m_p2p_matches_console_script():
     assert "pix2pix" in run_p2p("--help", timeout=60).stdout
     assert Path(ROOT / "p2p" / "__main__.py").is_file()
+
+
+def test_config_command_prints_the_resolved_config(tmp_path):
+    proc = run_p2p("config", ROOT / "configs" / "facades.yaml", "train.batch_size=3", "optim.lr=5e-4", timeout=60)
+    (tmp_path / "out.yaml").write_text(proc.stdout)
+    printed = load_config(tmp_path / "out.yaml")
+    assert printed == load_config(ROOT / "configs" / "facades.yaml", ["train.batch_size=3", "optim.lr=5e-4"])
+    assert printed.train.batch_size == 3 and printed.task.name == "paired"
+
+
+def test_config_keys_lists_every_key_with_its_default_and_help():
+    proc = run_p2p("config", "--keys", timeout=60)
+    lines = proc.stdout.splitlines()
+    rows = help_table()
+    assert len(lines) == len(rows)
+    for line, (key, default, text) in zip(lines, rows):
+        assert line.split()[0] == key and default in line and line.rstrip().endswith(text), line
+    # the defaults shown are the real defaults
+    assert any(line.split()[:2] == ["train.batch_size", str(Config().train.batch_size)] for line in lines)

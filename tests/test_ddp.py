@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -11,37 +10,28 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY, load_ckpt, p2p_env
+from helpers.runs import ROOT, TINY, free_port, load_ckpt, p2p_env, torchrun, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args, timeout=240, check=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=p2p_env(), cwd=ROOT)
-    if check and proc.returncode:
-        raise AssertionError(f"torchrun exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    return proc
-
-
 def test_two_ranks_end_with_identical_weights(tmp_path):
-    torchrun("tests/train_worker.py", tmp_path, f"run.out_dir={tmp_path}", "run.name=ddp", *TINY,
+    torchrun("tests/helpers/train_worker.py", tmp_path, f"run.out_dir={tmp_path}", "run.name=ddp", *TINY,
              "train.max_steps=4", "train.ckpt_every=2")
     r0, r1 = load_ckpt(tmp_path / "rank0.pt"), load_ckpt(tmp_path / "rank1.pt")
-    for net in ("G", "D"):
+    ck = load_ckpt(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    for net, saved in (("G", "generator"), ("D", "discriminator")):
         for k in r0[net]:
-            assert torch.equal(r0[net][k], r1[net][k]), f"{net}.{k} differs between ranks"
+            if k.endswith(("running_mean", "running_var")):
+                # each rank keeps its own BatchNorm statistics; the checkpoint holds their mean
+                assert not torch.equal(r0[net][k], r1[net][k]), f"{net}.{k}: batch statistics of two ranks"
+                torch.testing.assert_close(ck[saved][k], (r0[net][k] + r1[net][k]) / 2, rtol=1e-6, atol=1e-7)
+            else:
+                assert torch.equal(r0[net][k], r1[net][k]), f"{net}.{k} differs between ranks"
+                assert torch.equal(ck[saved][k], r0[net][k]), f"{net}.{k} differs from the checkpoint"
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(r["world_size"] == 2 and r["global_batch"] == 8 for r in rows)
-    ck = load_ckpt(tmp_path / "ddp" / "checkpoints" / "last.pt")
-    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2 and len(ck["rank_buffers"]) == 2
 
 
 def one_step(tmp_path, norm, name, world, batch):
@@ -49,7 +39,7 @@ def one_step(tmp_path, norm, name, world, batch):
             "train.max_steps=1", "optim.lr_policy=constant", "run.seed=3", f"run.out_dir={tmp_path}"]
     out = tmp_path / f"{name}-w"
     out.mkdir()
-    args = ["tests/train_worker.py", out, f"run.name={name}", *same, f"train.batch_size={batch}"]
+    args = ["tests/helpers/train_worker.py", out, f"run.name={name}", *same, f"train.batch_size={batch}"]
     if world == 2:
         torchrun(*args)
     else:
@@ -111,7 +101,42 @@ def test_accelerate_cpu_launch_that_would_train_alone_is_refused(tmp_path):
 def test_a_dead_rank_fails_the_job_promptly(tmp_path):
     # rank 1 dies (os._exit) at its third step; rank 0 must not hang in the next all-reduce
     t0 = time.time()
-    proc = torchrun("tests/train_worker.py", tmp_path, "--die-at-step", "3", f"run.out_dir={tmp_path}",
+    proc = torchrun("tests/helpers/train_worker.py", tmp_path, "--die-at-step", "3", f"run.out_dir={tmp_path}",
                     "run.name=dead", *TINY, "train.max_steps=1000", "train.timeout_s=60", check=False, timeout=200)
     assert proc.returncode != 0
     assert time.time() - t0 < 90
+
+
+def test_a_hung_rank_fails_the_job_after_train_timeout_s(tmp_path):
+    # rank 1 stops making progress (alive, no exit) at its third step: only train.timeout_s can
+    # end rank 0's wait in the next collective, and the user must be told what happened.
+    timeout_s = 10
+    log = tmp_path / "torchrun.log"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "tests/helpers/train_worker.py", tmp_path, "--hang-at-step", "3", f"run.out_dir={tmp_path}", "run.name=hung",
+           *TINY, "train.max_steps=1000", "train.log_every=1", f"train.timeout_s={timeout_s}"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(list(map(str, cmd)), stdout=f, stderr=subprocess.STDOUT, env=p2p_env(), cwd=ROOT)
+    try:
+        rows = tmp_path / "hung" / "metrics.jsonl"
+        wait_for(lambda: rows.exists() and rows.read_text().count("\n") >= 2, what="two steps")
+        t0 = time.time()  # rank 1 hangs in step 3 from about now
+        line = wait_for(lambda: next((x for x in log.read_text().splitlines() if "p2p train: error" in x), None),
+                        timeout=timeout_s + 60, what="rank 0's error line")
+        took = time.time() - t0
+        assert proc.wait(timeout=120) != 0  # torchrun then ends the stuck rank and fails
+    finally:
+        proc.kill()
+    assert took < timeout_s + 20, f"rank 0 gave up after {took:.0f} s"
+    assert "timed out" in line and f"train.timeout_s={timeout_s}" in line and "another process" in line, line
+
+
+def test_syncbatch_on_cpu_falls_back_with_a_notice(tmp_path):
+    proc = torchrun("-m", "p2p", "train", f"run.out_dir={tmp_path}", "run.name=sync", *TINY, "train.max_steps=2",
+                    "model.norm=syncbatch")
+    assert "model.norm=syncbatch needs CUDA" in proc.stderr
+    rows = [json.loads(x) for x in (tmp_path / "sync" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and rows[-1]["world_size"] == 2
+    # what ran is per-rank batch norm: the saved generator holds ordinary BatchNorm statistics
+    ck = load_ckpt(tmp_path / "sync" / "checkpoints" / "last.pt")
+    assert "down.1.norm.running_mean" in ck["generator"]

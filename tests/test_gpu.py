@@ -53,7 +53,7 @@ def test_cuda_graph_step_matches_eager():
     graphed = copy.deepcopy(eager)
     graphed.opt_g = make_optimizer(graphed.G.parameters(), load_config(), torch.device("cuda"), True)
     graphed.opt_d = make_optimizer(graphed.D.parameters(), load_config(), torch.device("cuda"), True)
-    graphed.D_plain = graphed.D
+    graphed.D_frozen = graphed.D
     step = GraphedStep(lambda a, b: train_step(graphed, a, b, LossConfig(), p), warmup=2)
     g = torch.Generator(device="cuda").manual_seed(0)
     for _ in range(5):
@@ -68,7 +68,7 @@ def test_cuda_graph_step_matches_eager():
 
 
 def test_train_command_on_gpu_with_every_speedup(tmp_path):
-    from conftest import TINY, run_p2p
+    from helpers.runs import TINY, run_p2p
 
     run_p2p("train", f"run.out_dir={tmp_path}", *TINY, "train.max_steps=8", "train.precision=bf16",
             "train.cuda_graphs=true", "train.channels_last=true")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, p2p_env
+from helpers.runs import ROOT, TINY, p2p_env
 
 CONFIGS = sorted((ROOT / "launch" / "accelerate").glob("*.yaml"))
 

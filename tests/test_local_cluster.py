@@ -21,9 +21,9 @@ NODES = ["node1", "node2"]
 
 
 # --------------------------------------------------------------------------------------
-# Skip / require logic: shared with the other Slurm tests (tests/conftest.py).
+# Skip / require logic: shared with the other Slurm tests (tests/helpers/requirements.py).
 
-from conftest import require_slurm  # noqa: E402
+from helpers.requirements import require_module, require_slurm  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +80,8 @@ def wait_submitit(job, timeout: float) -> None:
 
 @pytest.fixture
 def executor(tmp_path: Path):
-    submitit = pytest.importorskip("submitit")
-    cloudpickle = pytest.importorskip("cloudpickle")
+    submitit = require_module("submitit")
+    cloudpickle = require_module("cloudpickle")
     # The job's Python cannot import this test module (pytest puts tests/ on sys.path only
     # in this process), so ship its functions and classes by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -185,7 +185,7 @@ def _save_state(path: str, state: dict) -> None:
 try:
     from submitit.helpers import Checkpointable as _Checkpointable
     from submitit.helpers import DelayedSubmission as _DelayedSubmission
-except ImportError:  # submitit missing: the test below is skipped by importorskip
+except ImportError:  # submitit missing: the executor fixture skips or fails the tests that use it
     _Checkpointable = object  # type: ignore[assignment,misc]
     _DelayedSubmission = None  # type: ignore[assignment]
 
@@ -217,16 +217,21 @@ def test_submitit_checkpointable_requeued_on_usr2(executor, tmp_path: Path):
     job = executor.submit(SlowCounter(), state_path, total, step_s)
     job_id = str(job.job_id)
 
-    # Let it make some progress, then "preempt" it.
-    deadline = time.monotonic() + 60
-    while len(_load_state(state_path)["done"]) < 2:
-        if time.monotonic() > deadline:
-            job.cancel(check=False)
-            pytest.fail(f"job {job_id} made no progress within 60s (state {job.state})\n{job.stderr()}")
-        time.sleep(0.2)
-    run(["scancel", "--signal=USR2", job_id], timeout=20)
+    def wait_state(ok, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not ok(_load_state(state_path)):
+            if time.monotonic() > deadline:
+                job.cancel(check=False)
+                pytest.fail(f"job {job_id}: {what} within {timeout:.0f} s (state {job.state})\n{job.stderr()}")
+            time.sleep(0.2)
 
-    # Requeued jobs wait AuthInfo cred_expire (20 s in slurm.conf) before they start again.
+    # Let it make some progress, then "preempt" it.
+    wait_state(lambda st: len(st["done"]) >= 2, 60, "no progress")
+    run(["scancel", "--signal=USR2", job_id], timeout=20)
+    # Requeued jobs wait AuthInfo cred_expire (20 s in slurm.conf) before they start again. Wait
+    # for that second start before asking submitit: between the requeue and the restart, its
+    # state can read as finished (seen once), and the wait below would give up at once.
+    wait_state(lambda st: len(st["starts"]) >= 2, 120, "no second start after USR2")
     wait_submitit(job, timeout=120)
     done = job.result()
     state = _load_state(state_path)

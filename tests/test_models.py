@@ -7,7 +7,7 @@ from p2p.models import (DiscriminatorArch, GeneratorArch, build_discriminator, b
                         load_discriminator, load_generator)
 from p2p.models.official import generator_from_official, generator_to_official
 
-from official_layout import OfficialNLayerD, OfficialPixelD, OfficialUnet, randomize
+from helpers.official_layout import OfficialNLayerD, OfficialPixelD, OfficialUnet, randomize
 
 
 def count(net):
@@ -101,23 +101,53 @@ def test_ddp_prefixed_state_dict_loads():
 def test_mismatched_state_dict_is_an_error():
     state = build_generator(GeneratorArch(1, 2, 5, 8)).state_dict()
     state["down.1.conv.weight"] = torch.zeros(3, 3, 4, 4)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=r"does not fit the inferred network: size mismatch for down\.1\.conv\.weight"):
         load_generator(state)
+    state = build_generator(GeneratorArch(1, 2, 5, 8)).state_dict()
+    del state["up.2.norm.weight"]
+    with pytest.raises(ValueError, match=r"does not fit the inferred network: missing \['up\.2\.norm\.weight'\]"):
+        load_generator(state)
+
+
+def _fans(w: torch.Tensor) -> tuple[int, int]:
+    """torch.nn.init's fan_in / fan_out of a conv weight (ConvTranspose2d swaps the roles)."""
+    receptive = w[0, 0].numel()
+    return w.shape[1] * receptive, w.shape[0] * receptive
 
 
 @pytest.mark.parametrize("init_type", ["normal", "xavier", "kaiming", "orthogonal"])
 def test_init_types(init_type):
     torch.manual_seed(0)
-    g = init_weights(build_generator(GeneratorArch(1, 2, 5, 8)), init_type, 0.02)
-    conv = g.down[1].conv.weight
-    assert conv.abs().sum() > 0 and torch.isfinite(conv).all()
-    assert g.down[1].norm.bias.abs().sum() == 0
-    if init_type == "normal":
-        assert abs(conv.std().item() - 0.02) < 0.005
-        assert abs(g.down[1].norm.weight.mean().item() - 1.0) < 0.02
+    gain = 0.02
+    g = init_weights(build_generator(GeneratorArch(1, 2, 6, 16)), init_type, gain)
+    d = init_weights(build_discriminator(DiscriminatorArch(3, 16, 3)), init_type, gain)
+    convs = [m for m in list(g.modules()) + list(d.modules()) if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    for m in convs:
+        w = m.weight.detach().double()
+        fan_in, fan_out = _fans(w)
+        if init_type == "orthogonal":  # rows of the flattened weight (or its columns) are orthogonal, norm gain
+            flat = w.flatten(1)
+            gram = flat @ flat.T if flat.shape[0] <= flat.shape[1] else flat.T @ flat
+            torch.testing.assert_close(gram, gain ** 2 * torch.eye(len(gram), dtype=gram.dtype), atol=1e-9, rtol=1e-6)
+            continue
+        expect = {"normal": gain, "xavier": gain * (2.0 / (fan_in + fan_out)) ** 0.5,
+                  "kaiming": (2.0 / fan_in) ** 0.5}[init_type]
+        n = w.numel()
+        # the sample std of n normal draws is within a few std / sqrt(2n) of the true std
+        assert abs(w.std().item() - expect) < 5 * expect / (2 * n) ** 0.5 + 1e-12, (init_type, w.shape)
+        assert abs(w.mean().item()) < 5 * expect / n ** 0.5
+        if m.bias is not None:
+            assert m.bias.abs().sum() == 0
+    for m in g.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # official: N(1, gain) weights, zero biases
+            assert m.bias.abs().sum() == 0
+            assert abs(m.weight.mean().item() - 1.0) < 5 * gain / m.weight.numel() ** 0.5
+            assert abs(m.weight.std().item() - gain) < 0.5 * gain
 
 
 def test_predict_runs_official_weights(tmp_path):
+    """`p2p predict` with an official latest_net_G.pth gives the official network's output."""
+    import numpy as np
     from PIL import Image
 
     from p2p.cli import main
@@ -125,7 +155,13 @@ def test_predict_runs_official_weights(tmp_path):
 
     official = randomize(OfficialUnet(3, 3, 5, 8, "batch", dropout=True)).eval()
     torch.save(official.state_dict(), tmp_path / "latest_net_G.pth")
-    Image.fromarray(embedded_photo("coffee")[:40, :70]).save(tmp_path / "facade.png")
+    photo = embedded_photo("coffee")[100:164, 200:264]  # the model size: no resampling on the way
+    Image.fromarray(photo).save(tmp_path / "facade.png")
     assert main(["predict", str(tmp_path / "latest_net_G.pth"), str(tmp_path / "facade.png"),
-                 "--out", str(tmp_path / "out"), "--size", "32", "--device", "cpu"]) == 0
-    assert Image.open(tmp_path / "out" / "facade.png").size == (70, 40)
+                 "--out", str(tmp_path / "out"), "--size", "64", "--device", "cpu"]) == 0
+    got = np.asarray(Image.open(tmp_path / "out" / "facade.png")).astype(np.float64) / 255
+    x = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        want = ((official(x)[0].permute(1, 2, 0).double().numpy() + 1) / 2).clip(0, 1)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 0.5 / 255 + 1e-6  # the PNG's 8-bit rounding only

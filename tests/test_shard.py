@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import image_folders as F
+from helpers import image_folders as F
+from helpers.requirements import require_dali
 from p2p.cli import main
-from p2p.data.shard import hash_unit, read_manifest, shard_files
-from p2p.data.wds_index import read_index, scan_tar, split_name, write_index
+from p2p.data.shards import read_manifest, shard_files
+from p2p.data.shards.format import hash_unit
+from p2p.data.shards.index import read_index, scan_tar, split_name, write_index
 
 SIZE = 64
 LONG_BASENAME = "nested/" + "x" * 110 + ".jpg"  # > 100 characters in one component: GNU 'L' record
@@ -224,6 +226,7 @@ def test_index_matches_tar_and_dalis_tool(coco, tmp_path):
                 has_gnu_longname = any(raw[m.offset + 156] == ord("L") for m in tf)
             if has_gnu_longname or not shutil.which("tar"):
                 continue  # DALI's wds2idx gets offsets after GNU 'L' records wrong
+            require_dali()  # wds2idx comes with nvidia-dali
             from wds2idx import IndexCreator
 
             theirs = tmp_path / "theirs.idx"
@@ -236,10 +239,11 @@ def test_index_matches_tar_and_dalis_tool(coco, tmp_path):
 
 @pytest.mark.skipif(not shutil.which("tar"), reason="DALI's wds2idx needs GNU tar")
 def test_dalis_tool_agrees_on_ustar_prefix_and_fails_on_gnu_longname(tmp_path):
+    require_dali()  # wds2idx comes with nvidia-dali
     from wds2idx import IndexCreator
 
-    from p2p.data.shard import TarWriter
-    from p2p.data.wds_index import format_index
+    from p2p.data.shards.index import format_index
+    from p2p.data.shards.write import TarWriter
 
     def both(names):
         tar = tmp_path / "t.tar"
@@ -259,6 +263,7 @@ def test_dalis_tool_agrees_on_ustar_prefix_and_fails_on_gnu_longname(tmp_path):
 
 
 def dali_read(out: Path, splits=("train", "val"), paired=False) -> list[tuple[tuple, dict]]:
+    require_dali()  # skips the calling test without DALI, fails it under P2P_REQUIRE_DALI=1
     from nvidia.dali import fn, pipeline_def
 
     files = [f for s in splits for f in shard_files(out, s)]
@@ -343,7 +348,7 @@ def test_resume_rewrites_only_missing_shards(coco, capsys):
 
 
 def test_failed_shard_gives_exit_1_and_resume_finishes(coco, monkeypatch, capsys):
-    import p2p.data.shard as S
+    import p2p.data.shards.write as S
 
     src, out = coco["src"], coco["root"] / "out_fail"
     opts = ["--size", SIZE, "--val-fraction", 0, "--shard-size-mb", 0.03, "--workers", 1]

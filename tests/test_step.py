@@ -41,7 +41,7 @@ def photo_batch():
     """Two real 32x32 crops as colorization input/target: learnable, unlike noise."""
     from p2p.tasks import build_task
     from p2p.config import TaskConfig
-    from test_tasks import photos
+    from helpers.image_folders import photo_batch as photos
 
     return build_task(TaskConfig(name="colorize")).prepare(photos(), 32, None)
 
@@ -71,12 +71,22 @@ def test_step_updates_both_networks_and_returns_tensors(mode):
     assert any(not torch.equal(a, b) for a, b in zip(before_d, nets.D.parameters()))
 
 
-def test_generator_update_leaves_discriminator_gradients_alone():
+@pytest.mark.parametrize("mode", ["vanilla", "wgangp"])
+def test_generator_update_leaves_discriminator_gradients_alone(mode):
     nets, p = make_nets()
-    x, y = torch.rand(2, 1, 32, 32), torch.rand(2, 2, 32, 32)
-    train_step(nets, x, y, LossConfig(), p)
-    # the G pass ran against a frozen D: D's grads are those of its own update only
-    assert all(q.grad is None or torch.isfinite(q.grad).all() for q in nets.D.parameters())
+    x, y = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 2, 32, 32) * 2 - 1
+    after_d_update = {}
+
+    def snapshot(opt, args, kwargs):  # right after D's own optimizer step
+        after_d_update.update({n: q.grad.clone() for n, q in nets.D.named_parameters()})
+
+    nets.opt_d.register_step_post_hook(snapshot)
+    train_step(nets, x, y, LossConfig(gan_mode=mode), p)
+    # the G pass ran against a frozen D: it added nothing to D's gradients and froze it again
+    assert after_d_update and all(q.grad is not None for q in nets.D.parameters())
+    for n, q in nets.D.named_parameters():
+        assert torch.equal(q.grad, after_d_update[n]), f"the G update changed D's gradient of {n}"
+        assert not q.requires_grad
 
 
 def test_overfitting_one_batch_lowers_l1():

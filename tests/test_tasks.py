@@ -7,13 +7,8 @@ from skimage import color as skcolor
 
 from p2p.augment import crop_flip, step_generator
 from p2p.config import TaskConfig
-from p2p.data.folder import embedded_photo
+from helpers.image_folders import photo_batch as photos
 from p2p.tasks import build_task, degrade
-
-
-def photos(n=2, size=48):
-    imgs = [embedded_photo(name)[:size * 4:4, :size * 4:4] for name in ("astronaut", "coffee", "chelsea")[:n]]
-    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
 
 
 def test_crop_flip_is_deterministic_per_generator_and_exact():

@@ -1,41 +1,14 @@
-"""`p2p bench {data,lab,step,scaling,profile,all}`: standalone benchmarks, each measuring the
-seed-style baseline and p2p side by side in one run (see p2p.bench.common for the shared
-timer, environment record and output format)."""
+"""The benchmarks behind `p2p bench` (the command is p2p.cli.bench). Each suite measures the
+seed-style baseline and p2p side by side in one run and returns its payload (environment,
+config, rows with their baseline ratio):
 
-from __future__ import annotations
+- data: input pipelines (wds, dali, folder) vs the per-image PIL + skimage baseline;
+- lab: RGB->Lab, p2p batched vs skimage per image;
+- step: training-step img/s, the baseline vs each optimisation (and MFU on GPU);
+- scaling: weak scaling over processes (scaling_worker is its per-process entry under torchrun);
+- profile: torch.profiler trace and top operators of a real run;
+- all_bench: everything above into one folder, with report.md and plots (report).
 
-import argparse
-import importlib
-
-SUITES = {
-    "data": "input pipelines (wds, dali, folder) vs the per-image PIL + skimage baseline",
-    "lab": "RGB->Lab: p2p batched vs skimage per image",
-    "step": "training step img/s: baseline vs each optimisation (and MFU on GPU)",
-    "scaling": "weak scaling over processes (gloo on CPU, NCCL on GPUs)",
-    "profile": "torch.profiler trace and top operators of a real run",
-    "all": "everything above into one folder: results.json, report.md, plots",
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
-    for name, text in SUITES.items():
-        p = sub.add_parser(name, help=text, description=text)
-        modname = f"p2p.bench.{name}_bench" if name == "all" else f"p2p.bench.{name}"
-        try:
-            module = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                raise
-            p.set_defaults(_missing=name)
-            continue
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
-
-
-def run(args) -> int:
-    from p2p.errors import UsageError
-
-    if getattr(args, "_missing", None):
-        raise UsageError(f"benchmark {args._missing!r} is not available in this build")
-    return int(args._module.run(args) or 0)
+common has the shared timer, environment record and JSON writer; workload the networks, sizes
+and trainer batch the step benchmarks train on; photos the real images they use.
+"""

@@ -1,5 +1,5 @@
 """What every benchmark shares: a synchronised timer with warm-up and repeats, the
-environment record (hardware, versions), rows with their baseline ratio, JSON and a table.
+environment record (hardware, versions), rows with their baseline ratio, atomic JSON files.
 
 A row is a dict with at least `name` and `img_per_s`; `baseline` names the row it is compared
 with and `ratio` = img_per_s / baseline's img_per_s. Rows of one section are always measured
@@ -102,23 +102,3 @@ def write_json(path: str | os.PathLike, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def print_table(title: str, rows: list[dict], columns: tuple[str, ...] = ("name", "img_per_s", "ratio")) -> None:
-    """Rich table of rows; numbers get 4 significant digits, ratios an x."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="left" if c == "name" else "right")
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c)
-            if isinstance(v, float):
-                cells.append(f"{v:.2f}x" if c == "ratio" else f"{v:.4g}")
-            else:
-                cells.append("" if v is None else str(v))
-        table.add_row(*cells)
-    Console().print(table)

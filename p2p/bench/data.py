@@ -1,4 +1,4 @@
-"""`p2p bench data --source SHARDS`: input pipelines, from stored images to model-ready tensors.
+"""Input pipelines, from stored images to model-ready tensors (`p2p bench data --source SHARDS`).
 
 Every row measures images/s from files on disk to what the generator and discriminator eat: for
 colorization the normalised L and ab, image_size x image_size, float32, on the training device
@@ -25,48 +25,44 @@ Rows, all on the same images, measured one after another in this process:
 The loader-alone rows are the CPU work a GPU node's cores do per image (the device step then
 runs on the GPU), against the baseline that does all of its work on CPU cores.
 
-Each row: one untimed warm-up round (worker start-up, first batches), then --repeats timed
-rounds of --images images each from one continuing stream of batches (epochs follow each other
+Each row: one untimed warm-up round (worker start-up, first batches), then `repeats` timed
+rounds of `images` images each from one continuing stream of batches (epochs follow each other
 as in training, so small sets loop over epochs and an epoch's worker start-up is counted);
-img_per_s is the median round. The device step runs with --main-threads torch threads (default:
-the cores the loader's workers or DALI threads leave, at least 1). Results go to --json (environment, config, rows with the ratio
-to the baseline) and a table.
+img_per_s is the median round. The device step runs with `main_threads` torch threads
+(default: the cores the loader's workers or DALI threads leave, at least 1). The result has the
+environment, the config and the rows with their ratio to the baseline.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from p2p.bench.common import environment, measure, print_table, with_ratios, write_json
+from p2p.bench.common import environment, measure, with_ratios
 from p2p.errors import UsageError
 
 BASELINE = "seed-style PIL + skimage Dataset (baseline)"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="shard folder made by 'p2p shard' (its manifest names the originals)")
-    p.add_argument("--json", default=None, help="write results here (JSON)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16, as the baseline)")
-    p.add_argument("--images", type=int, default=512, help="images per timed round (default 512)")
-    p.add_argument("--backends", default="wds,dali,folder",
-                   help="comma-separated p2p backends to measure besides the baseline (default wds,dali,folder)")
-    p.add_argument("--workers", default=None,
-                   help="wds DataLoader worker counts, comma-separated (default 0,1,2,<cores>)")
-    p.add_argument("--dali-threads", default="1,2", help="DALI CPU thread counts (default 1,2)")
-    p.add_argument("--main-threads", type=int, default=0,
-                   help="torch threads of this process, which runs the Lab step (default: the cores "
-                   "left over by the loader workers, at least 1)")
-    p.add_argument("--image-size", type=int, default=256, help="model input size (default 256)")
-    p.add_argument("--load-size", type=int, default=0, help="loader size (default: the shards' stored size)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds per row (default 3)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2 batches per round, one round, "
-                   "worker counts 0 and 1, DALI 1 thread")
+@dataclass(frozen=True)
+class DataOptions:
+    """What the data benchmark is asked for (`p2p bench data`'s flags)."""
+
+    batch_size: int = 16  # as the baseline
+    images: int = 512  # per timed round
+    backends: tuple[str, ...] = ("wds", "dali", "folder")  # p2p backends besides the baseline
+    workers: tuple[int, ...] | None = None  # wds worker counts (default 0, 1, 2, cores)
+    dali_threads: tuple[int, ...] = (1, 2)  # DALI CPU thread counts
+    main_threads: int = 0  # torch threads for the device step (0 = the cores the loader leaves, >= 1)
+    image_size: int = 256  # model input size
+    load_size: int = 0  # loader size (0 = the shards' stored size)
+    repeats: int = 3  # timed rounds per row
+    quick: bool = False  # 2 batches per round, one round, workers 0 and 1, DALI 1 thread
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +123,7 @@ def _endless(make_iter):
 def _sample_jsons(source: str, limit: int) -> list[dict]:
     """The json member of the first `limit` train samples (manifest order), via the index."""
     from p2p.data.wds import ShardSet
-    from p2p.data.wds_index import read_index
+    from p2p.data.shards.index import read_index
 
     shards = ShardSet(source, "train")
     out = []
@@ -173,44 +169,47 @@ def _threads_for(workers: int, cores: int, asked: int) -> int:
     return asked if asked > 0 else max(1, cores - workers)
 
 
-def run(args) -> int:
-    from p2p.config import Config
-    from p2p.data.shard import read_manifest
+def _fitting_depth(size: int, depth: int) -> int:
+    """The largest U-Net depth up to `depth` that `size` allows: this benchmark builds no model,
+    but a config is only valid when its image size fits its model."""
+    while depth > 0 and size % (2 ** depth):
+        depth -= 1
+    return depth
 
-    source = args.source
+
+def run_data(source: str, options: DataOptions = DataOptions(), progress=print) -> dict:
+    """Measure every row on the shards in `source`; returns {environment, config, results}."""
+    from p2p.augment import step_generator
+    from p2p.config import load_config, with_values
+    from p2p.data.shard import read_manifest
+    from p2p.data.wds import WdsLoader
+    from p2p.tasks import build_task
+
+    o = options
     try:
         manifest = read_manifest(source)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"--source {source}: not a shard folder made by 'p2p shard' ({e})") from None
-    if args.batch_size < 1 or args.images < 1 or args.repeats < 1:
+    if o.batch_size < 1 or o.images < 1 or o.repeats < 1:
         raise UsageError("--batch-size, --images and --repeats must be >= 1")
     cores = os.cpu_count() or 1
     load_avg = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    quick = args.quick
-    bs = args.batch_size
-    images = 2 * bs if quick else args.images
-    repeats = 1 if quick else args.repeats
+    quick, bs = o.quick, o.batch_size
+    images = 2 * bs if quick else o.images
+    repeats = 1 if quick else o.repeats
     rounds = -(-images // bs)  # batches per round
-    if args.workers:
-        worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
-    else:
-        worker_counts = [0, 1] if quick else sorted({0, 1, 2, cores})
-    dali_threads = [1] if quick else [int(t) for t in args.dali_threads.split(",") if t.strip()]
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    worker_counts = list(o.workers) if o.workers else [0, 1] if quick else sorted({0, 1, 2, cores})
+    dali_threads = [1] if quick else list(o.dali_threads)
     stored = (manifest.get("options") or {}).get("size") or 286
-    load = args.load_size or stored
-    size = min(args.image_size, load)
+    load = o.load_size or stored
+    size = min(o.image_size, load)
     if manifest.get("task") == "paired":
         raise UsageError("bench data measures single-image shards (colorize); these are paired A|B shards")
 
-    cfg = Config()
-    cfg.data.source, cfg.data.load_size, cfg.data.image_size = source, load, size
-    cfg.data.val_fraction = 0.0
-    cfg.train.batch_size = bs
-    from p2p.augment import step_generator
-    from p2p.data.wds import WdsLoader
-    from p2p.tasks import build_task
-
+    defaults = load_config()
+    cfg = with_values(defaults, {
+        "data.source": source, "data.load_size": load, "data.image_size": size, "data.val_fraction": 0.0,
+        "train.batch_size": bs, "model.num_downs": _fitting_depth(size, defaults.model.num_downs)})
     task = build_task(cfg.task)
     default_threads = torch.get_num_threads()
     timing = {"warmup": 1, "repeats": repeats}
@@ -245,7 +244,10 @@ def run(args) -> int:
         row = {"name": name, "backend": backend, "workers": workers, "main_threads": threads,
                "stage": "model-ready" if prepare or backend == "baseline" else "loader only", **extra, **r}
         rows.append(row)
-        print(f"  {name}: {r['img_per_s']:.1f} img/s", flush=True)
+        progress(f"  {name}: {r['img_per_s']:.1f} img/s")
+
+    def wds_stream(workers: int):
+        return _endless(WdsLoader(with_values(cfg, {"data.workers": workers}), source, "train", 0, 1).epoch)
 
     # the baseline, on the same images
     items, what = baseline_items(source, manifest, max(images, 4 * bs))
@@ -260,70 +262,51 @@ def run(args) -> int:
         return torch.utils.data.DataLoader(ds, batch_size=base_bs, shuffle=True, num_workers=2, generator=g,
                                            drop_last=True)
 
-    print(f"bench data: {source} (stored {stored}px, load {load}, image {size}); baseline reads {what}", flush=True)
+    progress(f"bench data: {source} (stored {stored}px, load {load}, image {size}); baseline reads {what}")
     timed(BASELINE, "baseline", 2, _endless(baseline_epoch), False, default_threads, batch_size=base_bs)
 
     # the device-side step alone (no loading): the ceiling of every p2p row on this device
     if not quick:
-        cfg.data.workers = 0
-        fixed = next(iter(WdsLoader(cfg, source, "train", 0, 1).epoch(0)))
+        fixed = next(wds_stream(0))
         for t in sorted({1, cores}):
             timed(f"device step only (crop + Lab, {t} thread{'s' if t > 1 else ''})", "device-step", None,
                   _repeat(fixed), True, t, stage="device step only")
 
-    if "wds" in backends:
+    if "wds" in o.backends:
         for w in worker_counts:
-            cfg.data.workers = w
-            loader = WdsLoader(cfg, source, "train", 0, 1)
-            timed(f"wds workers={w}", "wds", w, _endless(loader.epoch), True, _threads_for(w, cores, args.main_threads))
+            timed(f"wds workers={w}", "wds", w, wds_stream(w), True, _threads_for(w, cores, o.main_threads))
         if not quick:  # where the time goes: the loader alone at the most workers
-            cfg.data.workers = w = max(worker_counts)
-            loader = WdsLoader(cfg, source, "train", 0, 1)
-            timed(f"wds workers={w}, loader only (uint8 {load}px)", "wds", w, _endless(loader.epoch), False, 1)
-    if "dali" in backends:
+            w = max(worker_counts)
+            timed(f"wds workers={w}, loader only (uint8 {load}px)", "wds", w, wds_stream(w), False, 1)
+    if "dali" in o.backends:
         try:
             from p2p.data.dali import DaliLoader
 
+            def dali_stream(threads: int):
+                return _endless(DaliLoader(with_values(cfg, {"data.workers": threads}), source, "train", 0, 1).epoch)
+
             for t in dali_threads:
-                cfg.data.workers = t
-                loader = DaliLoader(cfg, source, "train", 0, 1)
-                timed(f"dali cpu threads={t}", "dali", t, _endless(loader.epoch), True,
-                      _threads_for(t, cores, args.main_threads))
+                timed(f"dali cpu threads={t}", "dali", t, dali_stream(t), True, _threads_for(t, cores, o.main_threads))
             if not quick:
-                cfg.data.workers = t = max(dali_threads)
-                loader = DaliLoader(cfg, source, "train", 0, 1)
-                timed(f"dali cpu threads={t}, loader only (uint8 {load}px)", "dali", t, _endless(loader.epoch),
-                      False, 1)
+                t = max(dali_threads)
+                timed(f"dali cpu threads={t}, loader only (uint8 {load}px)", "dali", t, dali_stream(t), False, 1)
         except UsageError as e:
-            print(f"  dali skipped: {e}")
-    if "folder" in backends:
+            progress(f"  dali skipped: {e}")
+    if "folder" in o.backends:
         src = manifest.get("source")
         if src and Path(src).is_dir() and manifest.get("options", {}).get("split_mode") == "hash":
             from p2p.data.folder import FolderLoader
 
-            fcfg = Config()
-            fcfg.data.source, fcfg.data.load_size, fcfg.data.image_size = src, load, size
-            fcfg.data.val_fraction, fcfg.train.batch_size = 0.0, bs
             w = min(2, cores) if not quick else 1
-            fcfg.data.workers = w
-            loader = FolderLoader(fcfg, src, "train", 0, 1)
+            loader = FolderLoader(with_values(cfg, {"data.source": src, "data.workers": w}), src, "train", 0, 1)
             timed(f"folder workers={w} (originals)", "folder", w, _endless(loader.epoch), True,
-                  _threads_for(w, cores, args.main_threads))
+                  _threads_for(w, cores, o.main_threads))
         else:
-            print("  folder skipped: the manifest's source folder is gone (or has train/ val/ folders)")
+            progress("  folder skipped: the manifest's source folder is gone (or has train/ val/ folders)")
 
     rows = with_ratios(rows, BASELINE)
     config = {"source": os.path.abspath(source), "stored_size": stored, "load_size": load, "image_size": size,
               "batch_size": bs, "images_per_round": rounds * bs, "repeats": repeats, "quick": quick,
               "baseline_reads": what, "train_samples": int(sum(s["count"] for s in manifest["train"]["shards"])),
               "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg}
-    payload = {"environment": environment(), "config": config, "results": rows}
-    if args.json:
-        write_json(args.json, payload)
-    print_table(f"input pipelines to model-ready L/ab ({size}px, batch {bs}, {cores} cores)", rows,
-                ("name", "stage", "workers", "main_threads", "img_per_s", "ratio"))
-    pipelines = [r for r in rows if r["backend"] not in ("baseline", "device-step") and r["stage"] == "model-ready"]
-    best = max(pipelines, key=lambda r: r["img_per_s"], default=None)
-    if best is not None:
-        print(f"best: {best['name']} at {best['img_per_s']:.0f} img/s = {best['ratio']:.2f}x the baseline")
-    return 0
+    return {"environment": environment(), "config": config, "results": rows}

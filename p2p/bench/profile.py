@@ -1,35 +1,33 @@
-"""`p2p bench profile [CONFIG.yaml] [section.key=value ...]`: torch.profiler over a real run.
+"""torch.profiler over a real run (`p2p bench profile [CONFIG.yaml] [section.key=value ...]`).
 
-The run is built and stepped exactly as `p2p train` does (p2p.train.loop's own pieces: the
-config, the loader for data.source with its worker processes, the one-batch-ahead device copy,
-`Task.prepare` on the device, wrap_models, make_optimizer, make_step_fn incl. CUDA graphs when
-configured, losses summed on the device and read at log steps), minus checkpoints, samples and
-validation. The default is the demo: the photographs embedded in scikit-image; `--source`
-takes an image or shard folder.
+The run is built and stepped exactly as `p2p train` does, with the trainer's own pieces: the
+config, `build_run` (processes, networks, wrap_models, optimizers, the step incl. CUDA graphs
+when configured), the loader for data.source with its worker processes, `device_batches` (the
+one-batch-ahead device copy), `Run.prepare` on the device and `LogInterval` (losses summed on
+the device, read at log steps), minus checkpoints, samples and validation. The default is the
+demo: the photographs embedded in scikit-image.
 
-After --warmup untimed steps (worker start-up, first batches, cuDNN autotuning), --steps steps
-run under torch.profiler. Outputs in --out:
+After `warmup` untimed steps (worker start-up, first batches, cuDNN autotuning), `steps` steps
+run under torch.profiler. Outputs in `out_dir`:
 
 * trace.json: a Chrome trace (chrome://tracing, https://ui.perfetto.dev or TensorBoard), with
   the phases of each step marked `p2p.data_wait`, `p2p.prepare`, `p2p.train_step`, `p2p.log_read`;
-* profile.json (or --json): top operators by self CPU time (and self CUDA time on GPU), the
+* the returned summary: top operators by self CPU time (and self CUDA time on GPU), the
   data-wait fraction (time blocked on the next batch / wall time of the profiled steps) and a
   one-line verdict naming the bottleneck.
 
 Times are measured with the profiler on, which adds some per-op overhead to every phase.
-Run directly as `python -m p2p.bench.profile [options]`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from p2p.bench.common import environment, print_table, sync, write_json
+from p2p.bench.common import environment, sync
 from p2p.errors import UsageError
 
 DATA_BOUND = 0.2  # waiting for batches this share of the wall time or more: the input pipeline limits
@@ -37,10 +35,6 @@ REGIONS = ("p2p.data_wait", "p2p.prepare", "p2p.train_step", "p2p.log_read")
 # Not operators: the profiler's step markers, our phase markers, and the DataLoader's own marker
 # (its time is the data wait, reported separately).
 SKIP_EVENTS = ("ProfilerStep", "p2p.", "enumerate(DataLoader)")
-
-# tests: a toy model on 32 px crops, no loader workers
-TINY = ["data.image_size=32", "data.load_size=40", "model.num_downs=5", "model.ngf=8", "model.ndf=8",
-        "train.batch_size=4", "data.epoch_size=32", "data.workers=0"]
 
 
 def _time(evt, kind: str) -> float:
@@ -76,55 +70,60 @@ def verdict(data_wait_fraction: float, top: list[dict], kind: str) -> str:
             f"({100 * data_wait_fraction:.0f}% of wall time waiting for batches)")
 
 
-def run_profile(overrides: list[str] | None = None, config_path: str | None = None, steps: int = 10,
-                warmup: int = 3, out_dir: str | os.PathLike = "bench-out/profile", top: int = 15,
-                progress=print) -> dict:
-    """Profile `steps` steps of the configured run; writes out_dir/trace.json and returns the summary."""
+def run_profile(overrides: list[str] | None = None, config_path: str | None = None, steps: int | None = None,
+                warmup: int | None = None, quick: bool = False, out_dir: str | os.PathLike = "bench-out/profile",
+                top: int = 15, progress=print) -> dict:
+    """Profile `steps` steps (default 10; 4 when `quick`) after `warmup` (default 3; 2 when
+    `quick`) of the configured run; writes out_dir/trace.json and returns
+    {environment, config, summary}."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from p2p.config import load_config
+    from p2p.config import load_config, with_values
     from p2p.data import build_loader
+    from p2p.data.prefetch import device_batches
     from p2p.train.graphs import GraphedStep
-    from p2p.train.loop import Window, batches, build_run
+    from p2p.train.meter import LogInterval
+    from p2p.train.run import build_run
 
+    steps = steps or (4 if quick else 10)
+    warmup = warmup if warmup is not None else (2 if quick else 3)
     if steps < 1 or warmup < 0:
         raise UsageError("--steps must be >= 1 and --warmup >= 0")
-    cfg = load_config(config_path, list(overrides or []))
-    cfg.run.resume = False  # profile a fresh run, whatever the run folder holds
+    # a fresh run, whatever the run folder holds
+    cfg = with_values(load_config(config_path, list(overrides or [])), {"run.resume": False})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     run = build_run(cfg)  # exactly as `p2p train` builds it
     if run.world > 1:
         raise UsageError("bench profile runs one process; start it without torchrun")
-    device, task, notices = run.device, run.task, run.notices
-    loader = build_loader(cfg, "train", 0, 1, device)
-    stream = batches(loader, run.state, device)
-    window = Window(device)
+    device, task, state, bs = run.device, run.task, run.state, cfg.train.batch_size
+    loader = build_loader(cfg, "train", run.rank, run.world, device)
+    stream = device_batches(loader, state.epoch, state.batch_in_epoch, device)
+    interval = LogInterval(device)
     progress(f"bench profile: {task.name} on {cfg.data.source} ({cfg.data.backend} backend, "
-             f"{cfg.data.workers} workers), batch {cfg.train.batch_size}, {cfg.data.image_size}px, "
+             f"{cfg.data.workers} workers), batch {bs}, {cfg.data.image_size}px, "
              f"{device.type}: {warmup} warm-up + {steps} profiled steps")
 
-    def one_step(step: int) -> float:
+    def one_step() -> float:
         """The loop's per-step calls; returns the seconds spent waiting for the batch."""
-        t0 = time.perf_counter()
+        waited_before = interval.data_wait
         with record_function("p2p.data_wait"):
-            epoch, index, batch = next(stream)
-        waited = time.perf_counter() - t0
+            epoch, index, batch = interval.timed_next(stream)
+        waited = interval.data_wait - waited_before
         with record_function("p2p.prepare"):
             inp, target = run.prepare(batch)
         with record_function("p2p.train_step"):
-            window.add(run.step(inp, target))
+            interval.add(run.step(inp, target))
         run.advance(epoch, index, loader.batches_per_epoch)
-        if (step + 1) % cfg.train.log_every == 0:
+        if state.step % cfg.train.log_every == 0:
             with record_function("p2p.log_read"):  # note: the loop's only host sync, at log steps
-                torch.stack([v.float() for v in window.sums.values()]).tolist()
-                window.sums = {}
+                interval.row(state.step, state.epoch, bs, run.world, run.lr(), run.nets)
         return waited
 
     t_warm = time.perf_counter()
-    for s in range(warmup):
-        one_step(s)
+    for _ in range(warmup):
+        one_step()
     sync(device)
     warmup_s = time.perf_counter() - t_warm
 
@@ -132,12 +131,12 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     waits = []
     with profile(activities=activities, record_shapes=False, with_stack=False) as prof:
         t0 = time.perf_counter()
-        for s in range(warmup, warmup + steps):
-            waits.append(one_step(s))
+        for _ in range(steps):
+            waits.append(one_step())
             prof.step()
         sync(device)
         wall = time.perf_counter() - t0
-    losses = {k: float(v) for k, v in window.sums.items()}  # host read: the run stayed finite?
+    losses = {k: float(v) for k, v in interval.sums.items()}  # host read: the run stayed finite?
     trace = out_dir / "trace.json"
     prof.export_chrome_trace(str(trace))
 
@@ -150,14 +149,13 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         if e.key in REGIONS:
             regions[e.key] = {"calls": int(e.count), "cpu_total_ms": float(e.cpu_time_total) / 1000}
     wait_fraction = sum(waits) / wall if wall > 0 else 0.0
-    bs = cfg.train.batch_size
     summary = {
         "bottleneck": verdict(wait_fraction, ranked, kind),
         "data_wait_fraction": wait_fraction,
         "data_wait_s": sum(waits), "wall_s": wall, "steps": steps, "warmup_steps": warmup, "warmup_s": warmup_s,
         "img_per_s": bs * steps / wall, "step_ms": 1000 * wall / steps,
         "regions": regions, "top_ops_cpu": ops_cpu, "top_ops_cuda": ops_cuda, "trace": str(trace),
-        "trace_bytes": trace.stat().st_size, "losses_sum_last_window": losses, "notices": notices,
+        "trace_bytes": trace.stat().st_size, "losses_sum_last_window": losses, "notices": run.notices,
         "note": "measured with the profiler on (adds per-op overhead)",
     }
     config = {"device": str(device), "task": task.name, "source": cfg.data.source, "backend": cfg.data.backend,
@@ -165,54 +163,6 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
               "load_size": cfg.data.load_size, "ngf": cfg.model.ngf, "ndf": cfg.model.ndf,
               "num_downs": cfg.model.num_downs, "precision": cfg.train.precision,
               "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
-              "cuda_graphs": isinstance(run.step_fn, GraphedStep), "threads": torch.get_num_threads(), "config_file": config_path,
-              "overrides": list(overrides or [])}
+              "cuda_graphs": isinstance(run.step_fn, GraphedStep), "threads": torch.get_num_threads(),
+              "config_file": config_path, "overrides": list(overrides or [])}
     return {"environment": environment(), "config": config, "summary": summary}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | section.key=value",
-                        help="the run to profile, as for `p2p train` (default: the demo on the embedded photos)")
-    parser.add_argument("--source", default=None, help="data.source: an image or shard folder (default: the config's)")
-    parser.add_argument("--steps", type=int, default=None, help="profiled steps (default 10; 4 with --quick)")
-    parser.add_argument("--warmup", type=int, default=None, help="unprofiled steps first (default 3; 2 with --quick)")
-    parser.add_argument("--top", type=int, default=15, help="operators in the table (default 15)")
-    parser.add_argument("--out", default="bench-out/profile", help="folder for trace.json and profile.json")
-    parser.add_argument("--json", metavar="PATH", help="the summary JSON (default: OUT/profile.json)")
-    parser.add_argument("--quick", action="store_true", help="fewer steps: a smoke run")
-    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-
-
-def resolve(args: argparse.Namespace) -> dict:
-    from p2p.train.entry import split_args
-
-    path, overrides = split_args(list(args.args))
-    tiny = args.tiny or os.environ.get("P2P_BENCH_TINY") == "1"
-    if tiny:
-        overrides = TINY + overrides
-    if args.source:
-        overrides.append(f"data.source={args.source}")
-    return {"config_path": path, "overrides": overrides,
-            "steps": args.steps or (2 if tiny else 4 if args.quick else 10),
-            "warmup": args.warmup if args.warmup is not None else (1 if tiny else 2 if args.quick else 3),
-            "top": args.top}
-
-
-def run(args: argparse.Namespace) -> int:
-    o = resolve(args)
-    payload = run_profile(out_dir=args.out, progress=lambda s: print(s, flush=True), **o)
-    s = payload["summary"]
-    kind = "cuda" if s["top_ops_cuda"] else "cpu"
-    print_table(f"top operators by self {kind.upper()} time ({s['steps']} steps)",
-                s[f"top_ops_{kind}"], columns=("name", "calls", f"self_{kind}_ms", f"self_{kind}_share"))
-    print(f"{s['img_per_s']:.1f} img/s with the profiler on; data wait {100 * s['data_wait_fraction']:.0f}% of "
-          f"{s['wall_s']:.2f} s; trace: {s['trace']}")
-    print(s["bottleneck"])
-    write_json(args.json or Path(args.out) / "profile.json", payload)
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m p2p.bench.profile", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    raise SystemExit(run(_parser.parse_args()))

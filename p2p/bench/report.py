@@ -4,13 +4,11 @@
 command that reproduces it, a table of its rows with the baseline and ratio, its plot) and the
 plots: `<section>.png` throughput bars with the baseline in grey for data, lab and step,
 `scaling.png` (global img/s against the ideal, and efficiency), `profile.png` (top operators).
-Re-render an existing results file with `python -m p2p.bench.report DIR/results.json`.
+Re-render an existing results file with `p2p bench report DIR/results.json`.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 SECTION_TITLES = {
@@ -247,9 +245,3 @@ def _profile_lines(sec: dict, out: Path, hardware: str) -> list[str]:
         lines += [f"![profile]({png.name})", ""]
     return lines
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m p2p.bench.report DIR/results.json")
-    src = Path(sys.argv[1])
-    print(write_report(json.loads(src.read_text()), src.parent))

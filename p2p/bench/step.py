@@ -1,49 +1,48 @@
-"""`p2p bench step`: training-step images/s, the seed-style baseline against each optimisation.
+"""Training-step images/s (`p2p bench step`): the seed-style baseline against each optimisation.
 
-Every row runs `p2p.train.step.train_step` (D update, then G update) on the same synthetic
-colorization batch (L in, ab out, already on the device) with freshly built networks from the
-same seed, so rows differ only in how the step is run:
+Every row runs `p2p.train.step.train_step` (D update, then G update) on the same colorization
+batch with networks built by the trainer's `build_networks` from the same seed, so rows differ
+only in how the step is run:
 
-* baseline: what the seed did: fp32, eager, contiguous (NCHW) tensors, `torch.optim.Adam` with
+* baseline: what the seed did: fp32, eager, NCHW models, `torch.optim.Adam` with
   `foreach=False` (one small kernel per parameter tensor), and `.item()` on every loss every
   step, i.e. a host sync per step;
-* one optimisation at a time on top of the baseline: channels_last, fused Adam (foreach where
-  fused is missing), no per-step host sync (losses summed on the device), bf16 autocast, fp16
-  autocast with per-network GradScalers (GPU), torch.compile (GPU; CPU behind --cpu-compile,
-  which compiles for minutes), CUDA graphs of the whole step (GPU; p2p.train.graphs.GraphedStep
-  with capturable Adam);
+* one optimisation at a time on top of the baseline: channels_last models, fused Adam (foreach
+  where fused is missing), no per-step host sync (losses summed on the device), bf16 autocast,
+  fp16 autocast with per-network GradScalers (GPU), torch.compile (GPU; CPU behind
+  `cpu_compile`, which compiles for minutes), CUDA graphs of the whole step (GPU; the trainer's
+  `make_step_fn` with capturable Adam);
 * all: every optimisation that runs on this device, combined;
-* p2p default: what `p2p train` does with the default config on this device (p2p.config
-  defaults through the loop's own choices: channels_last on GPU only, fused Adam, no sync).
+* p2p default: what `p2p train` does with the default config on this device (the config
+  defaults through the trainer's own choices: channels_last on GPU only, fused Adam, no sync).
+
+The batch is what `p2p train` feeds (p2p.bench.workload.trainer_batch): uint8 photographs
+through the task's own `prepare` on the device, which for colorization gives L and ab as
+strided channel views of one Lab tensor. Convolution kernels are chosen by, and run at speeds
+that depend on, their input's layout and strides, so a contiguous synthetic batch would time
+kernels the trainer never runs.
 
 Rows that cannot run here are kept with `skipped` and the reason. Each mode is warmed up, then
-the modes take turns (`--repeats` rounds, the order rotating each round) so that drift and
-other load on the machine hit them alike; img_per_s is the median round. On a GPU each row also
-has `mfu`: FLOPs per image (p2p.train.flops, 1 multiply-add = 2 FLOPs) x img/s / the GPU's
-dense bf16 peak (fp32 rows too, against the same peak).
-
-Run directly as `python -m p2p.bench.step [options]`; thread count from OMP_NUM_THREADS.
+the modes take turns (`repeats` rounds, the order rotating each round) so that drift and other
+load on the machine hit them alike; img_per_s is the median round. On a GPU each row also has
+`mfu`: FLOPs per image (p2p.train.flops, 1 multiply-add = 2 FLOPs) x img/s / the GPU's dense
+bf16 peak (fp32 rows too, against the same peak). Thread count from OMP_NUM_THREADS.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 
 import torch
 
-from p2p.bench.common import environment, measure, print_table, sync, write_json
+from p2p.bench.common import environment, measure, sync
+from p2p.bench.workload import WorkloadOptions, WorkloadPlan, trainer_batch, workload_config
 from p2p.errors import UsageError
 
 BASELINE = "baseline"
-
-# name -> (ngf, num_downs, ndf). "small" is the demo's model (p2p.config defaults); "tiny" is
-# for the tests only.
-MODELS = {"full": (64, 8, 64), "small": None, "tiny": (8, 5, 8)}
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,8 @@ class Setup:
 
 MODES = {
     "baseline": ("seed-style: fp32, eager, NCHW, for-loop Adam, .item() every step", Setup()),
-    "channels_last": ("baseline + channels_last models and batch", Setup(channels_last=True)),
+    "channels_last": ("baseline + channels_last models (the batch as the trainer feeds it)",
+                      Setup(channels_last=True)),
     "fused_adam": ("baseline + fused Adam (p2p make_optimizer)", Setup(adam="fused")),
     "no_sync": ("baseline + losses stay on the device (no per-step host sync)", Setup(sync_every_step=False)),
     "bf16": ("baseline + bf16 autocast", Setup(precision="bf16")),
@@ -71,17 +71,6 @@ MODES = {
     "all": ("every optimisation that runs on this device", Setup()),  # filled in by all_setup()
     "p2p_default": ("what `p2p train` does with the default config here", Setup()),  # default_setup()
 }
-
-
-def model_sizes(model: str) -> tuple[int, int, int]:
-    if model not in MODELS:
-        raise UsageError(f"--model {model!r}: choose one of full, small")
-    if MODELS[model] is None:
-        from p2p.config import Config
-
-        m = Config().model
-        return m.ngf, m.num_downs, m.ndf
-    return MODELS[model]
 
 
 def why_not(name: str, device: torch.device, cpu_compile: bool) -> str | None:
@@ -101,20 +90,19 @@ def why_not(name: str, device: torch.device, cpu_compile: bool) -> str | None:
 def all_setup(device: torch.device, cpu_compile: bool) -> Setup:
     """Every optimisation that runs here combined: on a GPU bf16 + channels_last + compile + CUDA
     graphs (capturable Adam, no syncs); on a CPU channels_last, fused Adam, no sync, bf16 (and
-    compile with --cpu-compile)."""
+    compile with cpu_compile)."""
     cuda = device.type == "cuda"
     return Setup(channels_last=True, adam="capturable" if cuda else "fused", sync_every_step=False,
                  precision="bf16", compile=cuda or cpu_compile, cuda_graphs=cuda)
 
 
-def default_setup(device: torch.device) -> Setup:
-    """The trainer's choices for the default config (p2p.train.loop / wrap): channels_last only on
-    GPU, fused Adam, host reads only at log steps, the configured precision, compile and graphs."""
-    from p2p.config import Config
+def default_setup(cfg, device: torch.device) -> Setup:
+    """The trainer's choices for `cfg` (p2p.train.run / wrap): channels_last and compile only on
+    GPU, fused Adam, host reads only at log steps, the configured precision and graphs."""
+    from p2p.train.run import use_cuda_graphs
 
-    t = Config().train
-    cuda = device.type == "cuda"
-    graphs = t.cuda_graphs and cuda and t.precision != "fp16" and t.on_nonfinite != "skip"
+    t, cuda = cfg.train, device.type == "cuda"
+    graphs = use_cuda_graphs(cfg, device, lambda text: None)
     return Setup(channels_last=t.channels_last and cuda, adam="capturable" if graphs else "fused",
                  sync_every_step=False, precision=t.precision, compile=t.compile and cuda, cuda_graphs=graphs)
 
@@ -124,56 +112,36 @@ def default_setup(device: torch.device) -> Setup:
 
 
 class Runner:
-    """Fresh G and D from `seed` (identical initial weights in every mode), wrapped as `setup`
-    says, and a function that runs `steps` training steps on the fixed batch."""
+    """Fresh G and D from `seed` (identical initial weights in every mode), placed and wrapped as
+    `setup` says, and a function that runs `steps` training steps on the fixed batch."""
 
-    def __init__(self, setup: Setup, sizes: tuple[int, int, int], batch: tuple[torch.Tensor, torch.Tensor],
-                 device: torch.device, seed: int = 0):
-        from p2p.config import Config
-        from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, init_weights
-        from p2p.train.step import Nets, Precision, train_step
-        from p2p.train.wrap import make_optimizer
+    def __init__(self, setup: Setup, cfg, task, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+                 seed: int = 0):
+        from p2p.train.graphs import GraphedStep
+        from p2p.train.nets import build_nets, build_networks
+        from p2p.train.run import make_step_fn
+        from p2p.train.step import Precision
 
         self.setup, self.device, self.notices = setup, device, []
-        ngf, num_downs, ndf = sizes
-        cfg = Config()
-        self.loss_cfg = cfg.loss
         torch.manual_seed(seed)
-        G = init_weights(build_generator(GeneratorArch(1, 2, num_downs, ngf)), "normal", 0.02).to(device)
-        D = init_weights(build_discriminator(DiscriminatorArch(3, ndf)), "normal", 0.02).to(device)
-        inp, target = batch
+        G, D = (net.to(device) for net in build_networks(cfg, task))
+        # As p2p.train.wrap.wrap_models, which applies these on GPUs only: here they are
+        # measured on any device.
         if setup.channels_last:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-            inp = inp.contiguous(memory_format=torch.channels_last)
-            target = target.contiguous(memory_format=torch.channels_last)
-        self.inp, self.target = inp, target
-
-        def adam(params):
-            if setup.adam == "for-loop":  # the seed's optimizer: a Python loop over parameter tensors
-                return torch.optim.Adam(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                        foreach=False)
-            return make_optimizer(params, cfg, device, capturable=setup.adam == "capturable")
-
-        opt_g, opt_d = adam(G.parameters()), adam(D.parameters())
-        self.adam_kind = _adam_kind(opt_g)
-        D_plain = D
-        if setup.compile:  # as p2p.train.wrap.wrap_models does
-            G, D, D_plain = torch.compile(G), torch.compile(D), torch.compile(D_plain)
+        D_frozen = D
+        if setup.compile:
+            G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_frozen)
         self.precision = Precision(setup.precision, device)
-        self.nets = Nets(G, D, D_plain, opt_g, opt_d, self.precision.make_scaler(False),
-                         self.precision.make_scaler(False))
-
-        def eager(x, y):
-            return train_step(self.nets, x, y, self.loss_cfg, self.precision)
-
-        self.step_fn = eager
-        self.graphed = None
-        if setup.cuda_graphs:
-            from p2p.train.graphs import GraphedStep
-
-            self.graphed = self.step_fn = GraphedStep(eager, notice=self.notices.append)
+        self.nets = build_nets(G, D, D_frozen, cfg, device, self.precision, capturable=setup.adam == "capturable",
+                               adam="for-loop" if setup.adam == "for-loop" else "auto")
+        self.adam_kind = _adam_kind(self.nets.opt_g)
+        self.step_fn = make_step_fn(self.nets, cfg, self.precision, setup.cuda_graphs, self.notices.append)
+        self.graphed = self.step_fn if isinstance(self.step_fn, GraphedStep) else None
+        self.inp, self.target = batch
+        self.batch_size = self.inp.shape[0]
         self.sums: dict[str, torch.Tensor] = {}
-        self.batch_size = inp.shape[0]
+        self.last: dict[str, float] = {}
 
     def run(self, steps: int) -> int:
         """`steps` training steps; returns the images processed."""
@@ -200,7 +168,7 @@ class Runner:
     def read_losses(self) -> dict[str, float]:
         """The losses since the last read (summed, or the last step's when synced every step): a
         host sync. Resets the sums."""
-        out = {k: float(v) for k, v in self.sums.items()} if self.sums else dict(getattr(self, "last", {}))
+        out = {k: float(v) for k, v in self.sums.items()} if self.sums else dict(self.last)
         self.sums = {}
         return out
 
@@ -213,74 +181,64 @@ def _adam_kind(opt: torch.optim.Optimizer) -> str:
     return f"{kind}, capturable" if d.get("capturable") else kind
 
 
-def synthetic_batch(batch_size: int, image_size: int, device: torch.device, seed: int = 0):
-    """A colorization batch (L: N x 1, ab: N x 2, both in [-1, 1]) made on the device, so no
-    input pipeline is measured. Smooth random fields rather than white noise: conv costs do not
-    depend on content, but the losses stay in a realistic range."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(batch_size, 3, max(1, image_size // 16), max(1, image_size // 16), generator=g) * 2 - 1
-    x = torch.nn.functional.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return x[:, :1].contiguous().to(device), x[:, 1:].contiguous().to(device)
-
-
 # ---------------------------------------------------------------------------------------------
 # the suite
 
 
-def resolve_options(args: argparse.Namespace) -> dict:
-    """Defaults that depend on the device and on --quick / --tiny."""
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES)")
-    cuda = device.type == "cuda"
-    tiny = getattr(args, "tiny", False) or os.environ.get("P2P_BENCH_TINY") == "1"
-    quick = args.quick
-    o = {
-        "device": device, "tiny": tiny, "quick": quick,
-        "model": args.model or ("tiny" if tiny else "full" if cuda else "small"),
-        "batch_size": args.batch_size or (2 if tiny else 64 if cuda else 8),
-        "image_size": args.image_size or (32 if tiny else 128 if quick and not cuda else 256),
-        "steps": args.steps or (1 if tiny else (5 if quick else 20) if cuda else 2 if quick else 3),
-        "warmup": args.warmup if args.warmup is not None else (1 if tiny or not cuda else 5),
-        "repeats": args.repeats or (1 if tiny else 3 if quick or not cuda else 5),
-    }
-    modes = [m.strip() for m in (args.modes or ",".join(MODES)).split(",") if m.strip()]
+@dataclass(frozen=True)
+class StepOptions(WorkloadOptions):
+    """What the step benchmark is asked for; None picks the device's default (see plan_step)."""
+
+    repeats: int | None = None
+    modes: tuple[str, ...] | None = None  # default: every mode; the baseline is always added
+    cpu_compile: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StepPlan(WorkloadPlan):
+    device: torch.device
+    modes: tuple[str, ...]
+    quick: bool
+    cpu_compile: bool
+    seed: int
+
+
+def plan_step(o: StepOptions) -> StepPlan:
+    from p2p.dist import resolve_device
+
+    device = resolve_device(o.device)
+    cuda, quick = device.type == "cuda", o.quick
+    modes = list(o.modes or MODES)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise UsageError(f"--modes: unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
     if BASELINE not in modes:
         modes.insert(0, BASELINE)  # every ratio needs the baseline of the same run
-    o["modes"] = modes
-    ngf, num_downs, ndf = model_sizes(o["model"])
-    if o["image_size"] % (2 ** num_downs):
-        raise UsageError(f"--image-size {o['image_size']}: must be divisible by 2**num_downs = {2 ** num_downs} "
-                         f"for --model {o['model']}")
-    for key in ("batch_size", "steps", "repeats"):
-        if o[key] < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be >= 1")
-    o["cpu_compile"] = args.cpu_compile
-    return o
+    return StepPlan(
+        device=device, sizes=o.model_sizes(cuda), batch_size=o.batch_size or (64 if cuda else 8),
+        image_size=o.image_size or (128 if quick and not cuda else 256),
+        steps=o.steps or ((5 if quick else 20) if cuda else 2 if quick else 3),
+        warmup=o.warmup if o.warmup is not None else (5 if cuda else 1),
+        repeats=o.repeats or (3 if quick or not cuda else 5),
+        modes=tuple(modes), quick=quick, cpu_compile=o.cpu_compile, seed=o.seed)
 
 
-def run_step(device="auto", model=None, batch_size=None, image_size=None, steps=None, warmup=None, repeats=None,
-             modes=None, quick=False, cpu_compile=False, tiny=False, seed=0, progress=print) -> dict:
+def run_step(options: StepOptions, progress=print) -> dict:
     """Measure the modes; returns {environment, config, results (rows), notes}."""
-    args = SimpleNamespace(device=device, model=model, batch_size=batch_size, image_size=image_size, steps=steps,
-                           warmup=warmup, repeats=repeats, modes=modes, quick=quick, cpu_compile=cpu_compile,
-                           tiny=tiny)
-    o = resolve_options(args)
-    dev = o["device"]
-    cuda = dev.type == "cuda"
-    from p2p.models import DiscriminatorArch, GeneratorArch
+    from p2p.tasks import build_task
     from p2p.train.flops import peak_flops, step_flops_per_image
-    from p2p.train.loop import configure_determinism
+    from p2p.train.nets import architectures
+    from p2p.train.run import configure_determinism
 
+    p = plan_step(options)
+    dev, cuda = p.device, p.device.type == "cuda"
     configure_determinism(False)  # as the training loop: cuDNN autotune, TF32 matmuls on GPU
-    sizes = model_sizes(o["model"])
-    ngf, num_downs, ndf = sizes
-    flops = step_flops_per_image(GeneratorArch(1, 2, num_downs, ngf), DiscriminatorArch(3, ndf), o["image_size"])
+    cfg = workload_config(p.sizes, p.image_size, p.batch_size)
+    task = build_task(cfg.task)
+    flops = step_flops_per_image(*architectures(cfg, task), p.image_size)
     peak = peak_flops(dev)
-    batch = synthetic_batch(o["batch_size"], o["image_size"], dev, seed)
+    batch = trainer_batch(cfg, task, dev)
     notes = []
     if not cuda:
         notes.append("no GPU on this machine: fp16, compile (without --cpu-compile) and CUDA graph rows are "
@@ -288,29 +246,29 @@ def run_step(device="auto", model=None, batch_size=None, image_size=None, steps=
 
     rows: dict[str, dict] = {}
     runners: dict[str, Runner] = {}
-    for name in o["modes"]:
+    for name in p.modes:
         desc, setup = MODES[name]
         if name == "all":
-            setup = all_setup(dev, o["cpu_compile"])
+            setup = all_setup(dev, p.cpu_compile)
         elif name == "p2p_default":
-            setup = default_setup(dev)
+            setup = default_setup(cfg, dev)
         row = {"name": name, "description": desc, "device": str(dev), **asdict(setup)}
         rows[name] = row
-        reason = why_not(name, dev, o["cpu_compile"])
+        reason = why_not(name, dev, p.cpu_compile)
         if reason:
             row["skipped"] = reason
             progress(f"  {name}: skipped ({reason})")
             continue
         try:
             t0 = time.perf_counter()
-            r = Runner(setup, sizes, batch, dev, seed)
-            r.warm_up(o["warmup"])
+            r = Runner(setup, cfg, task, batch, dev, p.seed)
+            r.warm_up(p.warmup)
             row["adam"] = r.adam_kind
             row["warmup_s"] = time.perf_counter() - t0
             runners[name] = r
             progress(f"  {name}: ready ({row['warmup_s']:.1f} s build + warm-up)")
         except torch.OutOfMemoryError:
-            row["skipped"] = f"out of memory at batch {o['batch_size']}"
+            row["skipped"] = f"out of memory at batch {p.batch_size}"
         except Exception as e:  # a mode that fails (e.g. compile on an unusual setup) is reported, not fatal
             row["skipped"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         if "skipped" in row:
@@ -322,22 +280,20 @@ def run_step(device="auto", model=None, batch_size=None, image_size=None, steps=
     rates: dict[str, list[float]] = {n: [] for n in runners}
     finite: dict[str, bool] = {}
     order = list(runners)
-    for rnd in range(o["repeats"]):
+    for rnd in range(p.repeats):
         k = rnd % len(order) if order else 0
         for name in order[k:] + order[:k]:
             r = runners[name]
-            rates[name].append(measure(lambda r=r: r.run(o["steps"]), device=dev, warmup=0, repeats=1)["img_per_s"])
+            rates[name].append(measure(lambda r=r: r.run(p.steps), device=dev, warmup=0, repeats=1)["img_per_s"])
             losses = r.read_losses()
             finite[name] = finite.get(name, True) and all(math.isfinite(v) for v in losses.values())
-        progress(f"  round {rnd + 1}/{o['repeats']}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in order))
-
-    import statistics
+        progress(f"  round {rnd + 1}/{p.repeats}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in order))
 
     for name, r in runners.items():
         row = rows[name]
         ips = statistics.median(rates[name])
         row.update(img_per_s=ips, img_per_s_min=min(rates[name]), img_per_s_max=max(rates[name]),
-                   repeats=len(rates[name]), step_ms=1000 * o["batch_size"] / ips, rounds=rates[name],
+                   repeats=len(rates[name]), step_ms=1000 * p.batch_size / ips, rounds=rates[name],
                    losses_finite=finite.get(name, True))
         if peak:
             row["mfu"] = flops * ips / peak
@@ -348,73 +304,14 @@ def run_step(device="auto", model=None, batch_size=None, image_size=None, steps=
         row["baseline"] = BASELINE
         row["ratio"] = row["img_per_s"] / base if base and row.get("img_per_s") else None
         row.setdefault("img_per_s", None)
+    s = p.sizes
     config = {
-        "device": str(dev), "model": o["model"], "ngf": ngf, "num_downs": num_downs, "ndf": ndf,
-        "task": "colorize (1 -> 2 channels)", "batch_size": o["batch_size"], "image_size": o["image_size"],
-        "steps_per_round": o["steps"], "warmup_steps": o["warmup"], "rounds": o["repeats"],
-        "modes": o["modes"], "flops_per_image": flops, "peak_flops": peak, "threads": torch.get_num_threads(),
-        "quick": o["quick"], "tiny": o["tiny"], "cpu_compile": o["cpu_compile"], "seed": seed,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "device": str(dev), "model": s.name, "ngf": s.ngf, "num_downs": s.num_downs, "ndf": s.ndf,
+        "task": f"{task.name} ({task.in_channels} -> {task.out_channels} channels)", "batch_size": p.batch_size,
+        "image_size": p.image_size, "load_size": cfg.data.load_size, "steps_per_round": p.steps,
+        "warmup_steps": p.warmup, "rounds": p.repeats, "modes": list(p.modes), "flops_per_image": flops,
+        "peak_flops": peak, "threads": torch.get_num_threads(), "quick": p.quick, "cpu_compile": p.cpu_compile,
+        "seed": p.seed, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
     }
     return {"environment": environment(), "config": config, "results": list(rows.values()), "notes": notes}
-
-
-def summary_line(payload: dict) -> str:
-    rows = [r for r in payload["results"] if r.get("img_per_s")]
-    best = max(rows, key=lambda r: r["img_per_s"])
-    c = payload["config"]
-    line = (f"best: {best['name']} {best['img_per_s']:.1f} img/s = {best['ratio']:.2f}x the baseline "
-            f"({c['model']} model, {c['image_size']}px, batch {c['batch_size']})")
-    if best.get("mfu") is not None:
-        line += f", MFU {100 * best['mfu']:.1f}%"
-    return line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
-    parser.add_argument("--model", choices=("full", "small"), default=None,
-                        help="full: U-Net-256 (ngf 64, num_downs 8) + 70x70 PatchGAN (ndf 64); small: the demo's "
-                        "sizes (default: full on GPU, small on CPU)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 64 on GPU, 8 on CPU)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="image side in pixels (default 256; 128 with --quick on CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per timed round (default 20 on GPU, 3 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per mode first (default 5 GPU, 1 CPU)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds, median reported (default 5 GPU, 3 CPU)")
-    parser.add_argument("--modes", default=None,
-                        help=f"comma-separated subset of: {', '.join(MODES)} (baseline is always measured)")
-    parser.add_argument("--cpu-compile", action="store_true", help="also measure torch.compile on CPU (slow to build)")
-    parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds (and 128px on CPU): a smoke run")
-    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: a toy model, 32px
-    parser.add_argument("--json", metavar="PATH", help="also write {environment, config, results} to PATH")
-
-
-def run(args: argparse.Namespace) -> int:
-    o = resolve_options(args)
-    print(f"bench step: {o['model']} model, {o['image_size']}px, batch {o['batch_size']} on {o['device']}, "
-          f"{torch.get_num_threads()} threads, {o['repeats']} rounds of {o['steps']} steps", flush=True)
-    if o["device"].type != "cuda":
-        print("no GPU on this machine: GPU-only rows are recorded as skipped; no MFU", flush=True)
-    payload = run_step(device=str(o["device"]), model=o["model"], batch_size=o["batch_size"],
-                       image_size=o["image_size"], steps=o["steps"], warmup=o["warmup"], repeats=o["repeats"],
-                       modes=",".join(o["modes"]), quick=o["quick"], cpu_compile=o["cpu_compile"], tiny=o["tiny"],
-                       progress=lambda s: print(s, flush=True))
-    shown = [{**r, "skipped": "yes" if r.get("skipped") else ""} for r in payload["results"]]
-    print_table(f"training step, {o['model']} model, {o['image_size']}px, batch {o['batch_size']}, {o['device']}",
-                shown, columns=("name", "precision", "adam", "img_per_s", "step_ms", "ratio", "mfu", "skipped"))
-    for r in payload["results"]:
-        if r.get("skipped"):
-            print(f"  skipped {r['name']}: {r['skipped']}")
-    for note in payload["notes"]:
-        print(f"note: {note}")
-    print(summary_line(payload))
-    if args.json:
-        write_json(args.json, payload)
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m p2p.bench.step", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    raise SystemExit(run(_parser.parse_args()))

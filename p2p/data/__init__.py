@@ -16,7 +16,10 @@ asking for `start` = batches already done. Ranks read disjoint samples.
 
 Backends: `folder` (image folders and the embedded photos: p2p.data.folder), `wds` (WebDataset
 shards + DataLoader workers: p2p.data.wds), `dali` (NVIDIA DALI: p2p.data.dali). Shards are
-made by `p2p shard` (p2p.data.shard).
+made by `p2p shard` (the library: p2p.data.shards; format, DALI index, scan, plan, encode,
+write). Shared by the backends: p2p.data.plan (which samples a rank reads, in which order),
+p2p.data.images (image names, opening, the short-side geometry), p2p.data.decode (the CPU
+decode and crop of stored JPEGs).
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ class Loader(Protocol):
 
 
 def is_shard_folder(source: str) -> bool:
+    from p2p.data.shards.format import MANIFEST
+
     p = Path(source)
-    return (p / "manifest.json").is_file() or any(p.glob("train/*.tar"))
+    return (p / MANIFEST).is_file() or any(p.glob("train/*.tar"))
 
 
 def resolve_backend(source: str, backend: str) -> str:

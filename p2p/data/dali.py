@@ -18,12 +18,12 @@ Pipeline (one per epoch; rebuilt so that its state depends only on (seed, epoch,
 Which samples a rank reads: DALI concatenates the samples of `paths` in order and gives shard
 k of n the range [N*k//n, N*(k+1)//n) (loader.cc `start_index`); with stick_to_shard=True
 the reader wraps inside that range instead of moving on to the next rank's. The paths are the
-manifest's shards permuted by (seed, epoch) exactly as the wds backend does, so both backends
-give every rank the same samples in an epoch (in different orders). batches_per_epoch is
-(N // world) // batch_size from the manifest counts (the smallest range's whole batches) and
-each rank stops after that many. The shuffle is DALI's: a buffer of initial_fill samples
-(1024, at most the rank's range) drawn at random; DALI keeps draws within the epoch's range,
-so no sample repeats in an epoch.
+manifest's shards permuted by (seed, epoch) exactly as the wds backend does (p2p.data.plan), so
+both backends give every rank the same samples in an epoch (in different orders).
+batches_per_epoch is (N // world) // batch_size from the manifest counts (the smallest range's
+whole batches) and each rank stops after that many. The shuffle is DALI's: a buffer of
+initial_fill samples (1024, at most the rank's range) drawn at random; DALI keeps draws within
+the epoch's range, so no sample repeats in an epoch.
 
 Resume: `epoch(e, start)` runs the pipeline and discards `start` batches (DALI's checkpoints
 would need a state saved at that very batch, and the training checkpoint holds only (epoch,
@@ -46,8 +46,10 @@ import numpy as np
 import torch
 
 from p2p.data import Batch
-from p2p.data.order import batches_per_epoch, mix_seed
-from p2p.data.wds import open_split, rank_range, shard_order, val_plan
+from p2p.data.plan import (batch_count, batches_per_epoch, mix_seed, rank_range, shard_order, val_batch_size,
+                           val_plan)
+from p2p.data.shards.index import split_name
+from p2p.data.wds import open_split
 from p2p.errors import UsageError
 
 NEEDS = "data.backend=dali needs nvidia-dali-cuda130 (Linux): pip install nvidia-dali-cuda130"
@@ -101,10 +103,10 @@ class DaliLoader:
             self.batches_per_epoch = batches_per_epoch(shards.total, self.batch_size, world, what)
             self.count = self.batches_per_epoch * self.batch_size
         else:
-            self.batch_size = max(1, min(cfg.train.batch_size, d.val_images))
+            self.batch_size = val_batch_size(cfg.train.batch_size, d.val_images)
             self._val = val_plan(shards.counts, d.val_images, rank, world)
             self.count = len(self._val)
-            self.batches_per_epoch = -(-self.count // self.batch_size)
+            self.batches_per_epoch = batch_count(self.count, self.batch_size)
 
     # ---- the pipeline ------------------------------------------------------------------------
 
@@ -173,9 +175,7 @@ class DaliLoader:
         keys = []
         for row in raw.cpu().numpy():
             info = bytes(row).rstrip(b"\0").decode("utf-8")
-            name = parse_source_info(info, paths)[2]
-            dot = name.find(".", name.rfind("/") + 1)
-            keys.append(name[:dot] if dot >= 0 else name)
+            keys.append(split_name(parse_source_info(info, paths)[2])[0])
         return keys
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:

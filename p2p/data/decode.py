@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg  # imported before DataLoader workers fork
 
-from p2p.data.order import mix_seed
+from p2p.data.images import short_side_size
+from p2p.data.plan import mix_seed
 
 
 def key_seed(key: str) -> int:
@@ -65,12 +66,12 @@ def resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def short_side_to(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize so the short side is `size` (as the folder backend and `p2p shard` do)."""
+    """Resize so the short side is `size` (the geometry of the folder backend and `p2p shard`)."""
     h, w = img.shape[-2:]
     if min(h, w) == size:
         return img
-    s = size / min(h, w)
-    return resize(img, max(size, round(h * s)), max(size, round(w * s)))
+    nw, nh = short_side_size(w, h, size)
+    return resize(img, nh, nw)
 
 
 def fill_sample(out: torch.Tensor, data, load_size: int, paired: bool, seed: int, epoch: int,

@@ -7,11 +7,16 @@ load_size square (a random window in training, the centre in validation), then b
 uint8 by DataLoader workers. Paired samples are resized per half to load_size x load_size, as
 the official pix2pix does. Randomness per sample comes from (seed, epoch, index), so results
 do not depend on the worker count.
+
+Splits: the folder's train/ and val/ (or test/) subfolders, or else data.val_fraction of the
+files by the rule `p2p shard` uses: `hash_unit` (p2p.data.shards.format) of the sample key, the
+path relative to the folder (to A/ for A/ and B/ folders) without extension. The split is the
+same on every machine, and a folder and the shards made from it hold out the same images.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 import random
 import warnings
 from functools import lru_cache
@@ -20,13 +25,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from p2p.data import Batch
-from p2p.data.order import batches_per_epoch, mix_seed, rank_order
+from p2p.data.images import IMAGE_EXTS, list_images, open_rgb, short_side_size
+from p2p.data.plan import batch_count, batches_per_epoch, mix_seed, rank_order, val_batch_size
+from p2p.data.shards.format import hash_unit, sample_key
 from p2p.errors import UsageError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 
 # Real colour photographs inside the scikit-image wheel: the demo's data (nothing to download).
 EMBEDDED_TRAIN = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
@@ -47,30 +52,8 @@ def embedded_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3])
 
 
-def list_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
-def _in_val(rel: str, fraction: float) -> bool:
-    """Stable split by name: the same file lands in the same split on every machine and run."""
-    h = int.from_bytes(hashlib.sha1(rel.encode()).digest()[:8], "big")
-    return (h / 2**64) < fraction
-
-
-def open_rgb(path, short_side: int | None = None) -> Image.Image:
-    """Decode with EXIF orientation applied, as RGB. With `short_side`, a JPEG much larger than
-    needed is decoded at a reduced DCT scale (draft): about twice as fast, and the final
-    resize still starts from at least `short_side` pixels."""
-    img = Image.open(path)
-    if short_side and img.format == "JPEG" and min(img.size) >= 2 * short_side:
-        img.draft("RGB", (short_side, short_side))
-    return ImageOps.exif_transpose(img).convert("RGB")
-
-
 def _resize_short(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    s = size / min(w, h)
-    return img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    return img.resize(short_side_size(*img.size, size), Image.BICUBIC)
 
 
 def _square(img: Image.Image, size: int, rng: random.Random | None) -> np.ndarray:
@@ -142,7 +125,7 @@ class EmbeddedSamples(FolderSamples):
         return f"{self.names[index % len(self.names)]}/{index}"
 
 
-def _folder_items(root: Path, split: str, cfg) -> list:
+def split_items(root: Path, split: str, cfg) -> list:
     """Files (or (A, B) pairs) of one split: train/ and val/ (or test/) subfolders when the folder
     has them, otherwise a stable hash split with data.val_fraction."""
     sub = {"train": ("train",), "val": ("val", "test")}[split]
@@ -156,8 +139,14 @@ def _folder_items(root: Path, split: str, cfg) -> list:
     frac = cfg.data.val_fraction
     if frac <= 0:
         return items
-    keep = [it for it in items if _in_val(str(it[0] if isinstance(it, tuple) else it), frac) == (split == "val")]
-    return keep
+    return [it for it in items if (hash_unit(_split_key(it, root)) < frac) == (split == "val")]
+
+
+def _split_key(item, root: Path) -> str:
+    """The key `p2p shard` gives this file (or pair): its path relative to the folder (to A/
+    for pairs) without extension, as a sample key."""
+    path, base = (item[0], root / "A") if isinstance(item, tuple) else (item, root)
+    return sample_key(os.path.splitext(path.relative_to(base).as_posix())[0])
 
 
 def _folder_items_flat(root: Path, paired: bool) -> list:
@@ -174,7 +163,7 @@ class FolderLoader:
 
     def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
         d, train = cfg.data, split == "train"
-        self.batch_size = cfg.train.batch_size if train else max(1, min(cfg.train.batch_size, d.val_images))
+        self.batch_size = cfg.train.batch_size if train else val_batch_size(cfg.train.batch_size, d.val_images)
         self.seed, self.rank, self.world, self.train = cfg.run.seed, rank, world, train
         paired = cfg.task.name == "paired"
         if source == "embedded":
@@ -185,7 +174,7 @@ class FolderLoader:
             self.samples = EmbeddedSamples(names, d.epoch_size if train else d.val_images, d.load_size,
                                            cfg.run.seed, train)
         else:
-            items = _folder_items(Path(source), split, cfg)
+            items = split_items(Path(source), split, cfg)
             if not items:
                 raise UsageError(f"data.source={source!r}: no images for the {split} split "
                                  f"(looked for {', '.join(sorted(IMAGE_EXTS))})")
@@ -197,7 +186,7 @@ class FolderLoader:
             self.batches_per_epoch = batches_per_epoch(n, self.batch_size, world, f"data.source={source!r}")
         else:  # validation: every image once, split over ranks; a rank may get a short batch
             self.indices = list(range(n))[rank::world]
-            self.batches_per_epoch = -(-len(self.indices) // self.batch_size)
+            self.batches_per_epoch = batch_count(len(self.indices), self.batch_size)
         self.workers = d.workers
         self.pin = device is not None and torch.device(device).type == "cuda"
 

@@ -1,18 +1,11 @@
 """The wds backend: WebDataset shards made by `p2p shard`, decoded by DataLoader workers.
 
-Epoch plan (training)
----------------------
-Everything is computed from the manifest's per-shard counts, identically on every rank, with
-no communication and without opening a tar:
-
-1. the shards are permuted by (seed, epoch) and their samples concatenated: N samples;
-2. rank r of W takes the contiguous range [N*r//W, N*(r+1)//W) of that sequence (the rule
-   DALI's readers use for shard_id/num_shards, so the dali backend gives each rank the same
-   samples). Ranks are disjoint; the split is at sample granularity, so one shard may feed
-   several ranks and fewer shards than ranks x workers is fine;
-3. the rank shuffles its range by (seed, epoch, rank) and keeps batches_per_epoch * batch_size
-   samples, batches_per_epoch = (N // W) // batch_size: the smallest range's whole batches,
-   the same number on every rank.
+Epoch plan
+----------
+Which samples a rank reads, in which order, is computed from the manifest's per-shard counts
+(p2p.data.plan, shared with the dali backend): the shards permuted by (seed, epoch), rank r of
+W taking the contiguous range [N*r//W, N*(r+1)//W) of their samples, shuffled by (seed, epoch,
+rank) and cut to batches_per_epoch whole batches, the same number on every rank.
 
 Batch b of the epoch is a fixed list of (shard, member) pairs. DataLoader workers build whole
 batches by batch index (a map-style dataset with batch_size=None), and DataLoader returns them
@@ -59,7 +52,8 @@ import torch
 
 from p2p.data import Batch
 from p2p.data.decode import fill_sample
-from p2p.data.order import batches_per_epoch, mix_seed
+from p2p.data.plan import (batch_count, batches_per_epoch, mix_seed, rank_samples, train_plan, val_batch_size,
+                           val_plan)
 from p2p.errors import UsageError
 
 _WARNED: set = set()
@@ -80,7 +74,7 @@ class ShardSet:
     offsets, sizes and keys from the `.idx` files, parsed on demand and cached per process."""
 
     def __init__(self, source: str, split: str):
-        from p2p.data.shard import read_manifest
+        from p2p.data.shards import read_manifest
 
         try:
             self.manifest = read_manifest(source)
@@ -112,7 +106,7 @@ class ShardSet:
         """(jpg data offsets, sizes, keys) of a shard's samples, in stored order."""
         got = self._index.get(shard)
         if got is None:
-            from p2p.data.wds_index import read_index, split_name
+            from p2p.data.shards.index import read_index, split_name
 
             try:
                 samples = read_index(self.idxs[shard])
@@ -168,58 +162,6 @@ class ShardSet:
 
     def __del__(self):
         self.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# the plan: pure functions of the manifest counts and (seed, epoch, rank, world)
-
-
-def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
-    """DALI's shard rule (loader.cc start_index): rank r of W gets [n*r//W, n*(r+1)//W)."""
-    return n * rank // world, n * (rank + 1) // world
-
-
-def shard_order(n_shards: int, seed: int, epoch: int) -> np.ndarray:
-    """The shards' order in an epoch: a permutation from (seed, epoch), the same on every rank."""
-    g = torch.Generator().manual_seed(mix_seed(seed, epoch, 0x5EED))
-    return torch.randperm(n_shards, generator=g).numpy()
-
-
-def sequence(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """(shard, member) rows of the shards in `order`, concatenated: M x 2 int64."""
-    if len(order) == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    c = counts[order]
-    shard = np.repeat(order, c)
-    starts = np.repeat(np.cumsum(c) - c, c)
-    member = np.arange(int(c.sum()), dtype=np.int64) - starts
-    return np.stack([shard, member], axis=1).astype(np.int64)
-
-
-def rank_samples(counts: np.ndarray, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
-    """This rank's whole range of an epoch, shuffled by (seed, epoch, rank): M x 2 (shard, member)."""
-    n = int(counts.sum())
-    lo, hi = rank_range(n, rank, world)
-    mine = sequence(counts, shard_order(len(counts), seed, epoch))[lo:hi]
-    g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 0xB47C))
-    return mine[torch.randperm(len(mine), generator=g).numpy()]
-
-
-def train_plan(counts: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-               what: str = "data.source") -> np.ndarray:
-    """This rank's samples of an epoch in reading order: (nb * batch_size) x 2 (shard, member),
-    nb = batches_per_epoch (the same on every rank)."""
-    nb = batches_per_epoch(int(counts.sum()), batch_size, world, what)
-    return rank_samples(counts, seed, epoch, rank, world)[: nb * batch_size]
-
-
-def val_plan(counts: np.ndarray, images: int, rank: int, world: int) -> np.ndarray:
-    """This rank's validation samples: the head of its range, up to its share of `images`."""
-    n = int(counts.sum())
-    lo, hi = rank_range(n, rank, world)
-    want = min(images, n)
-    share = want * (rank + 1) // world - want * rank // world
-    return sequence(counts, np.arange(len(counts)))[lo:min(hi, lo + share)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +239,7 @@ class ShardBatches(torch.utils.data.Dataset):
         return (self.batch_size, 3, s, 2 * s if self.paired else s)
 
     def __len__(self) -> int:
-        return -(-len(self.plan) // self.batch_size)
+        return batch_count(len(self.plan), self.batch_size)
 
     def __getitem__(self, b: int):
         rows = self.plan[b * self.batch_size:(b + 1) * self.batch_size]
@@ -372,9 +314,9 @@ class WdsLoader:
             self.batch_size = cfg.train.batch_size
             self.batches_per_epoch = batches_per_epoch(shards.total, self.batch_size, world, what)
         else:
-            self.batch_size = max(1, min(cfg.train.batch_size, d.val_images))
+            self.batch_size = val_batch_size(cfg.train.batch_size, d.val_images)
             self._val = val_plan(shards.counts, d.val_images, rank, world)
-            self.batches_per_epoch = -(-len(self._val) // self.batch_size)
+            self.batches_per_epoch = batch_count(len(self._val), self.batch_size)
 
     def plan(self, epoch: int) -> np.ndarray:
         """This rank's (shard, member) rows of an epoch, in batch order."""

@@ -129,7 +129,11 @@ def _strip_prefix(state: dict) -> dict:
 def _load_into(net: nn.Module, state: dict) -> nn.Module:
     # Checkpoints from before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked; it only feeds
     # momentum=None, which pix2pix never uses, so a missing counter is not an error.
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that do not fit: name the first tensor, in one line
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise ValueError(f"state dict does not fit the inferred network: {first}") from None
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ValueError(f"state dict does not fit the inferred network: missing {missing[:3]}, "

@@ -87,6 +87,11 @@ class UNetGenerator(nn.Module):
             self.up.append(UpBlock(in_ch, out_ch, norm, outermost=k == 0,
                                    bias=k == 0 or bias, dropout=drop))
 
+    @property
+    def stride(self) -> int:
+        """Input sides must be multiples of this."""
+        return 2 ** self.num_downs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         h = self.down[0](x)

@@ -1,9 +1,20 @@
-"""Checkpoints that survive anything: written to a temporary file, fsynced, renamed over the
-old one (so `kill -9` at any moment leaves the previous complete file), loaded with
-`weights_only=True` (plain tensors and containers; no pickled code runs).
+"""Checkpoints: what one holds (the payload schema), how it is written so that it survives
+anything, and how a run resumes from it exactly.
 
-Layout in <run>/checkpoints/: `last.pt` (always the newest), `step-<N>.pt` (the last
+Files, in <run>/checkpoints/: `last.pt` (always the newest), `step-<N>.pt` (the last
 `keep_last` of them, hard links to the same bytes where the filesystem allows) and `best.pt`.
+Each is written to a temporary file, fsynced and renamed over the old one (so `kill -9` at any
+moment leaves the previous complete file) and loaded with `weights_only=True` (plain tensors
+and containers; no pickled code runs).
+
+Payload (format "p2p", version FORMAT_VERSION):
+    arch                  generator / discriminator architecture (what `load_generator` rebuilds)
+    generator, discriminator   state dicts; BatchNorm statistics are the mean over ranks
+    opt_g, opt_d, scaler_g, scaler_d   optimizer and loss-scaler states
+    step, epoch, batch_in_epoch, best  the position (`TrainState`) and the best validation PSNR
+    lr_factor             the schedule's factor at `step` (informative; the schedule is a function of the step)
+    rng, rank_buffers     per rank: every RNG stream, and its own BatchNorm statistics
+    world_size, config    how many ranks saved it, and the resolved config
 """
 
 from __future__ import annotations
@@ -11,14 +22,29 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from p2p.atomic import TMP_SUFFIX, fsync_dir, replace_with
+from p2p.data.plan import mix_seed
+from p2p.errors import UsageError
+from p2p.models import arch_dict
+from p2p.train.wrap import local_buffers, restore_buffers, unwrap
 
 FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainState:
+    """Where a run is: steps done, and the data position the next step reads from."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -40,6 +66,8 @@ def _link_atomic(src: Path, dst: Path) -> None:
 
 
 class Checkpoints:
+    """The checkpoint files of one run folder."""
+
     def __init__(self, run_dir: Path, keep_last: int = 3):
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
@@ -69,7 +97,67 @@ class Checkpoints:
         return torch.load(self.last, map_location="cpu", weights_only=True)
 
 
+# --------------------------------------------------------------------------- the payload
+
+
+def rank_state(G, D) -> dict:
+    """What each rank alone holds: its RNG streams and its own BatchNorm running stats."""
+    return {"rng": capture_rng(), "buffers_g": local_buffers(G), "buffers_d": local_buffers(D)}
+
+
+def make_payload(cfg, g_arch, d_arch, nets, state: TrainState, ranks: list[dict], lr_factor: float) -> dict:
+    """The checkpoint of a run (see the module docstring); `ranks` holds every rank's `rank_state`."""
+    return {
+        "format": "p2p", "version": FORMAT_VERSION,
+        "arch": arch_dict(g_arch, d_arch),
+        "generator": unwrap(nets.G).state_dict(), "discriminator": unwrap(nets.D).state_dict(),
+        "opt_g": nets.opt_g.state_dict(), "opt_d": nets.opt_d.state_dict(),
+        "scaler_g": nets.scaler_g.state_dict(), "scaler_d": nets.scaler_d.state_dict(),
+        "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "best": state.best,
+        "lr_factor": lr_factor, "rng": [r["rng"] for r in ranks], "world_size": len(ranks),
+        "rank_buffers": [{"generator": r["buffers_g"], "discriminator": r["buffers_d"]} for r in ranks],
+        "config": cfg.to_dict(),
+    }
+
+
+def load_weights(payload: dict, G, D, g_arch, d_arch, path) -> None:
+    """The networks' weights, before they are wrapped for distribution."""
+    if payload.get("arch") != arch_dict(g_arch, d_arch):
+        raise UsageError(f"{path} holds a different model than this config; use another run.name "
+                         f"or run.resume=false")
+    G.load_state_dict(payload["generator"])
+    D.load_state_dict(payload["discriminator"])
+
+
+def restore_training(payload: dict, nets, rank: int, world: int, seed: int) -> tuple[TrainState, list[str]]:
+    """Optimizers, scalers, this rank's RNG streams and BatchNorm statistics, after the networks
+    are wrapped (DDP broadcasts rank 0's buffers when it wraps). Returns the position and notices."""
+    nets.opt_g.load_state_dict(payload["opt_g"])
+    nets.opt_d.load_state_dict(payload["opt_d"])
+    nets.scaler_g.load_state_dict(payload["scaler_g"])
+    nets.scaler_d.load_state_dict(payload["scaler_d"])
+    state = TrainState(payload["step"], payload["epoch"], payload["batch_in_epoch"], payload.get("best"))
+    rngs, notices = payload.get("rng") or [], []
+    if len(rngs) == world:
+        restore_rng(rngs[rank])
+        local = payload.get("rank_buffers") or []
+        if len(local) == world:
+            restore_buffers(nets.G, local[rank]["generator"])
+            restore_buffers(nets.D, local[rank]["discriminator"])
+    else:
+        seed_all(mix_seed(seed, rank, state.step))
+        notices.append(f"resumed with {world} processes from a checkpoint of {len(rngs)}: data order is kept, "
+                       f"dropout streams are reseeded and every rank starts from the mean BatchNorm statistics")
+    return state, notices
+
+
 # --------------------------------------------------------------------------- RNG state
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture_rng() -> dict:

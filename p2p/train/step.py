@@ -23,13 +23,13 @@ LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 
 @dataclass
 class Nets:
-    """What a step updates. `D` may be DDP-wrapped (its gradients are all-reduced); `D_plain`
+    """What a step updates. `D` may be DDP-wrapped (its gradients are all-reduced); `D_frozen`
     is the same module unwrapped, used as the frozen critic in the G update so that DDP does not
     wait for gradients that frozen weights never produce."""
 
     G: nn.Module
     D: nn.Module
-    D_plain: nn.Module
+    D_frozen: nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     scaler_g: torch.amp.GradScaler
@@ -75,7 +75,7 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     fake = fake.float()
 
     # Discriminator: real pairs -> 1, fake pairs -> 0; its loss is halved as in the paper.
-    set_requires_grad(nets.D_plain, True)
+    set_requires_grad(nets.D_frozen, True)
     nets.opt_d.zero_grad(set_to_none=True)
     fake_pair = torch.cat([inp, fake.detach()], 1)
     real_pair = torch.cat([inp, target], 1)
@@ -96,10 +96,10 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     nets.scaler_d.update()
 
     # Generator: fool the frozen discriminator and stay close to the target in L1.
-    set_requires_grad(nets.D_plain, False)
+    set_requires_grad(nets.D_frozen, False)
     nets.opt_g.zero_grad(set_to_none=True)
     with precision.autocast():
-        pred = nets.D_plain(torch.cat([inp, fake], 1))
+        pred = nets.D_frozen(torch.cat([inp, fake], 1))
     g_gan = gan_loss(pred, True, loss.gan_mode)
     g_l1 = F.l1_loss(fake, target) * loss.lambda_l1
     nets.scaler_g.scale(g_gan + g_l1).backward()

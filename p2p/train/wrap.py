@@ -6,6 +6,8 @@ GPU-only speed-ups degrade to eager on CPU with one notice each, so one config r
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -36,24 +38,46 @@ def wrap_models(G: nn.Module, D: nn.Module, cfg, accel, notice) -> tuple[nn.Modu
     if cuda and t.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G, D = accel.prepare(G, D)
-    D_plain = unwrap(D)
+    D_frozen = unwrap(D)
     if t.compile:
         if cuda:
-            G, D, D_plain = torch.compile(G), torch.compile(D), torch.compile(D_plain)
+            G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_frozen)
         else:
             notice("train.compile=true: torch.compile is used on GPU only; running eager on CPU")
-    return G, D, D_plain
+    return G, D, D_frozen
 
 
-def average_buffers(net: nn.Module, accel) -> None:
-    """Make BatchNorm running stats identical on every rank (their mean), before they are
-    validated with or saved; DDP here does not broadcast them (see p2p.dist.start)."""
-    if accel.num_processes == 1:
+def local_buffers(net: nn.Module) -> dict[str, torch.Tensor]:
+    """This rank's floating-point buffers (BatchNorm running stats), copied to the CPU."""
+    return {k: b.detach().cpu().clone() for k, b in unwrap(net).named_buffers() if b.is_floating_point()}
+
+
+def restore_buffers(net: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    buffers = dict(unwrap(net).named_buffers())
+    for k, v in saved.items():
+        buffers[k].copy_(v)
+
+
+@contextlib.contextmanager
+def averaged_buffers(accel, *nets: nn.Module):
+    """Every rank's BatchNorm running stats replaced by their mean over ranks while the block runs
+    (validation, checkpoints), then each rank's own stats put back. DDP here does not broadcast
+    buffers (see p2p.dist.start), so ranks drift apart; averaging for a moment instead of for
+    good keeps the training itself independent of when it was validated or saved, which exact
+    resume relies on. Collective: every rank must enter it."""
+    bufs = [b for n in nets for b in unwrap(n).buffers() if b.is_floating_point()]
+    if accel.num_processes == 1 or not bufs:
+        yield
         return
-    for buf in unwrap(net).buffers():
-        if buf.is_floating_point():
-            torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
-            buf.div_(accel.num_processes)
+    local = [b.clone() for b in bufs]
+    for b in bufs:
+        torch.distributed.all_reduce(b, op=torch.distributed.ReduceOp.SUM)
+        b.div_(accel.num_processes)
+    try:
+        yield
+    finally:
+        for b, mine in zip(bufs, local):
+            b.copy_(mine)
 
 
 def make_optimizer(params, cfg, device: torch.device, capturable: bool = False) -> torch.optim.Adam:

@@ -1,6 +1,6 @@
 """One rank of a real multi-process loader check (started by torchrun in tests/test_data_ddp.py).
 
-    python -m torch.distributed.run --nproc-per-node 2 tests/ddp_data_worker.py OUT.json \
+    python -m torch.distributed.run --nproc-per-node 2 tests/helpers/ddp_data_worker.py OUT.json \
         --backends wds,dali section.key=value ...
 
 Each rank joins a gloo process group, builds the training loader of every backend with its own
@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo
 
 from p2p.config import load_config  # noqa: E402
 from p2p.data import build_loader  # noqa: E402

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from p2p.config import help_table
-from p2p.train.entry import config_from_args
+from p2p.config import config_from_args, help_table
 
 
 def add_arguments(parser):

@@ -1,4 +1,5 @@
-"""DALI's WebDataset index files (`wds2idx` format), written and read without DALI.
+"""DALI's WebDataset index files (`wds2idx` format), written and read without DALI: `p2p shard`
+writes one next to every tar, the wds backend reads member offsets from them.
 
 `nvidia.dali.fn.readers.webdataset(paths=[...], index_paths=[...])` seeks straight to every
 sample through an index file; without one it scans each tar at start-up (slow on big shards).
@@ -145,5 +146,3 @@ def read_index_count(idx_path: str | os.PathLike) -> int:
     if len(head) < 2 or head[0] not in ("v1.1", "v1.2"):
         raise ValueError(f"{os.fspath(idx_path)}: not a DALI index file")
     return int(head[1])
-
-

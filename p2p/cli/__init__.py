@@ -14,15 +14,15 @@ import sys
 from p2p.errors import UsageError
 
 COMMANDS = {
-    "train": ("p2p.train.entry", "train a model: p2p train [CONFIG.yaml] [section.key=value ...]"),
-    "predict": ("p2p.predict", "run a generator on images: p2p predict CKPT INPUT... --out DIR"),
-    "eval": ("p2p.evaluate", "PSNR/SSIM/L1 (and colourfulness) of a checkpoint on a data source"),
-    "shard": ("p2p.data.shard", "pack an image folder (e.g. COCO) into WebDataset shards"),
-    "bench": ("p2p.bench", "benchmarks with the baseline measured in the same run"),
-    "submit": ("p2p.submit", "submit training to Slurm (submitit): single, multi-node, sweeps"),
-    "jobs": ("p2p.submit", "list this user's p2p Slurm jobs"),
-    "cancel": ("p2p.submit", "cancel a p2p Slurm job"),
-    "config": ("p2p.config_cmd", "print the resolved config, or every key with its help"),
+    "train": ("p2p.cli.train", "train a model: p2p train [CONFIG.yaml] [section.key=value ...]"),
+    "predict": ("p2p.cli.predict", "run a generator on images: p2p predict CKPT INPUT... --out DIR"),
+    "eval": ("p2p.cli.eval", "PSNR/SSIM/L1 (and colourfulness) of a checkpoint on a data source"),
+    "shard": ("p2p.cli.shard", "pack an image folder (e.g. COCO) into WebDataset shards"),
+    "bench": ("p2p.cli.bench", "benchmarks with the baseline measured in the same run"),
+    "submit": ("p2p.cli.submit", "submit training to Slurm (submitit): single, multi-node, sweeps"),
+    "jobs": ("p2p.cli.submit", "list this user's p2p Slurm jobs"),
+    "cancel": ("p2p.cli.submit", "cancel a p2p Slurm job"),
+    "config": ("p2p.cli.config", "print the resolved config, or every key with its help"),
 }
 
 
@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         parser = _Parser(prog=f"p2p {name}", description=text)
         add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
         add(parser)
-        args = parser.parse_args(rest)
+        # Positionals may follow options (`p2p submit --dry-run a=1 --wait b=2`); argparse cannot
+        # intermix around sub-commands (`p2p bench SUITE ...`), which parse as before.
+        nested = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in parser._actions)
+        args = parser.parse_args(rest) if nested else parser.parse_intermixed_args(rest)
         args.command = name
         run = getattr(module, f"run_{name}", None) or module.run
         return int(run(args) or 0)

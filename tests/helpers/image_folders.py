@@ -9,6 +9,7 @@ loader or `p2p shard` should produce.
     add_faults(dir, side=320, small_side=40)       one file of every awkward kind (see FAULTS)
     make_paired(dir, n=6, size=256)                A|B side-by-side JPEGs (A = edges, B = photo)
     make_paired_folders(dir, n=6, size=256)        dir/A/x.jpg + dir/B/x.jpg matched by name
+    photo_batch(n=2, size=48)                      a uint8 batch of real photos (a loader's output)
 
 Used by the shard tests and meant for the loader / training tests too: keep them general.
 """
@@ -292,3 +293,14 @@ def make_paired_folders(dir: str | Path, n: int = 6, size: int = 256, seed: int 
         a.save(dir / "A" / f"unmatched_{k}.jpg", "JPEG", quality=95)
         pa.append(dir / "A" / f"unmatched_{k}.jpg")
     return pa, pb
+
+
+def photo_batch(n: int = 2, size: int = 48):
+    """n real photos (astronaut, coffee, chelsea) subsampled to size x size: a uint8 N x 3 x H x W
+    torch batch, what every loader yields."""
+    import torch
+
+    from p2p.data.folder import embedded_photo
+
+    imgs = [embedded_photo(name)[:size * 4:4, :size * 4:4] for name in ("astronaut", "coffee", "chelsea")[:n]]
+    return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,68 @@
+"""`p2p predict CKPT INPUT... --out DIR`: run a trained generator (a p2p checkpoint or official
+pix2pix `latest_net_G.pth`) on images of any size; outputs keep each input's size.
+
+By default each image is shown to the model at the training scale with its aspect ratio kept
+(see p2p.inference); `--size` sets that short side, `--full-res` runs at the image's own
+resolution, `--squash` resizes to a square as the official pix2pix test does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from p2p.config import TASKS
+from p2p.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="p2p checkpoint (last.pt, best.pt) or official latest_net_G.pth")
+    parser.add_argument("inputs", nargs="+", help="image files or folders of images")
+    parser.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
+    parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it (official weights)")
+    parser.add_argument("--direction", choices=("AtoB", "BtoA"), help="paired: which half of A|B inputs is the input")
+    parser.add_argument("--ab", action="store_true", help="paired: inputs are A|B side-by-side images")
+    parser.add_argument("--size", type=int, help="short side the model sees (default: the training scale, the "
+                        "checkpoint's data.load_size; 256 for official weights); with --squash the square's side")
+    parser.add_argument("--full-res", action="store_true", help="run at each image's own resolution")
+    parser.add_argument("--squash", action="store_true", help="resize the whole image to size x size (the official "
+                        "pix2pix test-time resize; default size: the checkpoint's data.image_size, 256 for official weights)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def run(args) -> int:
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    from p2p.data.images import open_rgb
+    from p2p.dist import resolve_device
+    from p2p.inference import list_inputs, load_predictor, predict
+
+    if args.ab and (args.task or "paired") != "paired":
+        raise UsageError("--ab only applies to --task paired")
+    predictor = load_predictor(args.checkpoint, args.task, args.direction)
+    geometry = predictor.geometry(args.size, args.full_res, args.squash)
+    device = resolve_device(args.device)
+    G, task = predictor.G.to(device), predictor.task
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = list_inputs(args.inputs)
+    written = 0
+    for path in files:
+        try:
+            img = open_rgb(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            print(f"p2p predict: skipping {path}: {e}")
+            continue
+        rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().div(255)
+        if task.name == "paired" and args.ab:
+            half = rgb.shape[-1] // 2
+            rgb = rgb[..., :half] if task.cfg.direction == "AtoB" else rgb[..., half:2 * half]
+        out = predict(G, task, rgb.to(device), geometry)
+        save_image(out.cpu(), out_dir / f"{path.stem}.png")
+        written += 1
+    print(f"p2p predict: wrote {written} image(s) to {out_dir}")
+    return 0

@@ -1,0 +1,270 @@
+"""The config schema: one small typed dataclass per section, each field with a default and a
+one-line `help`, each section checking its own values in `__post_init__` (so a section built
+anywhere, from YAML, by `dataclasses.replace` or by hand, is valid or raises `UsageError`), and
+`Config` checking what spans sections.
+
+The defaults are the demo: colorization on the photographs embedded in scikit-image with a
+model small enough to learn visibly in a few minutes on two CPU cores. The official full-size
+pix2pix settings live in `configs/` (e.g. `configs/colorize_coco.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from p2p.errors import UsageError
+
+TASKS = ("colorize", "gray2rgb", "paired", "restore")
+NORMS = ("batch", "syncbatch", "instance", "none")
+GAN_MODES = ("vanilla", "lsgan", "wgangp")
+LR_POLICIES = ("linear", "step", "cosine", "constant")
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+PRECISIONS = ("fp32", "bf16", "fp16")
+BACKENDS = ("auto", "folder", "wds", "dali")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, **kw):
+    """A dataclass field with a help line (and optional allowed choices)."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def _require(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise UsageError(f"{key}={value!r}: {why}")
+
+
+class Section:
+    """What every section shares: the choice check of its fields, then its own `check()`.
+    `SECTION` is its name in the config tree (for messages)."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise UsageError(f"{self.SECTION}.{f.name}={value!r} is not allowed; choose one of "
+                                 f"{', '.join(map(str, choices))}")
+        self.check()
+
+    def check(self) -> None:
+        """What a single field's type and choices cannot express."""
+
+    def need(self, ok: bool, key: str, why: str) -> None:
+        _require(ok, f"{self.SECTION}.{key}", getattr(self, key), why)
+
+    def at_least(self, minimum: float, *keys: str) -> None:
+        for key in keys:
+            self.need(getattr(self, key) >= minimum, key, f"must be >= {minimum}")
+
+
+
+@dataclass(frozen=True)
+class RunConfig(Section):
+    SECTION: ClassVar[str] = "run"
+
+    name: str = _f("colorize-demo", "run folder name under run.out_dir")
+    out_dir: str = _f("runs", "parent folder of run folders")
+    seed: int = _f(0, "seed for weights, data order and augmentation")
+    deterministic: bool = _f(False, "deterministic kernels (bit-exact resume on CPU); slower")
+    resume: bool = _f(True, "resume from <run>/checkpoints/last.pt when it exists")
+
+
+@dataclass(frozen=True)
+class TaskConfig(Section):
+    SECTION: ClassVar[str] = "task"
+
+    name: str = _f("colorize", "what the generator learns", TASKS)
+    direction: str = _f("AtoB", "paired task: which half is the input", ("AtoB", "BtoA"))
+    noise_std: float = _f(0.1, "restore: largest Gaussian noise std (image range 0..1); 0 disables")
+    blur_sigma: float = _f(1.5, "restore: largest Gaussian blur sigma in pixels; 0 disables")
+    jpeg_quality: int = _f(30, "restore: lowest JPEG quality, drawn from [q, 95]; 100 disables")
+
+    def check(self):
+        self.at_least(0, "noise_std", "blur_sigma")
+        self.need(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    SECTION: ClassVar[str] = "data"
+
+    source: str = _f("embedded", "'embedded' (photos inside scikit-image), an image folder, or a shard folder")
+    backend: str = _f("auto", "loader: auto picks wds for shard folders, folder otherwise", BACKENDS)
+    load_size: int = _f(80, "images are resized to this (short side) before the random crop")
+    image_size: int = _f(64, "random crop size = model input size")
+    flip: bool = _f(True, "random horizontal flip during training")
+    workers: int = _f(1, "loader worker processes per rank (0 = load in the main process); presets for big data use 8")
+    val_source: str = _f("", "held-out images for validation; empty = the source's own val split")
+    val_fraction: float = _f(0.05, "folder sources without train/ and val/ subfolders: share held out")
+    val_images: int = _f(16, "how many fixed held-out images each validation uses")
+    epoch_size: int = _f(512, "embedded source: random crops per epoch")
+
+    def check(self):
+        self.need(self.image_size > 0, "image_size", "must be positive")
+        self.need(self.load_size >= self.image_size, "load_size",
+                  f"must be >= data.image_size ({self.image_size}): the random crop takes image_size from it")
+        self.at_least(0, "workers")
+        self.need(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
+        self.at_least(1, "val_images", "epoch_size")
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    SECTION: ClassVar[str] = "model"
+
+    ngf: int = _f(32, "generator width (official: 64)")
+    ndf: int = _f(32, "discriminator width (official: 64)")
+    num_downs: int = _f(6, "U-Net depth: 8 = unet_256, 7 = unet_128; image_size must be divisible by 2**num_downs")
+    n_layers_d: int = _f(3, "PatchGAN depth: 3 = 70x70 PatchGAN, 0 = PixelGAN (1x1)")
+    norm: str = _f("batch", "normalisation layer", NORMS)
+    dropout: bool = _f(True, "dropout 0.5 in the innermost 512-channel decoder blocks (official: on)")
+    init_type: str = _f("normal", "weight init", INIT_TYPES)
+    init_gain: float = _f(0.02, "std / gain of the weight init")
+
+    def check(self):
+        self.need(2 <= self.num_downs <= 12, "num_downs", "must be between 2 and 12")
+        self.need(self.ngf > 0 and self.ndf > 0, "ngf", "widths must be positive")
+        self.need(0 <= self.n_layers_d <= 8, "n_layers_d", "must be between 0 and 8")
+
+
+@dataclass(frozen=True)
+class LossConfig(Section):
+    SECTION: ClassVar[str] = "loss"
+
+    gan_mode: str = _f("vanilla", "adversarial loss", GAN_MODES)
+    lambda_l1: float = _f(100.0, "weight of the L1 loss")
+    lambda_gp: float = _f(10.0, "weight of the gradient penalty (wgangp only)")
+
+    def check(self):
+        self.at_least(0, "lambda_l1", "lambda_gp")
+
+
+@dataclass(frozen=True)
+class OptimConfig(Section):
+    SECTION: ClassVar[str] = "optim"
+
+    lr: float = _f(2e-4, "Adam learning rate (both networks)")
+    beta1: float = _f(0.5, "Adam beta1")
+    beta2: float = _f(0.999, "Adam beta2")
+    lr_policy: str = _f("linear", "linear: constant then linear to 0; step; cosine; constant", LR_POLICIES)
+    decay_start: int = _f(-1, "linear: step where decay starts (-1 = half of train.max_steps)")
+    step_size: int = _f(1000, "step policy: multiply lr by gamma every step_size steps")
+    gamma: float = _f(0.1, "step policy: decay factor")
+
+    def check(self):
+        self.need(self.lr > 0, "lr", "must be positive")
+        self.need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must be in [0, 1)")
+        self.at_least(1, "step_size")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    SECTION: ClassVar[str] = "train"
+
+    batch_size: int = _f(8, "images per process per step (global batch = batch_size x world size)")
+    max_steps: int = _f(1000, "optimizer steps in total (the LR schedule spans them)")
+    stop_after: int = _f(0, "end this invocation after this many steps, checkpointed (0 = run to max_steps)")
+    log_every: int = _f(20, "steps between metric rows (the only host syncs)")
+    sample_every: int = _f(250, "steps between sample grids (0 = never)")
+    ckpt_every: int = _f(250, "steps between checkpoints (0 = only at the end)")
+    eval_every: int = _f(250, "steps between validations (0 = never)")
+    keep_last: int = _f(3, "step checkpoints kept besides last.pt and best.pt")
+    precision: str = _f("fp32", "autocast dtype; Lab and losses stay float32", PRECISIONS)
+    compile: bool = _f(False, "torch.compile the models (GPU)")
+    cuda_graphs: bool = _f(False, "capture the whole G+D step in a CUDA graph (GPU)")
+    channels_last: bool = _f(True, "channels_last memory format on GPU")
+    on_nonfinite: str = _f("stop", "a NaN/inf loss: stop, or skip the update", ("stop", "skip"))
+    timeout_s: int = _f(600, "collective timeout: a dead rank fails the job after this")
+    device: str = _f("auto", "auto (cuda when present), cpu or cuda", DEVICES)
+
+    def check(self):
+        self.at_least(1, "batch_size", "max_steps", "log_every")
+        self.at_least(0, "sample_every", "ckpt_every", "eval_every", "keep_last", "stop_after")
+        self.need(self.timeout_s > 0, "timeout_s", "must be positive")
+
+
+@dataclass(frozen=True)
+class SlurmConfig(Section):
+    SECTION: ClassVar[str] = "slurm"
+
+    nodes: int = _f(1, "nodes per job")
+    tasks_per_node: int = _f(0, "processes per node (0 = gpus_per_node, or 1 without GPUs)")
+    gpus_per_node: int = _f(0, "GPUs per node")
+    cpus_per_task: int = _f(2, "CPU cores per process (data loader workers)")
+    mem_gb: int = _f(0, "memory per node in GB (0 = cluster default)")
+    partition: str = _f("", "partition")
+    time_min: int = _f(60, "time limit per job in minutes")
+    account: str = _f("", "account to charge")
+    qos: str = _f("", "quality of service")
+    constraint: str = _f("", "node features, e.g. h100")
+    max_requeues: int = _f(3, "requeues after preemption or time limit")
+    array_parallelism: int = _f(8, "sweeps: array elements running at once")
+    folder: str = _f("", "submitit logs (empty = <run folder>/slurm)")
+    signal_delay_s: int = _f(120, "USR2 this many seconds before the time limit")
+    extra: dict = _f({}, "extra sbatch parameters, e.g. {exclusive: true} or slurm.extra.mail-type=END")
+
+    def check(self):
+        """Checks that `p2p submit` needs before anything reaches sbatch (a bad value here would
+        otherwise cost a queue wait, or make the job signal itself as soon as it starts)."""
+        _require(self.nodes >= 1, "slurm.nodes", self.nodes, "must be >= 1")
+        _require(self.max_requeues >= 0, "slurm.max_requeues", self.max_requeues, "must be >= 0")
+        for key in ("tasks_per_node", "gpus_per_node", "mem_gb", "signal_delay_s"):
+            _require(getattr(self, key) >= 0, f"slurm.{key}", getattr(self, key), "must be >= 0")
+        for key in ("cpus_per_task", "time_min", "array_parallelism"):
+            _require(getattr(self, key) >= 1, f"slurm.{key}", getattr(self, key), "must be >= 1")
+        _require(self.signal_delay_s < self.time_min * 60, "slurm.signal_delay_s", self.signal_delay_s,
+                 f"must be shorter than the time limit (slurm.time_min={self.time_min} = {self.time_min * 60} s): "
+                 f"Slurm would send the checkpoint signal as soon as the job starts")
+        for key, value in self.extra.items():
+            _require(isinstance(key, str) and re.fullmatch(r"[a-z][a-z0-9_-]*", key) is not None,
+                     "slurm.extra", key, "keys are sbatch long options without dashes, e.g. exclusive, mail-type")
+            _require(value is None or isinstance(value, (str, int, float, bool)), f"slurm.extra.{key}", value,
+                     "must be a string, number or true/false")
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    def __post_init__(self):
+        """What spans sections (each section has checked itself already)."""
+        d, m = self.data, self.model
+        _require(d.image_size % (2 ** m.num_downs) == 0, "data.image_size", d.image_size,
+                 f"must be divisible by 2**model.num_downs = {2 ** m.num_downs} "
+                 f"(lower model.num_downs or pick another size)")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def sections() -> dict[str, type]:
+    """Section name -> its dataclass, in config order."""
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}

@@ -1,0 +1,93 @@
+"""Held-out images whole, at their own size: what validation and `p2p eval` score, through the
+same geometry as `p2p predict` (p2p.inference), so a reported score is the score of the images
+a user gets. Unlike the loaders' batches, nothing is cropped or resized here.
+
+Which images, for `data.val_source` (else `data.source`), this rank's share of at most `limit`:
+- `embedded`: the held-out photo(s), whole;
+
+every rank taking every world-th of them, so the set scored is the same for any world size;
+- a shard folder (any backend): the first `limit` samples of the val split in manifest order,
+  decoded at the stored size (short side = the shards' `--size`);
+- an image folder: the first `limit` images of its val split (val/ or test/, or the hash split),
+  EXIF-rotated; A/ and B/ pairs side by side, B resized to A's size;
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from p2p.data import resolve_backend
+from p2p.errors import UsageError
+
+
+@dataclass
+class HeldOut:
+    index: int  # position in the whole held-out set (the same whatever the world size)
+    key: str
+    image: torch.Tensor  # uint8 3 x H x W; paired: A|B side by side
+
+
+def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None) -> list[HeldOut]:
+    d = cfg.data
+    source = d.val_source or d.source
+    limit = d.val_images if limit is None else limit
+    backend = resolve_backend(source, d.backend)
+    if source == "embedded":
+        return _embedded(cfg, rank, world, limit)
+    if backend in ("wds", "dali", "nvjpeg"):
+        return _shards(cfg, source, rank, world, limit)
+    return _folder(cfg, source, rank, world, limit)
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
+    from p2p.data.folder import EMBEDDED_VAL, embedded_photo
+
+    if cfg.task.name == "paired":
+        raise UsageError("task.name=paired needs paired data (A|B images or A/ and B/ folders); "
+                         "the embedded photos are single images")
+    names = EMBEDDED_VAL[:limit]
+    return [HeldOut(i, name, _tensor(embedded_photo(name))) for i, name in enumerate(names) if i % world == rank]
+
+
+def _shards(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
+    from p2p.data.decode import decode_rgb
+    from p2p.data.plan import sequence
+    from p2p.data.wds import open_split
+
+    shards = open_split(cfg, source, "val")
+    rows = sequence(shards.counts, np.arange(len(shards.counts)))[:limit].tolist()
+    try:
+        return [HeldOut(i, shards.key(s, m), decode_rgb(shards.read(s, m)))
+                for i, (s, m) in enumerate(rows) if i % world == rank]
+    finally:
+        shards.close()
+
+
+def _folder(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
+    from p2p.data.folder import split_items
+    from p2p.data.images import IMAGE_EXTS, open_rgb
+
+    items = split_items(Path(source), "val", cfg)[:limit]
+    if not items:
+        raise UsageError(f"data.source={source!r}: no images for the val split "
+                         f"(looked for {', '.join(sorted(IMAGE_EXTS))})")
+    out = []
+    for i in range(rank, len(items), world):
+        item = items[i]
+        if isinstance(item, tuple):  # (A path, B path)
+            a = open_rgb(item[0])
+            b = open_rgb(item[1]).resize(a.size)
+            arr = np.concatenate([np.asarray(a), np.asarray(b)], axis=1)
+            key = str(item[0])
+        else:
+            arr, key = np.asarray(open_rgb(item)), str(item)
+        out.append(HeldOut(i, key, _tensor(arr)))
+    return out

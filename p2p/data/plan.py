@@ -1,0 +1,116 @@
+"""Which samples a rank reads, in which order: the deterministic, rank-disjoint sample order
+every loader shares. Pure functions of sample counts and (seed, epoch, rank, world size).
+
+Every rank gets the same number of whole batches, so DDP never waits on a rank that has run
+out; the few samples dropped at an epoch's end differ from epoch to epoch.
+
+Image folders (`rank_order`): one global permutation per (seed, epoch); rank r takes every
+world-th element starting at r.
+
+Shard folders (`train_plan`), computed from the manifest's per-shard counts without opening a
+tar:
+
+1. the shards are permuted by (seed, epoch) and their samples concatenated: N samples;
+2. rank r of W takes the contiguous range [N*r//W, N*(r+1)//W) of that sequence (the rule
+   DALI's readers use for shard_id/num_shards, so the dali backend gives each rank the same
+   samples as the wds backend). Ranks are disjoint; the split is at sample granularity, so one
+   shard may feed several ranks and fewer shards than ranks x workers is fine;
+3. the rank shuffles its range by (seed, epoch, rank) and keeps batches_per_epoch * batch_size
+   samples, batches_per_epoch = (N // W) // batch_size: the smallest range's whole batches.
+
+Validation (`val_plan`): the val shards in manifest order; rank r takes the head of its
+[N*r//W, N*(r+1)//W) range, up to its share of data.val_images; the last batch may be short.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from p2p.errors import UsageError
+
+
+def mix_seed(*parts: int) -> int:
+    """Combine integers into one 63-bit seed (FNV-style), stable across Python runs."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % (1 << 64)
+    return h % ((1 << 63) - 1)
+
+
+def batches_per_epoch(n: int, batch_size: int, world: int, what: str = "data.source") -> int:
+    per_rank = n // world
+    if per_rank < batch_size:
+        raise UsageError(f"{what}: {n} samples cannot give each of {world} process(es) a batch of "
+                         f"{batch_size}; lower train.batch_size or add data")
+    return per_rank // batch_size
+
+
+def val_batch_size(batch_size: int, val_images: int) -> int:
+    """The validation batch: train.batch_size, unless data.val_images is smaller."""
+    return max(1, min(batch_size, val_images))
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    """Batches of `n` samples; the last one may be short (validation)."""
+    return -(-n // batch_size)
+
+
+def rank_order(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int,
+               shuffle: bool = True) -> list[int]:
+    """Sample indices for this rank's epoch, exactly batches_per_epoch * batch_size of them."""
+    nb = batches_per_epoch(n, batch_size, world)
+    if shuffle:
+        g = torch.Generator().manual_seed(mix_seed(seed, epoch))
+        perm = torch.randperm(n, generator=g).tolist()
+    else:
+        perm = list(range(n))
+    return perm[rank::world][: nb * batch_size]
+
+
+def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """DALI's shard rule (loader.cc start_index): rank r of W gets [n*r//W, n*(r+1)//W)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+def shard_order(n_shards: int, seed: int, epoch: int) -> np.ndarray:
+    """The shards' order in an epoch: a permutation from (seed, epoch), the same on every rank."""
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, 0x5EED))
+    return torch.randperm(n_shards, generator=g).numpy()
+
+
+def sequence(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(shard, member) rows of the shards in `order`, concatenated: M x 2 int64."""
+    if len(order) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    c = counts[order]
+    shard = np.repeat(order, c)
+    starts = np.repeat(np.cumsum(c) - c, c)
+    member = np.arange(int(c.sum()), dtype=np.int64) - starts
+    return np.stack([shard, member], axis=1).astype(np.int64)
+
+
+def rank_samples(counts: np.ndarray, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
+    """This rank's whole range of an epoch, shuffled by (seed, epoch, rank): M x 2 (shard, member)."""
+    n = int(counts.sum())
+    lo, hi = rank_range(n, rank, world)
+    mine = sequence(counts, shard_order(len(counts), seed, epoch))[lo:hi]
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 0xB47C))
+    return mine[torch.randperm(len(mine), generator=g).numpy()]
+
+
+def train_plan(counts: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int, world: int,
+               what: str = "data.source") -> np.ndarray:
+    """This rank's samples of an epoch in reading order: (nb * batch_size) x 2 (shard, member),
+    nb = batches_per_epoch (the same on every rank)."""
+    nb = batches_per_epoch(int(counts.sum()), batch_size, world, what)
+    return rank_samples(counts, seed, epoch, rank, world)[: nb * batch_size]
+
+
+def val_plan(counts: np.ndarray, images: int, rank: int, world: int) -> np.ndarray:
+    """This rank's validation samples: the head of its range, up to its share of `images`."""
+    n = int(counts.sum())
+    lo, hi = rank_range(n, rank, world)
+    want = min(images, n)
+    share = want * (rank + 1) // world - want * rank // world
+    return sequence(counts, np.arange(len(counts)))[lo:min(hi, lo + share)]

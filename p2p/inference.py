@@ -1,0 +1,157 @@
+"""Running a trained generator on images of any size, the way training showed it images.
+
+Geometry (`Geometry.mode`):
+- "scale" (the default): resize so the short side is the training scale, keeping the aspect
+  ratio, pad (reflect) to a multiple of the network's stride, run, crop the padding off and
+  upsample the output to the original size. The training scale is the short side the trainer
+  resized images to before its random crop, the checkpoint's `data.load_size`: objects had that
+  scale in every training crop, whatever `data.image_size` (the crop) was. For official pix2pix
+  weights, which carry no config, it is 256, the official `test.py` load size.
+- "full": the fully convolutional generator on the whole image at its own resolution (padded).
+  The default for restore: its degradations are drawn on the pixel grid the model sees, so the
+  native resolution is its training scale.
+- "squash": the official pix2pix test-time resize of the whole image to size x size.
+
+Colorize predicts ab at the model's scale, upsamples it and recombines it with the original
+full-resolution L, so the output keeps every detail of the input. Other tasks return the
+upsampled output. `p2p predict`, `p2p eval` and validation during training all go through
+`predict`, so a reported score is the score of the images a user gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from p2p.config import Config, from_tree, load_config, with_values
+from p2p.errors import UsageError
+from p2p.models import load_generator, read_checkpoint
+from p2p.tasks import Task, build_task
+
+OFFICIAL_TEST_SIZE = 256  # official pix2pix test.py: load_size = crop_size = 256
+
+
+@dataclass(frozen=True)
+class Geometry:
+    mode: str = "scale"  # scale | full | squash
+    size: int = OFFICIAL_TEST_SIZE  # scale: the short side; squash: the square's side
+
+
+@dataclass
+class Predictor:
+    """A generator in eval mode with the task and config it was trained with."""
+
+    G: torch.nn.Module
+    task: Task
+    cfg: Config
+    official: bool  # official pix2pix weights: no config of their own
+
+    def geometry(self, size: int | None = None, full_res: bool = False, squash: bool = False) -> Geometry:
+        """The default geometry for this model, or the one the flags ask for."""
+        if full_res and squash:
+            raise UsageError("--full-res and --squash exclude each other")
+        if size is not None and size < 1:
+            raise UsageError(f"--size {size} must be positive")
+        if squash:
+            side = size or (OFFICIAL_TEST_SIZE if self.official else self.cfg.data.image_size)
+            if side % self.G.stride:
+                raise UsageError(f"--size {side} must be divisible by the network's stride {self.G.stride}")
+            return Geometry("squash", side)
+        if full_res:
+            return Geometry("full", 0)
+        if size is not None:
+            return Geometry("scale", size)
+        return training_geometry(self.task, OFFICIAL_TEST_SIZE if self.official else self.cfg.data.load_size)
+
+
+def training_geometry(task: Task, load_size: int) -> Geometry:
+    """How images are shown to a model trained at `load_size` (see the module docstring)."""
+    return Geometry("full", 0) if task.name == "restore" else Geometry("scale", load_size)
+
+
+def infer_task(in_ch: int, out_ch: int) -> str:
+    return {(1, 2): "colorize", (1, 3): "gray2rgb"}.get((in_ch, out_ch), "paired")
+
+
+def load_predictor(path: str, task_name: str | None = None, direction: str | None = None) -> Predictor:
+    """A predictor from any supported checkpoint. For official weights the task is inferred from
+    the channel counts (1->2 colorize, 1->3 gray2rgb, else paired)."""
+    obj = read_checkpoint(path)
+    G = load_generator(obj)
+    tree = obj.get("config") if isinstance(obj, dict) and obj.get("format") == "p2p" else None
+    cfg = load_config() if tree is None else from_tree(tree)
+    channels = (G.down[0].conv.in_channels, G.up[0].conv.out_channels)
+    name = task_name or (cfg.task.name if tree is not None else infer_task(*channels))
+    cfg = with_values(cfg, {"task.name": name, "task.direction": direction or cfg.task.direction})
+    task = build_task(cfg.task)
+    if (task.in_channels, task.out_channels) != channels:
+        raise UsageError(f"task {name} needs a {task.in_channels}->{task.out_channels} channel generator; "
+                         f"{path} maps {channels[0]}->{channels[1]}")
+    return Predictor(G.eval(), task, cfg, tree is None)
+
+
+def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the bottom and right to a multiple (reflect; replicate where the image is too small)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+
+
+def scaled_size(h: int, w: int, short: int) -> tuple[int, int]:
+    """(h, w) with the short side at `short` and the aspect ratio kept."""
+    s = short / min(h, w)
+    return max(short, round(h * s)), max(short, round(w * s))
+
+
+@torch.no_grad()
+def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None) -> torch.Tensor:
+    """RGB in [0, 1] (N x 3 x H x W) -> the task's output RGB in [0, 1] at H x W."""
+    h, w = rgb.shape[-2:]
+    if geometry.mode == "full":
+        seen = rgb
+    elif geometry.mode == "squash":
+        seen = resize(rgb, (geometry.size, geometry.size)).clamp_(0, 1)
+    else:
+        seen = resize(rgb, scaled_size(h, w, geometry.size)).clamp_(0, 1)
+    x = task.model_input(seen)
+    sh, sw = x.shape[-2:]
+    if precision is not None:
+        with precision.autocast():
+            out = G(pad_to(x, G.stride))
+    else:
+        out = G(pad_to(x, G.stride))
+    out = out[..., :sh, :sw].float()
+    if task.name == "colorize":  # ab at the model's scale, L at full resolution
+        ab = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False) if (sh, sw) != (h, w) else out
+        return task.output_rgb(task.model_input(rgb), ab)
+    if (sh, sw) != (h, w):
+        out = F.interpolate(out, size=(h, w), mode="bicubic", align_corners=False)
+    return task.output_rgb(None, out)
+
+
+def list_inputs(inputs: list[str]) -> list[Path]:
+    from p2p.data.images import list_images
+
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += list_images(p)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UsageError(f"input not found: {item}")
+    if not files:
+        raise UsageError("no input images found")
+    return files

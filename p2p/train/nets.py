@@ -1,0 +1,48 @@
+"""The networks of a run and what trains them: the one place that turns `cfg.model` into a
+generator and a discriminator, and (wrapped or not) networks into `Nets` with their optimizers
+and loss scalers. The trainer, the step benchmark, the scaling benchmark and the tests all
+build through here, so they train the same thing."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, init_weights
+from p2p.train.step import Nets, Precision
+from p2p.train.wrap import make_optimizer, unwrap
+
+
+def architectures(cfg, task) -> tuple[GeneratorArch, DiscriminatorArch]:
+    """G maps the task's input channels to its output channels; D sees both, concatenated."""
+    m = cfg.model
+    g = GeneratorArch(task.in_channels, task.out_channels, m.num_downs, m.ngf, m.norm, m.dropout)
+    d = DiscriminatorArch(task.in_channels + task.out_channels, m.ndf, m.n_layers_d, m.norm)
+    return g, d
+
+
+def build_networks(cfg, task) -> tuple[nn.Module, nn.Module]:
+    """Fresh G and D with the configured init, drawn from the global torch RNG in module order
+    (seed it first for identical weights on every rank)."""
+    g_arch, d_arch = architectures(cfg, task)
+    m = cfg.model
+    return (init_weights(build_generator(g_arch), m.init_type, m.init_gain),
+            init_weights(build_discriminator(d_arch), m.init_type, m.init_gain))
+
+
+def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: torch.device, precision: Precision,
+               *, capturable: bool = False, adam: str = "auto") -> Nets:
+    """Nets around networks that are already on `device` (and wrapped): one Adam and one loss
+    scaler per network. `adam="for-loop"` is the seed's optimizer (benchmark baseline);
+    otherwise p2p's (`make_optimizer`, capturable for CUDA graphs)."""
+    skip = cfg.train.on_nonfinite == "skip"
+
+    def optimizer(net):
+        params = unwrap(net).parameters()
+        if adam == "for-loop":
+            o = cfg.optim
+            return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), foreach=False)
+        return make_optimizer(params, cfg, device, capturable=capturable)
+
+    return Nets(G, D, D_frozen, optimizer(G), optimizer(D), precision.make_scaler(skip), precision.make_scaler(skip))
+

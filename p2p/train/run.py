@@ -1,0 +1,172 @@
+"""A training run, built once and complete: this process's place in the job, the task, the
+networks wrapped for distribution, their optimizers, the step function and the position to go
+on from (a fresh start, or <run>/checkpoints/last.pt)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from p2p import dist
+from p2p.augment import step_generator
+from p2p.config import Config
+from p2p.data.plan import mix_seed
+from p2p.errors import TrainingError
+from p2p.models import DiscriminatorArch, GeneratorArch
+from p2p.tasks import Task, build_task
+from p2p.train.checkpoint import (Checkpoints, TrainState, load_weights, make_payload, rank_state,
+                                  restore_training, seed_all)
+from p2p.train.nets import architectures, build_nets, build_networks
+from p2p.train.schedule import lr_factor, set_lr
+from p2p.train.step import Nets, Precision, train_step
+from p2p.train.wrap import averaged_buffers, unwrap, wrap_models
+
+
+@dataclass
+class Run:
+    """Everything a step needs. `state` is the only part that changes as the run goes."""
+
+    cfg: Config
+    accel: object
+    task: Task
+    g_arch: GeneratorArch
+    d_arch: DiscriminatorArch
+    nets: Nets
+    precision: Precision
+    step_fn: object
+    state: TrainState
+    ckpts: Checkpoints
+    resumed: bool
+    notices: list[str]
+
+    @property
+    def rank(self) -> int:
+        return self.accel.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accel.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.accel.device
+
+    def prepare(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return prepare_batch(self.task, batch.images, self.cfg, self.rank, self.state.step)
+
+    def lr(self) -> float:
+        return self.cfg.optim.lr * lr_factor(self.state.step, self.cfg)
+
+    def step(self, inp: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        lr = self.lr()
+        set_lr(self.nets.opt_g, lr)
+        set_lr(self.nets.opt_d, lr)
+        return self.step_fn(inp, target)
+
+    def advance(self, epoch: int, index: int, batches_per_epoch: int) -> None:
+        """Count the step and the data position just consumed (what a checkpoint resumes from)."""
+        s = self.state
+        s.step += 1
+        s.epoch, s.batch_in_epoch = (epoch + 1, 0) if index + 1 == batches_per_epoch else (epoch, index + 1)
+
+    def save(self, is_best: bool = False) -> None:
+        """Checkpoint on every rank's behalf (collective: every rank must call it)."""
+        G, D, accel = self.nets.G, self.nets.D, self.accel
+        if not all_finite(G, D):
+            raise TrainingError(f"weights became non-finite before step {self.state.step}; not saving over "
+                                f"{self.ckpts.last} (the last good checkpoint)")
+        mine = rank_state(G, D)
+        ranks = [None] * self.world
+        if self.world > 1:
+            torch.distributed.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        # the saved networks get BatchNorm statistics averaged over ranks (what inference wants)
+        with averaged_buffers(accel, G, D):
+            if accel.is_main_process:
+                payload = make_payload(self.cfg, self.g_arch, self.d_arch, self.nets, self.state, ranks,
+                                       lr_factor(self.state.step, self.cfg))
+                self.ckpts.save(payload, self.state.step, is_best=is_best)
+        accel.wait_for_everyone()
+
+
+def prepare_batch(task: Task, images: torch.Tensor, cfg: Config, rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 batch on the device -> the step's (input, target): jitter and task conversion,
+    their randomness a function of (seed, rank, step) alone."""
+    seed = cfg.run.seed
+    return task.prepare(images, cfg.data.image_size, step_generator(seed, rank, step), flip=cfg.data.flip,
+                        crop_gen=step_generator(seed, rank, step, 1))
+
+
+def all_finite(*nets) -> bool:
+    flags = [torch.isfinite(p).all() for n in nets for p in unwrap(n).parameters()]
+    return bool(torch.stack(flags).all())  # note: host sync; only before checkpoints
+
+
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def use_cuda_graphs(cfg: Config, device: torch.device, notice) -> bool:
+    if not cfg.train.cuda_graphs:
+        return False
+    if device.type != "cuda":
+        notice("train.cuda_graphs=true: CUDA graphs need a GPU; running eager steps")
+        return False
+    if cfg.train.precision == "fp16" or cfg.train.on_nonfinite == "skip":
+        notice("train.cuda_graphs=true: fp16 loss scaling and on_nonfinite=skip read the gradient check on "
+               "the host every step, which a graph cannot; running eager (use bf16)")
+        return False
+    return True
+
+
+def make_step_fn(nets: Nets, cfg: Config, precision: Precision, graphs: bool, notice):
+    """Eager step, or the same step captured once in a CUDA graph and replayed."""
+    def eager(inp, target):
+        return train_step(nets, inp, target, cfg.loss, precision)
+
+    if not graphs:
+        return eager
+    from p2p.train.graphs import GraphedStep
+
+    return GraphedStep(eager, notice=notice)
+
+
+def build_run(cfg: Config) -> Run:
+    """Start this process's part of the job, build the networks and optimizers, and resume from
+    <run>/checkpoints/last.pt when it exists."""
+    configure_determinism(cfg.run.deterministic)
+    accel = dist.start(cfg.train.device, cfg.train.timeout_s)
+    rank, world, device = accel.process_index, accel.num_processes, accel.device
+    notices: list[str] = []
+
+    seed_all(cfg.run.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+    task = build_task(cfg.task)
+    g_arch, d_arch = architectures(cfg, task)
+    G, D = build_networks(cfg, task)
+    seed_all(mix_seed(cfg.run.seed, rank))  # from here on each rank draws its own dropout masks
+
+    ckpts = Checkpoints(cfg.run_dir, cfg.train.keep_last)
+    payload = ckpts.load_last() if cfg.run.resume else None
+    if payload is not None:
+        load_weights(payload, G, D, g_arch, d_arch, ckpts.last)
+
+    G, D, D_frozen = wrap_models(G, D, cfg, accel, notices.append)
+    graphs = use_cuda_graphs(cfg, device, notices.append)
+    precision = Precision(cfg.train.precision, device)
+    nets = build_nets(G, D, D_frozen, cfg, device, precision, capturable=graphs)
+    state = TrainState()
+    if payload is not None:
+        state, resumed_notices = restore_training(payload, nets, rank, world, cfg.run.seed)
+        notices += resumed_notices
+    step_fn = make_step_fn(nets, cfg, precision, graphs, notices.append)
+    return Run(cfg, accel, task, g_arch, d_arch, nets, precision, step_fn, state, ckpts, payload is not None, notices)

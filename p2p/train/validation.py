@@ -1,0 +1,77 @@
+"""What the trainer shows of held-out images: validation metrics and sample grids, both of the
+whole held-out images through the geometry of `p2p predict` (p2p.inference.training_geometry),
+so a validation score is the score a user gets from `p2p predict`. Every rank scores its share
+(the sums are all-reduced) with BatchNorm statistics averaged over ranks; rank 0 draws the
+grids. Both run in eval mode."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from p2p.augment import step_generator
+from p2p.data.held_out import HeldOut, held_out
+from p2p.evaluation import means, score_images
+from p2p.inference import predict, scaled_size, training_geometry
+from p2p.train.wrap import averaged_buffers, unwrap
+
+GRID_IMAGES = 8
+
+
+def held_out_images(cfg, rank: int, world: int) -> list[HeldOut]:
+    """This rank's share of the fixed held-out images, loaded once (kept on the CPU)."""
+    return held_out(cfg, rank, world)
+
+
+class _EvalMode:
+    def __init__(self, net):
+        self.net = unwrap(net)
+
+    def __enter__(self):
+        self.was_training = self.net.training
+        self.net.eval()
+        return self.net
+
+    def __exit__(self, *exc):
+        self.net.train(self.was_training)
+
+
+def validate(run, images: list[HeldOut]) -> dict:
+    """Mean metrics over every rank's held-out images (collective: every rank calls it)."""
+    cfg, accel = run.cfg, run.accel
+    geometry = training_geometry(run.task, cfg.data.load_size)
+    with averaged_buffers(accel, run.nets.G), _EvalMode(run.nets.G) as net:
+        sums = score_images(net, run.task, images, geometry, cfg.run.seed, accel.device, run.precision)
+        if accel.num_processes > 1:
+            torch.distributed.all_reduce(sums)
+    return means(run.task, sums)
+
+
+def _letterbox(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """1 x 3 x h' x w' -> 1 x 3 x h x w, centred on white."""
+    dh, dw = h - x.shape[-2], w - x.shape[-1]
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=1.0)
+
+
+@torch.no_grad()
+def sample_grid(run, images: list[HeldOut], log, step: int) -> None:
+    """input | output | target of up to 8 held-out images, each as `p2p predict` computes it and
+    shown at the scale the model saw it (short side data.load_size); rank 0's own statistics."""
+    if not images or not log.enabled:
+        return
+    cfg, task, device = run.cfg, run.task, run.device
+    geometry = training_geometry(task, cfg.data.load_size)
+    rows = []
+    with _EvalMode(run.nets.G) as net:
+        for item in images[:GRID_IMAGES]:
+            inp, target = task.eval_pair(item.image[None].to(device), step_generator(cfg.run.seed, 0, item.index,
+                                                                                     stream=99))
+            out = predict(net, task, inp, geometry, run.precision)
+            shown = task.input_rgb(task.model_input(inp))
+            size = scaled_size(*inp.shape[-2:], cfg.data.load_size)
+            rows.append([F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+                         .clamp_(0, 1) for x in (shown, out, target)])
+    h = max(r[0].shape[-2] for r in rows)
+    w = max(r[0].shape[-1] for r in rows)
+    inp, out, target = (torch.cat([_letterbox(r[k], h, w) for r in rows]) for k in range(3))
+    log.samples(step, inp, out, target)

@@ -1,0 +1,66 @@
+"""Components a test needs. Missing, the test is skipped with the reason, unless CI declared the
+component required (P2P_REQUIRE_SLURM=1 for the local Slurm cluster and the packages its tests
+use, P2P_REQUIRE_DALI=1 for DALI): then it fails, so a broken install never passes as skipped."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shutil
+import subprocess
+
+import pytest
+
+SLURM_REQUIRE_ENV = "P2P_REQUIRE_SLURM"
+DALI_REQUIRE_ENV = "P2P_REQUIRE_DALI"
+
+
+def _require(problem: str | None, required_by: str) -> None:
+    if problem is None:
+        return
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{required_by}=1 but {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+@functools.lru_cache(maxsize=1)
+def slurm_problem() -> str | None:
+    """Why the local cluster cannot be used, or None when `sinfo -h` works."""
+    if shutil.which("sinfo") is None:
+        return "Slurm is not installed (no sinfo on PATH); run: sudo slurm/local-cluster up"
+    try:
+        proc = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "`sinfo -h` did not answer within 20 s; is slurmctld up? (slurm/local-cluster status)"
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip().splitlines()
+        return (f"Slurm cluster is not up (`sinfo -h` failed: {err[-1] if err else proc.returncode}); "
+                f"run: sudo slurm/local-cluster up")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def dali_problem() -> str | None:
+    """Why DALI cannot be used, or None when `import nvidia.dali` works."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as e:
+        return f"nvidia-dali is not importable ({e}); pip install -e '.[dali]'"
+    return None
+
+
+def require_slurm() -> None:
+    _require(slurm_problem(), SLURM_REQUIRE_ENV)
+
+
+def require_dali() -> None:
+    _require(dali_problem(), DALI_REQUIRE_ENV)
+
+
+def require_module(name: str, required_by: str = SLURM_REQUIRE_ENV):
+    """Import a package a test needs (e.g. submitit for the Slurm tests), under the same rule."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        _require(f"{name} is not importable ({e}); pip install -e '.[dev]'", required_by)

@@ -1,0 +1,134 @@
+"""Exact resume: a run that is cut (train.stop_after, a signal, a second process group) and
+resumed ends with the same weights, optimizer state and logged losses as a run that never
+stopped. Dropout is on (model.num_downs=6 has dropout levels) and the loader runs in a worker
+process, so every RNG a step draws from (dropout masks, crops, flips, the loader's seeds) has
+to be saved and restored for these to pass."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import image_folders as F
+from helpers.runs import ROOT, load_ckpt, p2p_env, run_p2p, torchrun, wait_for
+from p2p.cli.train import STOPPED_ON_SIGNAL
+
+pytestmark = pytest.mark.slow
+
+# Small, but with what makes resume hard: dropout (levels 4.. of a 6-level U-Net), batch norm
+# (running stats in the state dict), a loader worker, random crops and flips, and an epoch of 6
+# batches so every cut below crosses an epoch boundary after resuming.
+EXACT = [
+    "run.deterministic=true", "data.image_size=64", "data.load_size=72", "model.num_downs=6", "model.ngf=8",
+    "model.ndf=8", "model.dropout=true", "train.batch_size=4", "data.epoch_size=24", "data.val_images=4",
+    "data.workers=1", "train.log_every=1", "train.sample_every=0", "train.eval_every=0", "train.ckpt_every=0",
+]
+# Fields of a metrics row that measure the machine, not the training.
+TIMING = {"img_per_s", "step_time_s", "data_wait", "peak_mem_gb", "mfu"}
+
+
+def rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def training_rows(run_dir) -> dict[int, dict]:
+    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows(run_dir)}
+
+
+def assert_same_run(a_dir, b_dir) -> None:
+    """Same weights, optimizer moments, position and per-step losses."""
+    a, b = (load_ckpt(d / "checkpoints" / "last.pt") for d in (a_dir, b_dir))
+    assert (a["step"], a["epoch"], a["batch_in_epoch"]) == (b["step"], b["epoch"], b["batch_in_epoch"])
+    for net in ("generator", "discriminator"):
+        assert a[net].keys() == b[net].keys()
+        differ = [k for k in a[net] if not torch.equal(a[net][k], b[net][k])]
+        assert not differ, f"{net}: {len(differ)} of {len(a[net])} tensors differ after resume, e.g. {differ[:3]}"
+    for opt in ("opt_g", "opt_d"):
+        for pid, st in a[opt]["state"].items():
+            assert torch.equal(st["exp_avg"], b[opt]["state"][pid]["exp_avg"]), f"{opt} state {pid}"
+            assert torch.equal(st["exp_avg_sq"], b[opt]["state"][pid]["exp_avg_sq"]), f"{opt} state {pid}"
+    ra, rb = training_rows(a_dir), training_rows(b_dir)
+    assert sorted(ra) == sorted(rb) == list(range(1, a["step"] + 1)), "every step logged exactly once"
+    for step in ra:
+        assert ra[step] == rb[step], f"step {step}: {ra[step]} != {rb[step]}"
+
+
+def test_cut_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    common = [f"run.out_dir={tmp_path}", *EXACT, "train.max_steps=10"]
+    run_p2p("train", *common, "run.name=straight")
+    stopped = run_p2p("train", *common, "run.name=cut", "train.stop_after=5", check=False)
+    assert stopped.returncode == STOPPED_ON_SIGNAL, stopped.stderr[-2000:]  # saved before max_steps
+    assert load_ckpt(tmp_path / "cut" / "checkpoints" / "last.pt")["step"] == 5
+    proc = run_p2p("train", *common, "run.name=cut")
+    assert "resumed" in proc.stderr
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_two_ranks_cut_and_resumed_equal_two_ranks_uninterrupted(tmp_path):
+    common = ["-m", "p2p", "train", f"run.out_dir={tmp_path}", *EXACT, "train.max_steps=8", "data.epoch_size=32"]
+    torchrun(*common, "run.name=straight")
+    stopped = torchrun(*common, "run.name=cut", "train.stop_after=3", check=False)
+    assert stopped.returncode != 0 and f"exitcode  : {STOPPED_ON_SIGNAL}" in stopped.stderr, stopped.stderr[-3000:]
+    ck = load_ckpt(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert ck["step"] == 3 and ck["world_size"] == 2 and len(ck["rng"]) == 2
+    torchrun(*common, "run.name=cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+    assert all(r["world_size"] == 2 for r in rows(tmp_path / "cut"))
+
+
+def test_signalled_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    common = [f"run.out_dir={tmp_path}", *EXACT, "train.max_steps=40"]
+    run_p2p("train", *common, "run.name=straight")
+    log = open(tmp_path / "sig.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "p2p", "train", *common, "run.name=sig"], stdout=log,
+                            stderr=subprocess.STDOUT, env=p2p_env(), cwd=ROOT)
+    try:
+        run_dir = tmp_path / "sig"
+        wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(rows(run_dir)) >= 3, what="three steps")
+        # Frozen between two steps, the signal cannot lose the race against the end of the run:
+        # it is delivered when the process continues, well before step 40.
+        proc.send_signal(signal.SIGSTOP)
+        seen = rows(run_dir)[-1]["step"]
+        assert seen < 40
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=120) == STOPPED_ON_SIGNAL
+    finally:
+        proc.kill()
+    stopped = load_ckpt(run_dir / "checkpoints" / "last.pt")["step"]
+    assert seen <= stopped < 40
+    run_p2p("train", *common, "run.name=sig")
+    assert_same_run(tmp_path / "straight", run_dir)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from p2p.data.shard import make_shards
+
+    root = tmp_path_factory.mktemp("resume_shards")
+    F.make_coco_like(root / "src", n=40, seed=3, scale=0.25)
+    out = root / "shards"
+    make_shards(root / "src", out, size=72, val_fraction=0.1, shard_size_mb=0.05, workers=2)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["wds", "dali"])
+def test_resume_mid_epoch_from_shards(tmp_path, shards, backend):
+    if backend == "dali":
+        from helpers.requirements import require_dali
+
+        require_dali()
+    # 36 train samples / batch 4 = 9 batches per epoch: the cut at step 4 is mid-epoch.
+    common = [f"run.out_dir={tmp_path}", *EXACT, f"data.source={shards}", f"data.backend={backend}",
+              "train.max_steps=12"]
+    run_p2p("train", *common, "run.name=straight")
+    assert run_p2p("train", *common, "run.name=cut", "train.stop_after=4", check=False).returncode == STOPPED_ON_SIGNAL
+    ck = load_ckpt(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert ck["step"] == 4 and ck["epoch"] == 0 and 0 < ck["batch_in_epoch"] < 9
+    run_p2p("train", *common, "run.name=cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
