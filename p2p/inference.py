@@ -80,7 +80,7 @@ def load_predictor(path: str, task_name: str | None = None, direction: str | Non
     """A predictor from any supported checkpoint. For official weights the task is inferred from
     the channel counts (1->2 colorize, 1->3 gray2rgb, else paired)."""
     obj = read_checkpoint(path)
-    G = load_generator(obj)
+    G = load_generator(obj, name=str(path))
     tree = obj.get("config") if isinstance(obj, dict) and obj.get("format") == "p2p" else None
     cfg = load_config() if tree is None else from_tree(tree)
     channels = (G.down[0].conv.in_channels, G.up[0].conv.out_channels)

@@ -11,6 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from p2p.atomic import replace_with, write_text
+
+def save_figure(fig, path: Path) -> None:
+    """A PNG written atomically (a full disk leaves the previous plot, and no temporary file)."""
+    replace_with(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+
+
 SECTION_TITLES = {
     "data": "Input pipelines (files to model-ready tensors)",
     "lab": "RGB to Lab conversion",
@@ -103,7 +110,7 @@ def plot_throughput(rows: list[dict], title: str, path: Path) -> Path | None:
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -132,7 +139,7 @@ def plot_scaling(rows: list[dict], title: str, path: Path) -> Path | None:
     b.set_ylabel("weak-scaling efficiency (%)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -150,7 +157,7 @@ def plot_profile(summary: dict, title: str, path: Path) -> Path | None:
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -224,7 +231,7 @@ def write_report(results: dict, out_dir) -> Path:
         if png is not None:
             lines += [f"![{name}]({png.name})", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 

@@ -2,7 +2,9 @@
 `p2p --help` and config errors answer without importing torch.
 
 A subcommand module provides `add_arguments(parser)` and `run(args) -> int`.
-`UsageError` anywhere becomes one line on stderr and exit code 2 (no traceback).
+`UsageError` anywhere (a `CheckpointError` too: a missing, damaged or foreign checkpoint) becomes
+one line on stderr and exit code 2 (no traceback); `WriteError` (a full disk, an I/O error)
+one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from p2p.errors import UsageError
+from p2p.errors import UsageError, WriteError
 
 COMMANDS = {
     "train": ("p2p.cli.train", "train a model: p2p train [CONFIG.yaml] [section.key=value ...]"),
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"p2p {name}: error: {e}", file=sys.stderr)
         return 2
+    except WriteError as e:  # a full disk or an I/O error: the message names the path and the space
+        print(f"p2p {name}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"p2p {name}: interrupted", file=sys.stderr)
         return 130

@@ -354,6 +354,31 @@ def run_report(args) -> int:
     return 0
 
 
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default="1000,10000,100000", help="image counts N, comma-separated (default 1k,10k,100k)")
+    p.add_argument("--work", default="bench-scale-work", help="images, shards and runs (reused: images are made once)")
+    p.add_argument("--out", default="bench-scale", help="scale.json, scale.md and one PNG per figure")
+    p.add_argument("--workers", type=int, default=2, help="p2p shard workers and loader workers (default 2)")
+    p.add_argument("--batch-size", type=int, default=8, help="train.batch_size of the timed runs (default 8)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds a training start may take (default 600)")
+
+
+def run_scale_suite(args) -> int:
+    from p2p.bench.scale import FIGURES, ScaleOptions, run_scale
+
+    options = ScaleOptions(sizes=counts(args.sizes, "--sizes"), work=args.work, workers=args.workers,
+                           batch_size=args.batch_size, timeout_s=args.timeout)
+    say(f"bench scale: N = {', '.join(f'{n:,}' for n in options.sizes)} COCO-shaped images in {options.work}")
+    payload = run_scale(options, args.out, say)
+    rows = [{"name": what, **{f"N={r['n']}": r.get(key) for r in payload["results"]}}
+            for key, (what, _) in FIGURES.items()]
+    print_table("how p2p grows with the dataset", rows, ("name", *(f"N={r['n']}" for r in payload["results"])))
+    bad = payload["super_linear"]
+    print(f"wrote {Path(args.out) / 'scale.json'}, scale.md and plots in {payload['seconds']:.0f} s; super-linear: "
+          f"{', '.join(bad) if bad else 'none'}")
+    return 0
+
+
 SUITES = {
     "data": ("input pipelines (wds, dali, folder) vs the per-image PIL + skimage baseline",
              add_data_arguments, run_data_suite),
@@ -362,6 +387,8 @@ SUITES = {
              run_step_suite),
     "scaling": ("weak scaling over processes (gloo on CPU, NCCL on GPUs)", add_scaling_arguments, run_scaling_suite),
     "profile": ("torch.profiler trace and top operators of a real run", add_profile_arguments, run_profile_suite),
+    "scale": ("growth with the dataset: N COCO-shaped images sharded, planned, trained and resumed",
+              add_scale_arguments, run_scale_suite),
     "all": ("everything above into one folder: results.json, report.md, plots", add_all_arguments, run_all_suite),
     "report": ("re-render report.md and the plots of a `p2p bench all` results.json", add_report_arguments,
                run_report),

@@ -6,11 +6,18 @@ memory, a lost peer), 2 a usage or config error, and 75 it stopped before train.
 saving checkpoints/last.pt, on SIGTERM/SIGUSR2 or at train.stop_after: run the same command
 again to continue (slurm/train.sbatch requeues the job on 75; 75 is EX_TEMPFAIL of sysexits.h,
 "try again later"). With several processes only rank 0 exits 75, the others 0.
+
+Whenever it stops before train.max_steps (75 or 1), rank 0 prints the exact command that goes on
+from there, the folder to run it in and where checkpoints/last.pt is. A damaged last.pt is not
+an error: the run resumes from the newest readable checkpoint (p2p.train.checkpoint); with none
+readable it exits 2 with one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 import time
 
@@ -35,6 +42,7 @@ def run(args) -> int:
         result = train(cfg)
     except TrainingError as e:
         print(f"p2p train: error: {e}", file=sys.stderr)
+        print_resume(args.args, cfg, None)
         return 1
     if result.complete:
         return 0
@@ -42,4 +50,28 @@ def run(args) -> int:
         if result.rank != 0:
             return 0
         time.sleep(PEERS_EXIT_FIRST_S)
+    print_resume(args.args, cfg, result.step)
     return STOPPED_ON_SIGNAL
+
+
+def resume_command(words: list[str]) -> str:
+    """The command line that runs this training again, as the user typed it (or as `-m p2p`)."""
+    entry = ["p2p"] if os.path.basename(sys.argv[0]) == "p2p" else [sys.executable, "-m", "p2p"]
+    return shlex.join([*entry, "train", *words])
+
+
+def print_resume(words: list[str], cfg, step: int | None) -> None:
+    """Rank 0 says how to go on: the exact command, from which folder, and where last.pt is."""
+    from p2p.dist import detect
+
+    env = detect()
+    if env.rank != 0:
+        return
+    last = (cfg.run_dir / "checkpoints" / "last.pt").resolve()
+    launcher = "" if env.world_size == 1 else f" (with the same launcher: {env.world_size} processes, or any other count)"
+    if last.exists():
+        saved = f"last.pt: {last}" + (f" (step {step})" if step is not None else "")
+    else:
+        saved = f"no checkpoint saved yet ({last}): it starts over"
+    print(f"p2p train: to resume, run: cd {shlex.quote(os.getcwd())} && {resume_command(words)}{launcher}; {saved}",
+          file=sys.stderr, flush=True)

@@ -25,6 +25,11 @@ whole batches) and each rank stops after that many. The shuffle is DALI's: a buf
 initial_fill samples (1024, at most the rank's range) drawn at random; DALI keeps draws within
 the epoch's range, so no sample repeats in an epoch.
 
+A checkpoint made with another world or batch size mid-epoch is refused (`continue_epoch`):
+the reader shuffles inside each rank's range, so the images the old ranks read are not known;
+the message says how to finish the epoch with the old world size first. At an epoch boundary
+any world size resumes.
+
 Resume: `epoch(e, start)` runs the pipeline and discards `start` batches (DALI's checkpoints
 would need a state saved at that very batch, and the training checkpoint holds only (epoch,
 batch)). The cost is decoding those batches once at the pipeline's speed: on the 2-core
@@ -107,6 +112,21 @@ class DaliLoader:
             self._val = val_plan(shards.counts, d.val_images, rank, world)
             self.count = len(self._val)
             self.batches_per_epoch = batch_count(self.count, self.batch_size)
+
+    def continue_epoch(self, epoch: int, history: list) -> None:
+        """Refused: DALI's reader shuffles inside each rank's range with its own buffer, so which
+        images the old ranks read is not known here, and it cannot start inside another split."""
+        w0, b0, k0 = history[-1]
+        left = batches_per_epoch(self.shards.total, b0, w0) - k0
+        raise UsageError(
+            f"data.backend=dali cannot continue epoch {epoch} with {self.world} process(es) of batch "
+            f"{self.batch_size}: the checkpoint's {w0} process(es) of batch {b0} read {k0} batches each, and "
+            f"DALI's reader cannot tell which images those were; resume with {w0} process(es) and "
+            f"train.batch_size={b0} for the {left} batch(es) left of the epoch (train.stop_after={left}), then "
+            f"change the world size at the epoch boundary")
+
+    def epoch_batches(self, epoch: int) -> int:
+        return self.batches_per_epoch
 
     # ---- the pipeline ------------------------------------------------------------------------
 

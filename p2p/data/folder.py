@@ -29,8 +29,10 @@ from PIL import Image
 
 from p2p.data import Batch
 from p2p.data.images import IMAGE_EXTS, list_images, open_rgb, short_side_size
-from p2p.data.plan import batch_count, batches_per_epoch, mix_seed, rank_order, val_batch_size
+from p2p.data.plan import (batch_count, batches_per_epoch, continued_plan, epoch_permutation, mix_seed, rank_order,
+                           val_batch_size)
 from p2p.data.shards.format import hash_unit, sample_key
+from p2p.data.workers import watched
 from p2p.errors import UsageError
 
 # Real colour photographs inside the scikit-image wheel: the demo's data (nothing to download).
@@ -189,10 +191,27 @@ class FolderLoader:
             self.batches_per_epoch = batch_count(len(self.indices), self.batch_size)
         self.workers = d.workers
         self.pin = device is not None and torch.device(device).type == "cuda"
+        self._continued: tuple[int, list[int]] | None = None  # (epoch, this rank's rest of it)
+
+    def continue_epoch(self, epoch: int, history: list) -> None:
+        """Epoch `epoch` goes on after what `history` read with other world or batch sizes
+        (p2p.data.plan.continued_plan); batch indices of that epoch count from there."""
+        w0 = history[0][0]
+        perm = epoch_permutation(len(self.samples), self.seed, epoch)
+        plan, _ = continued_plan([perm[r::w0] for r in range(w0)], history, self.rank, self.world, self.batch_size)
+        self._continued = (epoch, plan.tolist())
+
+    def epoch_batches(self, epoch: int) -> int:
+        """Batches in epoch `epoch` (fewer in an epoch continued with another world size)."""
+        if self._continued is not None and self._continued[0] == epoch:
+            return len(self._continued[1]) // self.batch_size
+        return self.batches_per_epoch
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         self.samples.epoch = epoch
-        if self.train:
+        if self.train and self._continued is not None and self._continued[0] == epoch:
+            order = self._continued[1]
+        elif self.train:
             order = rank_order(len(self.samples), self.batch_size, self.seed, epoch, self.rank, self.world)
         else:
             order = self.indices
@@ -206,7 +225,7 @@ class FolderLoader:
             # Its own generator: otherwise DataLoader draws worker seeds from the global torch
             # RNG, and a resumed run's dropout masks would differ from an uninterrupted run's.
             generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank)))
-        yield from loader
+        yield from watched(loader)  # a killed worker: one error naming it (p2p.data.workers)
 
 
 def _collate(samples) -> Batch:

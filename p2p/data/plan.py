@@ -20,6 +20,17 @@ tar:
 
 Validation (`val_plan`): the val shards in manifest order; rank r takes the head of its
 [N*r//W, N*(r+1)//W) range, up to its share of data.val_images; the last batch may be short.
+
+A changed world size (or batch size) mid-epoch (`continued_plan`): the position is the images
+already read, not a batch index. A run that read k batches per rank with W ranks of batch B
+(a part of the epoch's `EpochHistory`: (W, B, k)) has read the first k*B samples of each of
+its W rank orders; what is left of the epoch is every other sample of those orders, rank by
+rank in their order (the epoch's whole sample set minus what was read). The new W' ranks split
+that rest into contiguous ranges by the same rule as above and keep the smallest range's whole
+batches: no sample is read twice and none is skipped, except the fewer than W'*B' that cannot
+make a whole batch on every rank, left out of this epoch as the
+tail of every epoch is. Several changes inside one epoch chain the same way. The next epoch
+starts from the plain plan of the new world size.
 """
 
 from __future__ import annotations
@@ -60,12 +71,15 @@ def rank_order(n: int, batch_size: int, seed: int, epoch: int, rank: int, world:
                shuffle: bool = True) -> list[int]:
     """Sample indices for this rank's epoch, exactly batches_per_epoch * batch_size of them."""
     nb = batches_per_epoch(n, batch_size, world)
-    if shuffle:
-        g = torch.Generator().manual_seed(mix_seed(seed, epoch))
-        perm = torch.randperm(n, generator=g).tolist()
-    else:
-        perm = list(range(n))
-    return perm[rank::world][: nb * batch_size]
+    return epoch_permutation(n, seed, epoch, shuffle)[rank::world][: nb * batch_size].tolist()
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """Image folders: the epoch's order of all n samples, a function of (seed, epoch) alone."""
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch))
+    return torch.randperm(n, generator=g).numpy()
 
 
 def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -114,3 +128,42 @@ def val_plan(counts: np.ndarray, images: int, rank: int, world: int) -> np.ndarr
     want = min(images, n)
     share = want * (rank + 1) // world - want * rank // world
     return sequence(counts, np.arange(len(counts)))[lo:min(hi, lo + share)]
+
+
+# ---------------------------------------------------------------------------------------------
+# an epoch continued with another world size
+
+
+EpochHistory = list  # of (world, batch_size, batches read per rank), oldest first
+
+
+def images_read(history: EpochHistory, world: int, batch_size: int, batches: int) -> int:
+    """Images the whole job has read in the epoch: the history's parts, then `batches` per rank
+    of the current part."""
+    return sum(w * b * k for w, b, k in history) + world * batch_size * batches
+
+
+def unread_rest(first_orders: list[np.ndarray], history: EpochHistory) -> np.ndarray:
+    """The samples of an epoch not read yet, in order (see the module docstring). `first_orders`
+    are the W0 rank orders of the epoch's plain plan under history[0]'s world size W0, whole
+    (not cut to batches): folder indices or (shard, member) rows."""
+    w0, b0, k0 = history[0]
+    if len(first_orders) != w0:
+        raise ValueError(f"{len(first_orders)} rank orders for a history that starts with {w0} ranks")
+    rest = np.concatenate([order[k0 * b0:] for order in first_orders])
+    for w, b, k in history[1:]:
+        parts = [rest[lo:hi] for lo, hi in (rank_range(len(rest), r, w) for r in range(w))]
+        rest = np.concatenate([part[k * b:] for part in parts])
+    return rest
+
+
+def continued_plan(first_orders: list[np.ndarray], history: EpochHistory, rank: int, world: int,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's part of what is left of the epoch, cut to the same number of whole batches
+    on every rank (possibly none), and the rank's unread leftovers (replacements for corrupt
+    samples)."""
+    rest = unread_rest(first_orders, history)
+    lo, hi = rank_range(len(rest), rank, world)
+    keep = (len(rest) // world) // batch_size * batch_size
+    mine = rest[lo:hi]
+    return mine[:keep], mine[keep:]

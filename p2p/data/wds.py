@@ -52,8 +52,9 @@ import torch
 
 from p2p.data import Batch
 from p2p.data.decode import fill_sample
-from p2p.data.plan import (batch_count, batches_per_epoch, mix_seed, rank_samples, train_plan, val_batch_size,
-                           val_plan)
+from p2p.data.plan import (batch_count, batches_per_epoch, continued_plan, mix_seed, rank_samples, train_plan,
+                           val_batch_size, val_plan)
+from p2p.data.workers import watched
 from p2p.errors import UsageError
 
 _WARNED: set = set()
@@ -317,11 +318,27 @@ class WdsLoader:
             self.batch_size = val_batch_size(cfg.train.batch_size, d.val_images)
             self._val = val_plan(shards.counts, d.val_images, rank, world)
             self.batches_per_epoch = batch_count(len(self._val), self.batch_size)
+        self._continued: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, plan, leftovers)
+
+    def continue_epoch(self, epoch: int, history: list) -> None:
+        """Epoch `epoch` goes on after what `history` read with other world or batch sizes
+        (p2p.data.plan.continued_plan); batch indices of that epoch count from there."""
+        orders = [rank_samples(self.shards.counts, self.seed, epoch, r, history[0][0]) for r in range(history[0][0])]
+        self._continued = (epoch, *continued_plan(orders, history, self.rank, self.world, self.batch_size))
+
+    def _continues(self, epoch: int) -> bool:
+        return self.train and self._continued is not None and self._continued[0] == epoch
+
+    def epoch_batches(self, epoch: int) -> int:
+        """Batches in epoch `epoch` (fewer in an epoch continued with another world size)."""
+        return len(self._continued[1]) // self.batch_size if self._continues(epoch) else self.batches_per_epoch
 
     def plan(self, epoch: int) -> np.ndarray:
         """This rank's (shard, member) rows of an epoch, in batch order."""
         if not self.train:
             return self._val
+        if self._continues(epoch):
+            return self._continued[1]
         return train_plan(self.shards.counts, self.batch_size, self.seed, epoch, self.rank, self.world)
 
     def keys(self, epoch: int) -> list[str]:
@@ -329,7 +346,10 @@ class WdsLoader:
         return [self.shards.key(int(s), int(m)) for s, m in self.plan(epoch)]
 
     def dataset(self, epoch: int) -> ShardBatches:
-        if self.train:  # replacements for corrupt samples: the rank's unused samples, then the rest
+        if self._continues(epoch):
+            plan = self._continued[1]
+            spare = np.concatenate([self._continued[2], plan])
+        elif self.train:  # replacements for corrupt samples: the rank's unused samples, then the rest
             full = rank_samples(self.shards.counts, self.seed, epoch, self.rank, self.world)
             plan = full[: self.batches_per_epoch * self.batch_size]
             spare = np.concatenate([full[len(plan):], plan])
@@ -342,10 +362,10 @@ class WdsLoader:
                             epoch, self.train)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        if start >= self.batches_per_epoch:
+        if start >= self.epoch_batches(epoch):
             return
         data = self.dataset(epoch)
-        batches = range(start, self.batches_per_epoch)
+        batches = range(start, self.epoch_batches(epoch))
         workers = min(self.workers, len(batches))
         if workers == 0:
             for b in batches:
@@ -366,7 +386,7 @@ class WdsLoader:
             # its own generator: DataLoader would otherwise draw worker seeds from the global
             # torch RNG, and a resumed run's dropout masks would differ
             generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank)))
-        for item in loader:
+        for item in watched(loader):  # a killed worker: one error naming it (p2p.data.workers)
             if ring is not None:
                 yield ring.give(item, self.pin)
             else:

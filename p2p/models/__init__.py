@@ -4,7 +4,8 @@
 `model` section of the config); nothing here knows about DDP, AMP or devices.
 `load_generator(path)` / `load_discriminator(path)` accept a p2p checkpoint, a bare p2p state
 dict or an official pix2pix `latest_net_G.pth` / `latest_net_D.pth`, infer the architecture
-from the tensors, and return a ready module in eval mode.
+from the tensors, and return a ready module in eval mode. A file that is missing, truncated,
+corrupt (p2p checksums) or holds anything else raises `p2p.errors.CheckpointError`, one line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import init
 
+from p2p.checkpoint_file import read_checkpoint_file
+from p2p.errors import CheckpointError
 from p2p.models.official import drop_stale_norm_stats, generator_from_official, is_official_generator
 from p2p.models.patchgan import PatchDiscriminator, PixelDiscriminator
 from p2p.models.unet import UNetGenerator
@@ -82,12 +85,10 @@ def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) 
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """torch.load with weights_only=True: tensors and plain containers only, no pickled code."""
-    if not os.path.isfile(path):
-        from p2p.errors import UsageError
-
-        raise UsageError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """torch.load with weights_only=True (tensors and plain containers only, no pickled code),
+    the checksum of a p2p checkpoint verified; a missing, truncated, corrupt or foreign file
+    raises `p2p.errors.CheckpointError` (one line naming the file)."""
+    return read_checkpoint_file(path)
 
 
 def _norm_of(state: dict, norm_keys: tuple[str, ...], bias_key: str) -> str:
@@ -141,12 +142,32 @@ def _load_into(net: nn.Module, state: dict) -> nn.Module:
     return net.eval()
 
 
-def load_generator(path_or_state, dropout: bool | None = None) -> UNetGenerator:
+def _load_checked(path_or_state, name: str | None, kind: str, build):
+    """`build(obj)` for a path (read and verified) or an in-memory object; whatever does not
+    make a network becomes one CheckpointError naming the file."""
+    is_path = isinstance(path_or_state, (str, os.PathLike))
+    obj = read_checkpoint(path_or_state) if is_path else path_or_state
+    what = os.fspath(path_or_state) if is_path else (name or "the state dict")
+    try:
+        if not isinstance(obj, dict):
+            raise TypeError(f"it holds a {type(obj).__name__}, not a dict of tensors")
+        return build(obj)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        detail = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{what}: not a p2p checkpoint or a pix2pix {kind} state dict that p2p can load "
+                              f"({type(e).__name__}: {detail[:200]})", str(what)) from None
+
+
+def load_generator(path_or_state, dropout: bool | None = None, *, name: str | None = None) -> UNetGenerator:
     """A ready generator (eval mode, CPU) from a p2p checkpoint, a p2p state dict or an
-    official `latest_net_G.pth`."""
-    obj = read_checkpoint(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
+    official `latest_net_G.pth`. Anything else raises `CheckpointError` (`name`: what to call
+    an in-memory `path_or_state` in that message)."""
+    return _load_checked(path_or_state, name, "generator", lambda obj: _generator_from(obj, dropout))
+
+
+def _generator_from(obj: dict, dropout: bool | None) -> UNetGenerator:
     arch = None
-    if isinstance(obj, dict) and obj.get("format") == "p2p":
+    if obj.get("format") == "p2p":
         arch = GeneratorArch(**obj["arch"]["generator"])
         state = obj["generator"]
     else:
@@ -161,10 +182,14 @@ def load_generator(path_or_state, dropout: bool | None = None) -> UNetGenerator:
     return _load_into(build_generator(arch), state)
 
 
-def load_discriminator(path_or_state) -> nn.Module:
-    """A ready discriminator from a p2p checkpoint, a state dict or an official `latest_net_D.pth`."""
-    obj = read_checkpoint(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else path_or_state
-    if isinstance(obj, dict) and obj.get("format") == "p2p":
+def load_discriminator(path_or_state, *, name: str | None = None) -> nn.Module:
+    """A ready discriminator from a p2p checkpoint, a state dict or an official `latest_net_D.pth`
+    (anything else: `CheckpointError`, as `load_generator`)."""
+    return _load_checked(path_or_state, name, "discriminator", _discriminator_from)
+
+
+def _discriminator_from(obj: dict) -> nn.Module:
+    if obj.get("format") == "p2p":
         arch = DiscriminatorArch(**obj["arch"]["discriminator"])
         state = obj["discriminator"]
     else:

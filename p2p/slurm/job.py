@@ -23,6 +23,13 @@ In the job (`TrainJob.__call__`):
      A SIGTERM (scancel, or Slurm preempting with its own requeue) also saves last.pt; the job
      ends with one line saying so, in the state Slurm gives it (CANCELLED after scancel):
      `p2p submit` with the same run.name resumes it.
+  4. A task that dies (its node goes down, the OOM killer, kill -9): srun --kill-on-bad-exit
+     sends the others SIGTERM (SIGKILL KillWait seconds later); their next collective fails at
+     once (the dead process's connections are closed) and train() raises PeerLostError. While
+     slurm.max_requeues allows, the first survivor requeues the job, which resumes from last.pt
+     (the steps since it are trained again); otherwise the job ends FAILED with one line and the
+     same `p2p submit` command resumes it. A node that vanishes without closing its connections
+     is noticed after train.timeout_s (the collective timeout).
 """
 
 from __future__ import annotations
@@ -31,14 +38,16 @@ import copy
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import submitit
+from submitit.core.utils import temporary_save_path
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from p2p.config import from_tree
-from p2p.errors import UsageError
+from p2p.errors import PeerLostError, UsageError
 
 # torch.distributed variables the job sets itself; values inherited from the submitting shell
 # (e.g. `p2p submit` run inside a torchrun job) must not leak into it.
@@ -74,6 +83,10 @@ class TrainJob(Checkpointable):
 
         try:
             result = train(cfg)
+        except PeerLostError as e:  # another task died (its node, the OOM killer): requeue if allowed
+            print(f"p2p job: error: {e}", file=sys.stderr, flush=True)
+            self._requeue_after_lost_peer(env, cfg)
+            raise
         except (TrainingError, UsageError) as e:
             print(f"p2p job: error: {e}", file=sys.stderr, flush=True)
             raise
@@ -115,6 +128,39 @@ class TrainJob(Checkpointable):
         print(f"p2p job: {result.signal}: {where}; requeueing", flush=True)
         requeue(signal.SIGUSR2, None)  # -> self.checkpoint(), `scontrol requeue`, sys.exit
         raise RuntimeError("submitit returned from its requeue handler")  # rank 0 never gets here
+
+    def _requeue_after_lost_peer(self, env, cfg) -> None:
+        """A surviving task requeues the job (resuming from last.pt) when slurm.max_requeues
+        allows; returns when it does not. Any task may be the survivor (rank 0 may be the one
+        that died), so the first to create a marker file in the run folder requeues, once per
+        start of the job. Works like submitit's own requeue on USR2 (job_environment.py
+        `_checkpoint` + `_requeue`): the submitted pickle is replaced by the next TrainJob, then
+        `scontrol requeue`; Slurm ends every task of this start."""
+        limit = int(self.config["slurm"]["max_requeues"])
+        if self.requeues >= limit:
+            print(f"p2p job: not requeued: requeued {self.requeues} time(s) already (slurm.max_requeues={limit}); "
+                  f"the same `p2p submit` command (same run.name) resumes from {cfg.run_dir / 'checkpoints' / 'last.pt'}",
+                  file=sys.stderr, flush=True)
+            return
+        marker = Path(cfg.run_dir) / "slurm" / f".requeue-{env.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            print("p2p job: another task of this job requeues it", file=sys.stderr, flush=True)
+            sys.exit(0)
+        pickle_path = env.paths.submitted_pickle
+        current = DelayedSubmission.load(pickle_path)
+        config = copy.deepcopy(self.config)
+        config["run"]["resume"] = True
+        following = DelayedSubmission(type(self)(config, self.requeues + 1))
+        following.set_timeout(current._timeout_min, current._timeout_countdown)
+        with temporary_save_path(pickle_path) as tmp:
+            following.dump(tmp)
+        subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60, capture_output=True)
+        print(f"p2p job: requeued job {env.job_id} after losing a task (requeue {self.requeues + 1} of at most "
+              f"{limit}): it resumes from {cfg.run_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr, flush=True)
+        sys.exit(0)  # Slurm now ends this start of the job; no result file: the job is not over
 
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission | None:
         """Called by submitit on rank 0 to requeue: the same run again; it resumes from last.pt."""

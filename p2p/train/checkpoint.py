@@ -4,8 +4,16 @@ anything, and how a run resumes from it exactly.
 Files, in <run>/checkpoints/: `last.pt` (always the newest), `step-<N>.pt` (the last
 `keep_last` of them, hard links to the same bytes where the filesystem allows) and `best.pt`.
 Each is written to a temporary file, fsynced and renamed over the old one (so `kill -9` at any
-moment leaves the previous complete file) and loaded with `weights_only=True` (plain tensors
-and containers; no pickled code runs).
+moment leaves the previous complete file; a full disk leaves it too, and stops the run with one
+line: p2p.atomic) and loaded with `weights_only=True` (plain tensors and containers; no pickled
+code runs). Every payload carries a sha256 checksum of its contents, verified on every load
+(p2p.checkpoint_file), so a file damaged on disk or in a copy is never trained on.
+
+Resuming (`Checkpoints.find_resumable`): the newest readable checkpoint of the run folder,
+last.pt first, then step-<N>.pt from the highest N, and best.pt only when it is newer than all
+of them. Files that cannot be read are moved aside to `<name>.unreadable` (never deleted) and
+named in a notice; with files present and none readable the run stops with one line
+(`CheckpointError`, exit 2) before anything is overwritten.
 
 Payload (format "p2p", version FORMAT_VERSION):
     arch                  generator / discriminator architecture (what `load_generator` rebuilds)
@@ -15,6 +23,9 @@ Payload (format "p2p", version FORMAT_VERSION):
     lr_factor             the schedule's factor at `step` (informative; the schedule is a function of the step)
     rng, rank_buffers     per rank: every RNG stream, and its own BatchNorm statistics
     world_size, config    how many ranks saved it, and the resolved config
+    epoch_history         world-size changes inside the current epoch (p2p.data.plan.EpochHistory)
+    images_in_epoch       images the run has read in the current epoch, over all ranks
+    checksum              "sha256:<hex>" over everything above (p2p.checkpoint_file)
 """
 
 from __future__ import annotations
@@ -22,19 +33,23 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from p2p.atomic import TMP_SUFFIX, fsync_dir, replace_with
-from p2p.data.plan import mix_seed
-from p2p.errors import UsageError
+from p2p.atomic import TMP_SUFFIX, fsync_dir, replace_with, write_error
+from p2p.checkpoint_file import read_checkpoint_file, sealed
+from p2p.data.plan import images_read, mix_seed
+from p2p.errors import CheckpointError, UsageError
 from p2p.models import arch_dict
 from p2p.train.wrap import local_buffers, restore_buffers, unwrap
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: payloads carry a checksum
+# what resuming needs from a payload; a loadable file without these is not a training checkpoint
+TRAINING_KEYS = ("arch", "generator", "discriminator", "opt_g", "opt_d", "step", "epoch", "batch_in_epoch")
+UNREADABLE_SUFFIX = ".unreadable"
 
 
 @dataclass
@@ -45,6 +60,9 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     best: float | None = None
+    # (world size, batch size, batches per rank) of the parts of this epoch read before the
+    # world or batch size changed; batch_in_epoch counts batches since (p2p.data.plan)
+    epoch_history: list = field(default_factory=list)
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -59,10 +77,24 @@ def _link_atomic(src: Path, dst: Path) -> None:
     if tmp.exists():
         tmp.unlink()
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(dst, e, src.stat().st_size) from None
+
+
+@dataclass
+class Resumable:
+    """What `Checkpoints.find_resumable` found: the payload to resume from, its file, and the
+    files that could not be read, each with why."""
+
+    payload: dict
+    path: Path
+    unreadable: list[tuple[Path, str]]
 
 
 class Checkpoints:
@@ -71,6 +103,7 @@ class Checkpoints:
     def __init__(self, run_dir: Path, keep_last: int = 3):
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
+        self.last_step: int | None = None  # the step last.pt holds, once this process knows it
 
     @property
     def last(self) -> Path:
@@ -81,7 +114,7 @@ class Checkpoints:
         return self.dir / "best.pt"
 
     def save(self, payload: dict, step: int, is_best: bool = False) -> Path:
-        save_atomic(payload, self.last)
+        save_atomic(sealed(payload), self.last)
         if self.keep_last > 0:
             _link_atomic(self.last, self.dir / f"step-{step:08d}.pt")
             for old in sorted(self.dir.glob("step-*.pt"))[: -self.keep_last]:
@@ -89,12 +122,106 @@ class Checkpoints:
         if is_best:
             _link_atomic(self.last, self.best)
         fsync_dir(self.dir)
+        self.last_step = step
         return self.last
 
     def load_last(self) -> dict | None:
-        if not self.last.is_file():
-            return None
-        return torch.load(self.last, map_location="cpu", weights_only=True)
+        found = self.find_resumable()
+        return None if found is None else found.payload
+
+    def files(self) -> list[Path]:
+        """Checkpoints to resume from, newest first: last.pt, step-<N>.pt by falling N (best.pt
+        is looked at separately: it is the newest only sometimes)."""
+        steps = sorted(self.dir.glob("step-*.pt"), reverse=True) if self.dir.is_dir() else []
+        return ([self.last] if self.last.is_file() else []) + [p for p in steps if p.is_file()]
+
+    def find_resumable(self) -> Resumable | None:
+        """The newest readable checkpoint (see the module docstring); None when the folder has
+        none at all. Reads only: `set_aside` moves the unreadable ones once every rank looked."""
+        unreadable: list[tuple[Path, str]] = []
+        chosen: tuple[Path, dict] | None = None
+        for path in self.files():
+            payload = _readable(path, unreadable)
+            if payload is not None:
+                chosen = (path, payload)
+                break
+        if self.best.is_file() and (chosen is None or _newer(self.best, chosen[0])):
+            payload = _readable(self.best, unreadable)
+            if payload is not None and (chosen is None or payload["step"] > chosen[1]["step"]):
+                chosen = (self.best, payload)
+        if chosen is None:
+            if not unreadable:
+                return None
+            why = "; ".join(f"{p.name} {reason}" for p, reason in unreadable)
+            raise CheckpointError(
+                f"no readable checkpoint in {self.dir} ({why}); nothing was changed: copy a good checkpoint "
+                f"there as last.pt, or start over under another run.name", str(self.dir))
+        return Resumable(chosen[1], chosen[0], unreadable)
+
+    def set_aside(self, found: Resumable) -> list[tuple[Path, Path]]:
+        """Move each unreadable file to `<name>.unreadable` (`.unreadable.2`, ... if taken):
+        kept for inspection, out of the names a resume or the step-file pruning looks at. Then
+        last.pt is the checkpoint resumed from again (a hard link), so that it is the newest."""
+        moved = []
+        for path, _ in found.unreadable:
+            if not path.exists():  # another rank's view, or a hard link already moved
+                continue
+            dest = aside_name(path)
+            os.rename(path, dest)
+            moved.append((path, dest))
+        if found.path != self.last:
+            _link_atomic(found.path, self.last)
+        fsync_dir(self.dir)
+        return moved
+
+
+def aside_name(path: Path) -> Path:
+    dest = path.with_name(path.name + UNREADABLE_SUFFIX)
+    n = 2
+    while dest.exists():
+        dest = path.with_name(f"{path.name}{UNREADABLE_SUFFIX}.{n}")
+        n += 1
+    return dest
+
+
+def _newer(a: Path, b: Path) -> bool:
+    """a was written after b (hard links to the same file are not newer than each other)."""
+    sa, sb = a.stat(), b.stat()
+    return (sa.st_dev, sa.st_ino) != (sb.st_dev, sb.st_ino) and sa.st_mtime_ns > sb.st_mtime_ns
+
+
+def _readable(path: Path, unreadable: list[tuple[Path, str]]) -> dict | None:
+    """The training payload in `path`, or None with the reason appended to `unreadable`."""
+    try:
+        payload = read_checkpoint_file(path)
+    except CheckpointError as e:
+        unreadable.append((path, str(e).removeprefix(f"{path} ")))
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != "p2p" or any(k not in payload for k in TRAINING_KEYS):
+        unreadable.append((path, "is not a p2p training checkpoint (no optimizer state and data position)"))
+        return None
+    return payload
+
+
+def resume_notice(found: Resumable, moved: list[tuple[Path, Path]]) -> str:
+    """One notice naming the unreadable files, where they went and what the run resumes from."""
+    where = {src: dst for src, dst in moved}
+    bad = "; ".join(f"{p.name} {why}, moved to {where.get(p, aside_name(p)).name}" for p, why in found.unreadable)
+    return f"in {found.path.parent}: {bad}; resumed from {found.path.name} (step {found.payload['step']})"
+
+
+def open_resumable(ckpts: Checkpoints, accel, notices: list[str]) -> Resumable | None:
+    """The checkpoint to resume from, read by every rank; rank 0 then moves the unreadable files
+    aside (after a barrier: no rank is still reading them) and the notice names both."""
+    found = ckpts.find_resumable()
+    if found is not None:
+        ckpts.last_step = found.payload["step"]
+    if found is None or not found.unreadable:
+        return found
+    accel.wait_for_everyone()
+    moved = ckpts.set_aside(found) if accel.is_main_process else []
+    notices.append(resume_notice(found, moved))
+    return found
 
 
 # --------------------------------------------------------------------------- the payload
@@ -117,6 +244,8 @@ def make_payload(cfg, g_arch, d_arch, nets, state: TrainState, ranks: list[dict]
         "lr_factor": lr_factor, "rng": [r["rng"] for r in ranks], "world_size": len(ranks),
         "rank_buffers": [{"generator": r["buffers_g"], "discriminator": r["buffers_d"]} for r in ranks],
         "config": cfg.to_dict(),
+        "epoch_history": [list(h) for h in state.epoch_history],
+        "images_in_epoch": images_read(state.epoch_history, len(ranks), cfg.train.batch_size, state.batch_in_epoch),
     }
 
 
@@ -136,7 +265,8 @@ def restore_training(payload: dict, nets, rank: int, world: int, seed: int) -> t
     nets.opt_d.load_state_dict(payload["opt_d"])
     nets.scaler_g.load_state_dict(payload["scaler_g"])
     nets.scaler_d.load_state_dict(payload["scaler_d"])
-    state = TrainState(payload["step"], payload["epoch"], payload["batch_in_epoch"], payload.get("best"))
+    state = TrainState(payload["step"], payload["epoch"], payload["batch_in_epoch"], payload.get("best"),
+                       [tuple(h) for h in payload.get("epoch_history", [])])
     rngs, notices = payload.get("rng") or [], []
     if len(rngs) == world:
         restore_rng(rngs[rank])
@@ -146,8 +276,9 @@ def restore_training(payload: dict, nets, rank: int, world: int, seed: int) -> t
             restore_buffers(nets.D, local[rank]["discriminator"])
     else:
         seed_all(mix_seed(seed, rank, state.step))
-        notices.append(f"resumed with {world} processes from a checkpoint of {len(rngs)}: data order is kept, "
-                       f"dropout streams are reseeded and every rank starts from the mean BatchNorm statistics")
+        notices.append(f"resumed with {world} processes from a checkpoint of {len(rngs)}: reseeded every rank's "
+                       f"RNG streams (dropout masks; python, numpy, torch) from (run.seed, rank, step {state.step}), and "
+                       f"every rank starts from the BatchNorm statistics averaged over the saved ranks")
     return state, notices
 
 

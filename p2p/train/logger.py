@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid, save_image
+
+from p2p.atomic import append_text, replace_with
+from p2p.train.tensorboard import GuardedTensorBoard
 
 
 class RunLogger:
@@ -34,7 +36,7 @@ class RunLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            self._tb = GuardedTensorBoard(SummaryWriter(str(self.run_dir / "tb")), self.print)
         except Exception as e:  # TensorBoard is a convenience: a broken install must not stop training
             self.console.print(f"[yellow]TensorBoard disabled: {e}")
         if self.console.is_terminal:
@@ -53,10 +55,7 @@ class RunLogger:
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_text(self.metrics_path, json.dumps(row) + "\n")  # a failed append leaves no half line
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
@@ -75,8 +74,7 @@ class RunLogger:
         if not self.enabled:
             return
         # A file of its own: every metrics.jsonl row is a training row (step, losses, img_per_s, ...).
-        with open(self.run_dir / "val.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        append_text(self.run_dir / "val.jsonl", json.dumps({"step": step, **metrics}) + "\n")
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"val/{k}", v, step)
@@ -90,7 +88,7 @@ class RunLogger:
         rows = torch.stack([inp[:n], out[:n], target[:n]], dim=1).flatten(0, 1).float().cpu()
         grid = make_grid(rows, nrow=3, padding=2, pad_value=1.0)
         path = self.run_dir / "samples" / f"step-{step:08d}.png"
-        save_image(grid, path)
+        replace_with(path, lambda f: save_image(grid, f, format="png"))  # never half a PNG
         if self._tb is not None:
             self._tb.add_image("samples", grid, step)
         return path

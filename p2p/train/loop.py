@@ -5,6 +5,8 @@
        -> at log steps: read losses (the only host sync), check they are finite, log
        -> samples, validation (best.pt), checkpoints
     -> on SIGTERM/SIGUSR2: finish the step, checkpoint, return (Slurm requeues us)
+    -> a full disk, a dead loader worker, a lost peer: one-line TrainingError naming the last
+       good checkpoint (nothing trains on without a way to save)
 
 The same function runs as one process, under torchrun / accelerate launch and in Slurm tasks.
 """
@@ -17,13 +19,16 @@ from dataclasses import dataclass, field
 import torch
 
 from p2p import dist
+from p2p.atomic import write_text
 from p2p.config import Config
 from p2p.data import build_loader
 from p2p.data.prefetch import device_batches
-from p2p.errors import TrainingError
+from p2p.data.workers import worker_failure
+from p2p.errors import PeerLostError, TrainingError, WriteError
 from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
 from p2p.train.meter import LogInterval
+from p2p.train.position import continue_loader, epoch_batches
 from p2p.train.run import Run, build_run
 from p2p.train.signals import StopSignals
 from p2p.train.step import LOSS_NAMES
@@ -55,6 +60,7 @@ def train(cfg: Config) -> TrainResult:
     try:
         start_run_folder(run, log)
         loader = build_loader(cfg, "train", run.rank, run.world, run.device)
+        continue_loader(loader, state, cfg.data.backend)
         held_out = held_out_images(cfg, run.rank, run.world)
         announce(run, loader, log)
         end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
@@ -67,7 +73,7 @@ def train(cfg: Config) -> TrainResult:
                 epoch, index, batch = interval.timed_next(stream)
                 inp, target = run.prepare(batch)
                 interval.add(run.step(inp, target))
-                run.advance(epoch, index, loader.batches_per_epoch)
+                run.advance(epoch, index, epoch_batches(loader, epoch))
 
                 last = state.step == end
                 stopping = stop.agreed(run.accel, every=1 if run.world == 1 else 10, step=state.step)
@@ -88,11 +94,18 @@ def train(cfg: Config) -> TrainResult:
             f"out of memory at train.batch_size={t.batch_size}, data.image_size={cfg.data.image_size}, "
             f"precision {t.precision}: lower train.batch_size, use train.precision=bf16, or lower "
             f"model.ngf/model.num_downs") from None
-    except RuntimeError as e:
-        why = dist.peer_failure(e)
+    except WriteError as e:  # a full disk or an I/O error: no training on without a way to save
+        raise TrainingError(f"{e}; stopped at step {state.step}, last good checkpoint: {last_good(run)}") from None
+    except (RuntimeError, OSError, EOFError) as e:  # OSError: a worker died half-way through a hand-over
+        dead = worker_failure(e)
+        if dead is not None:
+            raise TrainingError(f"{dead} at step {state.step} (the out-of-memory killer, usually: lower "
+                                f"data.workers or train.batch_size, or give the job more memory); last good "
+                                f"checkpoint: {last_good(run)}") from None
+        why = dist.peer_failure(e) if isinstance(e, RuntimeError) else None
         if why is None:
             raise
-        raise TrainingError(f"{why} at step {state.step} (train.timeout_s={t.timeout_s}): another process of "
+        raise PeerLostError(f"{why} at step {state.step} (train.timeout_s={t.timeout_s}): another process of "
                             f"this job is stuck or gone, see its log; last good checkpoint: {last_good(run)}") from None
     finally:
         log.close()
@@ -104,7 +117,7 @@ def train(cfg: Config) -> TrainResult:
 def start_run_folder(run: Run, log: RunLogger) -> None:
     if run.accel.is_main_process:
         run.cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.cfg.run_dir / "config.yaml").write_text(run.cfg.to_yaml())
+        write_text(run.cfg.run_dir / "config.yaml", run.cfg.to_yaml())
     for n in run.notices:
         log.print(f"[yellow]notice:[/] {n}")
 
@@ -118,7 +131,10 @@ def announce(run: Run, loader, log: RunLogger) -> None:
 
 
 def last_good(run: Run) -> str:
-    return str(run.ckpts.last) if run.ckpts.last.exists() else "none"
+    if not run.ckpts.last.exists():
+        return "none"
+    step = run.ckpts.last_step
+    return f"{run.ckpts.last}" + (f" (step {step})" if step is not None else "")
 
 
 def check_finite(metrics: dict, run: Run) -> None:

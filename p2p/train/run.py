@@ -13,11 +13,12 @@ from p2p import dist
 from p2p.augment import step_generator
 from p2p.config import Config
 from p2p.data.plan import mix_seed
-from p2p.errors import TrainingError
+from p2p.errors import TrainingError, WriteError
 from p2p.models import DiscriminatorArch, GeneratorArch
 from p2p.tasks import Task, build_task
-from p2p.train.checkpoint import (Checkpoints, TrainState, load_weights, make_payload, rank_state,
+from p2p.train.checkpoint import (Checkpoints, TrainState, load_weights, make_payload, open_resumable, rank_state,
                                   restore_training, seed_all)
+from p2p.train.position import continue_position
 from p2p.train.nets import architectures, build_nets, build_networks
 from p2p.train.schedule import lr_factor, set_lr
 from p2p.train.step import Nets, Precision, train_step
@@ -65,11 +66,16 @@ class Run:
         set_lr(self.nets.opt_d, lr)
         return self.step_fn(inp, target)
 
-    def advance(self, epoch: int, index: int, batches_per_epoch: int) -> None:
+    def advance(self, epoch: int, index: int, batches_in_epoch: int) -> None:
         """Count the step and the data position just consumed (what a checkpoint resumes from)."""
         s = self.state
         s.step += 1
-        s.epoch, s.batch_in_epoch = (epoch + 1, 0) if index + 1 == batches_per_epoch else (epoch, index + 1)
+        if epoch != s.epoch:  # a new epoch starts from its plain plan (an emptied one may be skipped)
+            s.epoch_history = []
+        if index + 1 == batches_in_epoch:
+            s.epoch, s.batch_in_epoch, s.epoch_history = epoch + 1, 0, []
+        else:
+            s.epoch, s.batch_in_epoch = epoch, index + 1
 
     def save(self, is_best: bool = False) -> None:
         """Checkpoint on every rank's behalf (collective: every rank must call it)."""
@@ -84,12 +90,21 @@ class Run:
         else:
             ranks = [mine]
         # the saved networks get BatchNorm statistics averaged over ranks (what inference wants)
+        failed = None
         with averaged_buffers(accel, G, D):
             if accel.is_main_process:
                 payload = make_payload(self.cfg, self.g_arch, self.d_arch, self.nets, self.state, ranks,
                                        lr_factor(self.state.step, self.cfg))
-                self.ckpts.save(payload, self.state.step, is_best=is_best)
-        accel.wait_for_everyone()
+                try:
+                    self.ckpts.save(payload, self.state.step, is_best=is_best)
+                except WriteError as e:  # a full disk: every rank stops, none trains on unsaved
+                    failed = str(e)
+        if self.world > 1:  # also the barrier: every rank learns whether rank 0 could save
+            box = [failed]
+            torch.distributed.broadcast_object_list(box, src=0)
+            failed = box[0]
+        if failed:
+            raise WriteError(failed)
 
 
 def prepare_batch(task: Task, images: torch.Tensor, cfg: Config, rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +158,7 @@ def make_step_fn(nets: Nets, cfg: Config, precision: Precision, graphs: bool, no
 
 def build_run(cfg: Config) -> Run:
     """Start this process's part of the job, build the networks and optimizers, and resume from
-    <run>/checkpoints/last.pt when it exists."""
+    the run folder's newest readable checkpoint (last.pt unless it is damaged) when there is one."""
     configure_determinism(cfg.run.deterministic)
     accel = dist.start(cfg.train.device, cfg.train.timeout_s)
     rank, world, device = accel.process_index, accel.num_processes, accel.device
@@ -156,9 +171,10 @@ def build_run(cfg: Config) -> Run:
     seed_all(mix_seed(cfg.run.seed, rank))  # from here on each rank draws its own dropout masks
 
     ckpts = Checkpoints(cfg.run_dir, cfg.train.keep_last)
-    payload = ckpts.load_last() if cfg.run.resume else None
+    found = open_resumable(ckpts, accel, notices) if cfg.run.resume else None
+    payload = found.payload if found is not None else None
     if payload is not None:
-        load_weights(payload, G, D, g_arch, d_arch, ckpts.last)
+        load_weights(payload, G, D, g_arch, d_arch, found.path)
 
     G, D, D_frozen = wrap_models(G, D, cfg, accel, notices.append)
     graphs = use_cuda_graphs(cfg, device, notices.append)
@@ -168,5 +184,8 @@ def build_run(cfg: Config) -> Run:
     if payload is not None:
         state, resumed_notices = restore_training(payload, nets, rank, world, cfg.run.seed)
         notices += resumed_notices
+        moved_on = continue_position(state, payload, world, cfg.train.batch_size)
+        if moved_on:
+            notices.append(moved_on)
     step_fn = make_step_fn(nets, cfg, precision, graphs, notices.append)
     return Run(cfg, accel, task, g_arch, d_arch, nets, precision, step_fn, state, ckpts, payload is not None, notices)

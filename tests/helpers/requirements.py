@@ -1,6 +1,7 @@
 """Components a test needs. Missing, the test is skipped with the reason, unless CI declared the
 component required (P2P_REQUIRE_SLURM=1 for the local Slurm cluster and the packages its tests
-use, P2P_REQUIRE_DALI=1 for DALI): then it fails, so a broken install never passes as skipped."""
+use, P2P_REQUIRE_DALI=1 for DALI, P2P_REQUIRE_TMPFS=1 for mounting a small real filesystem):
+then it fails, so a broken install never passes as skipped."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 SLURM_REQUIRE_ENV = "P2P_REQUIRE_SLURM"
 DALI_REQUIRE_ENV = "P2P_REQUIRE_DALI"
+TMPFS_REQUIRE_ENV = "P2P_REQUIRE_TMPFS"
 
 
 def _require(problem: str | None, required_by: str) -> None:
@@ -64,3 +66,28 @@ def require_module(name: str, required_by: str = SLURM_REQUIRE_ENV):
         return importlib.import_module(name)
     except ImportError as e:
         _require(f"{name} is not importable ({e}); pip install -e '.[dev]'", required_by)
+
+
+@functools.lru_cache(maxsize=1)
+def tmpfs_problem() -> str | None:
+    """Why a size-limited tmpfs cannot be mounted here (the full-disk tests need one), or None."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "mounting a small tmpfs (the full-disk tests) needs root; run the tests as root, as CI does"
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        return "no mount/umount on PATH (util-linux)"
+    import tempfile
+
+    probe = tempfile.mkdtemp(prefix="p2p-tmpfs-probe-")
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", probe], capture_output=True,
+                              text=True, timeout=20)
+        if proc.returncode != 0:
+            return f"cannot mount a tmpfs ({(proc.stderr or proc.stdout).strip()}); a container without CAP_SYS_ADMIN?"
+        subprocess.run(["umount", probe], capture_output=True, timeout=20, check=False)
+        return None
+    finally:
+        os.rmdir(probe)
+
+
+def require_tmpfs() -> None:
+    _require(tmpfs_problem(), TMPFS_REQUIRE_ENV)

@@ -4,7 +4,9 @@ that sums up the sidecars (`build_manifest`).
 
 Each shard is written to a temporary name, fsynced and renamed, then its index and sidecar the
 same way, so a crash never leaves half a shard and the sidecar marks a shard complete only
-after its tar and index are in place. The bytes depend on the plan alone: the same shards come
+after its tar and index are in place. A write that fails (a full disk, an I/O error) removes
+what it had written of that shard and fails it with one line naming the file, about how much
+space the shard needs and how much is free; complete shards stay, and re-running finishes. The bytes depend on the plan alone: the same shards come
 out of any --workers.
 """
 
@@ -16,12 +18,13 @@ import tarfile
 import time
 from typing import Callable
 
-from p2p.atomic import fsync_dir, write_bytes
+from p2p.atomic import fsync_dir, write_bytes, write_error
 from p2p.data.shards.encode import Skip, process_item
 from p2p.data.shards.format import FORMAT, FORMAT_VERSION, SPLITS, skip_record
 from p2p.data.shards.index import Component, format_index
 from p2p.data.shards.plan import OutputOptions, ShardTask, images_per_shard
 from p2p.data.shards.scan import Scan
+from p2p.errors import WriteError
 
 # (images done, images to write): called in the main process while shards are written
 Progress = Callable[[int, int], None]
@@ -143,47 +146,33 @@ def write_shard(t: ShardTask) -> dict:
     os.makedirs(t.folder, exist_ok=True)
     base = os.path.join(t.folder, t.stem)
     for suffix in (".meta.json", ".tar", ".idx"):  # the sidecar first: no stale "complete" mark
-        try:
-            os.remove(base + suffix)
-        except FileNotFoundError:
-            pass
-    skipped = []
-    samples = []
+        _remove(base + suffix)
+    skipped: list[dict] = []
+    samples: list[tuple[list[Component], bool]] = []
     src_stats, out_stats = SizeStats(), SizeStats()
-    upscaled = 0
     tmp = base + ".tar.tmp"
-    with open(tmp, "wb") as f:
-        w = TarWriter(f)
-        for item in t.items:
-            try:
-                try:
-                    jpg, meta, src_size, out_size = process_item(item, t.opts)
-                except Skip:
-                    raise
-                except MemoryError:
-                    raise Skip("too_large", "out of memory while decoding") from None
-                except Exception as e:  # a bug or an exotic file must not stop the run
-                    raise Skip("decode_error", f"{type(e).__name__}: {e}") from None
-            except Skip as e:
-                skipped.append(skip_record(item.shown, e.reason, e.detail))
-            else:
-                js = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-                oj = w.add(f"{item.key}.jpg", jpg)
-                om = w.add(f"{item.key}.json", js)
-                samples.append([Component("jpg", oj, len(jpg), f"{item.key}.jpg"),
-                                Component("json", om, len(js), f"{item.key}.json")])
-                src_stats.add(*src_size)
-                out_stats.add(*out_size)
-                upscaled += bool(meta.get("upscaled"))
-            if _item_done is not None:
-                _item_done()
-        w.close()
-        f.flush()
-        os.fsync(f.fileno())
+    w = None
+    try:
+        with open(tmp, "wb") as f:
+            w = TarWriter(f)
+            _fill(t, w, samples, skipped, src_stats, out_stats)
+            w.close()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk, an I/O error: no partial tar is left behind
+        _remove(tmp)
+        # the space the whole shard needs, from the bytes per image written before it failed
+        needed = int(w.pos / len(samples) * len(t.items)) if w is not None and samples else None
+        raise write_error(base + ".tar", e, needed, kept="nothing of this shard is left behind", approx=True) from None
+    upscaled = sum(up for _, up in samples)
     nbytes = w.pos
     if samples:
         os.replace(tmp, base + ".tar")
-        write_bytes(base + ".idx", format_index(samples).encode("utf-8"))
+        try:
+            write_bytes(base + ".idx", format_index([comps for comps, _ in samples]).encode("utf-8"))
+        except OSError:
+            _remove(base + ".tar")  # no tar without its index: the next run writes both again
+            raise
     else:  # DALI cannot index an empty tar: a shard whose every input was skipped has no files
         os.remove(tmp)
         nbytes = 0
@@ -194,9 +183,54 @@ def write_shard(t: ShardTask) -> dict:
         "sizes": {"source": src_stats.to_dict(), "output": out_stats.to_dict()},
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_bytes(base + ".meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    try:
+        write_bytes(base + ".meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    except OSError:
+        for suffix in (".tar", ".idx"):  # not complete without its sidecar: leave no half of a shard
+            _remove(base + suffix)
+        raise
     fsync_dir(t.folder)
     return meta
+
+
+def _fill(t: ShardTask, w: TarWriter, samples: list, skipped: list, src_stats: SizeStats,
+          out_stats: SizeStats) -> None:
+    """Encode every item of the shard into the tar; `samples` gets (index components, upscaled)
+    per stored image, `skipped` a record per skipped one."""
+    for item in t.items:
+        try:
+            try:
+                jpg, meta, src_size, out_size = process_item(item, t.opts)
+            except Skip:
+                raise
+            except MemoryError:
+                raise Skip("too_large", "out of memory while decoding") from None
+            except Exception as e:  # a bug or an exotic file must not stop the run
+                raise Skip("decode_error", f"{type(e).__name__}: {e}") from None
+        except Skip as e:
+            skipped.append(skip_record(item.shown, e.reason, e.detail))
+        else:
+            js = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            oj = w.add(f"{item.key}.jpg", jpg)
+            om = w.add(f"{item.key}.json", js)
+            samples.append(([Component("jpg", oj, len(jpg), f"{item.key}.jpg"),
+                             Component("json", om, len(js), f"{item.key}.json")], bool(meta.get("upscaled"))))
+            src_stats.add(*src_size)
+            out_stats.add(*out_size)
+        if _item_done is not None:
+            _item_done()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def failure_text(e: Exception) -> str:
+    """How a failed shard is reported: a WriteError's own line, else the type and message."""
+    return str(e) if isinstance(e, WriteError) else f"{type(e).__name__}: {e}"
 
 
 def write_shards(todo: list[ShardTask], workers: int, progress: Progress | None = None
@@ -226,7 +260,7 @@ def write_shards(todo: list[ShardTask], workers: int, progress: Progress | None 
                 try:
                     results.append(write_shard(t))
                 except Exception as e:
-                    failures.append((t, f"{type(e).__name__}: {e}"))
+                    failures.append((t, failure_text(e)))
         finally:
             _item_done = None
         return results, failures
@@ -251,7 +285,7 @@ def write_shards(todo: list[ShardTask], workers: int, progress: Progress | None 
                 try:
                     results.append(fut.result())
                 except Exception as e:
-                    failures.append((futures[fut], f"{type(e).__name__}: {e}"))
+                    failures.append((futures[fut], failure_text(e)))
             report(counter.value, total)
     return results, failures
 
