@@ -13,19 +13,16 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from helpers.runs import ROOT, TINY, load_ckpt, p2p_env, wait_for
 from helpers.requirements import require_slurm
+from helpers.slurm_jobs import SLURM, TERMINAL, final_state, metrics, sacct_rows, sacct_state, submitted_id
 
 pytestmark = pytest.mark.slow
 
-# Small jobs that fit the 2-core test cluster: one core per task, a 5-minute limit.
-SLURM = ["slurm.partition=debug", "slurm.cpus_per_task=1", "slurm.time_min=5"]
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
 # PATH for a machine without Slurm: only the venv's programs.
@@ -69,39 +66,6 @@ def senv(tmp_path: Path):
     for job_id in e.job_ids():  # never leave a test's job running on the shared cluster
         if sacct_state(job_id) not in TERMINAL:
             subprocess.run(["scancel", job_id], timeout=20, check=False)
-
-
-def sacct_rows(job_id: str, duplicates: bool = False) -> list[str]:
-    cmd = ["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id] + (["-D"] if duplicates else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def sacct_state(job_id: str) -> str:
-    rows = sacct_rows(job_id)
-    return rows[-1] if rows else ""
-
-
-def final_state(job_id: str, timeout: float = 30) -> str:
-    """The job's accounting state once it is final. slurmdbd records array elements a few seconds
-    after they end, so one read right after `--wait` returned can still say RUNNING."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and sacct_state(job_id) not in TERMINAL:
-        time.sleep(0.5)
-    return sacct_state(job_id)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def submitted_id(text: str) -> str:
-    m = re.search(r"submitted job (\d+)", text)
-    assert m, f"no 'submitted job ID' line in:\n{text}"
-    return m.group(1)
 
 
 def logs(folder: Path, pattern: str) -> str:

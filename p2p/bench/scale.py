@@ -11,7 +11,8 @@ For each N, one after another on this machine:
    backend (the manifest read, the plan, the index files of the shards it touches parsed), for
    one rank of one, the largest share;
 4. `p2p train` on the shards in a fresh process (a small network, so the step itself is cheap):
-   the time from starting the process to the end of its first step, the resident memory of
+   the time from starting the process to the end of its first step (beside it, `import_s`: a
+   fresh process that only imports the trainer, the floor no dataset changes), the memory of
    each DataLoader worker (RSS, and PSS/USS from smaps_rollup: forked workers share pages
    with the trainer and each other) after a few steps, then SIGTERM, which saves last.pt mid-epoch;
 5. the same command again: the time from its start to its first step after resuming mid-epoch.
@@ -202,6 +203,14 @@ def train_until(cmd: list[str], env: dict, metrics: Path, after_step: int, steps
     return {"first_step_s": first, "workers": mem, "exit": proc.returncode}
 
 
+def import_seconds(env: dict) -> float:
+    """A fresh process importing the trainer (torch, torchvision, accelerate, p2p) and exiting:
+    the part of `p2p train`'s start-up that no dataset size changes, measured beside it."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import p2p.train.loop"], env=env, check=True, timeout=300)
+    return time.perf_counter() - t0
+
+
 def train_figures(shards: Path, run_dir: Path, options: ScaleOptions) -> dict:
     import shutil
 
@@ -212,11 +221,13 @@ def train_figures(shards: Path, run_dir: Path, options: ScaleOptions) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     metrics, log = run_dir / "metrics.jsonl", run_dir.parent / f"{run_dir.name}.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    floor = import_seconds(env)
     start = train_until(cmd, env, metrics, 0, 3, options.timeout_s, log)
     saved = max(r["step"] for r in _rows(metrics))
     resumed = train_until(cmd, env, metrics, saved, 0, options.timeout_s, log)
     mem = start["workers"]
     return {"startup_s": start["first_step_s"], "resume_s": resumed["first_step_s"], "resumed_at_step": saved,
+            "import_s": floor,
             "worker_rss_mb": max((m["rss_mb"] for m in mem), default=None),
             "worker_pss_mb": max((m["pss_mb"] for m in mem), default=None),
             "worker_uss_mb": max((m["uss_mb"] for m in mem), default=None), "workers_seen": len(mem),
@@ -292,7 +303,7 @@ def report_lines(payload: dict) -> list[str]:
         e = ", ".join("-" if x is None else f"{x:.2f}" for x in exps[key])
         lines.append(f"| {what} ({unit}) | " + " | ".join(cells) + f" | {e} |")
     lines += ["", "| per size | " + " | ".join(f"N={r['n']:,}" for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
-    for key in ("shards", "skipped", "shard_s", "worker_pss_mb", "total_s", "load_before"):
+    for key in ("import_s", "shards", "skipped", "shard_s", "worker_pss_mb", "total_s", "load_before"):
         lines.append(f"| {key} | " + " | ".join("-" if r.get(key) is None else f"{r[key]:.4g}" for r in rows) + " |")
     bad = payload["super_linear"]
     lines += ["", "super-linear: " + (", ".join(bad) if bad else "none (every exponent <= 1.1)")]

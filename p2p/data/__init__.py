@@ -12,7 +12,9 @@ The loader contract
 `loader.batches_per_epoch` is the same on every rank (unequal counts would hang DDP).
 `loader.epoch(e, start=0)` yields batches `start .. batches_per_epoch-1` of epoch `e`; the
 order is a pure function of (seed, epoch, rank, world size), so a run resumes mid-epoch by
-asking for `start` = batches already done. Ranks read disjoint samples.
+asking for `start` = batches already done. Ranks read disjoint samples. A loader that can go on
+with an epoch begun under another world or batch size also has `continue_epoch(e, history)` and
+`epoch_batches(e)` (p2p.train.position; folder and wds do, dali refuses with one line).
 
 Backends: `folder` (image folders and the embedded photos: p2p.data.folder), `wds` (WebDataset
 shards + DataLoader workers: p2p.data.wds), `dali` (NVIDIA DALI: p2p.data.dali). Shards are

@@ -86,7 +86,7 @@ class TrainJob(Checkpointable):
         except PeerLostError as e:  # another task died (its node, the OOM killer): requeue if allowed
             print(f"p2p job: error: {e}", file=sys.stderr, flush=True)
             self._requeue_after_lost_peer(env, cfg)
-            raise
+            sys.exit(1)  # not requeued: the job ends FAILED with the lines above, no traceback
         except (TrainingError, UsageError) as e:
             print(f"p2p job: error: {e}", file=sys.stderr, flush=True)
             raise
@@ -149,15 +149,22 @@ class TrainJob(Checkpointable):
         except FileExistsError:
             print("p2p job: another task of this job requeues it", file=sys.stderr, flush=True)
             sys.exit(0)
-        pickle_path = env.paths.submitted_pickle
-        current = DelayedSubmission.load(pickle_path)
-        config = copy.deepcopy(self.config)
-        config["run"]["resume"] = True
-        following = DelayedSubmission(type(self)(config, self.requeues + 1))
-        following.set_timeout(current._timeout_min, current._timeout_countdown)
-        with temporary_save_path(pickle_path) as tmp:
-            following.dump(tmp)
-        subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60, capture_output=True)
+        try:
+            pickle_path = env.paths.submitted_pickle
+            current = DelayedSubmission.load(pickle_path)
+            config = copy.deepcopy(self.config)
+            config["run"]["resume"] = True
+            following = DelayedSubmission(type(self)(config, self.requeues + 1))
+            following.set_timeout(current._timeout_min, current._timeout_countdown)
+            with temporary_save_path(pickle_path) as tmp:
+                following.dump(tmp)
+            subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60, capture_output=True)
+        except (OSError, KeyError, AssertionError, subprocess.SubprocessError) as e:
+            why = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip() or str(e)
+            print(f"p2p job: could not requeue job {env.job_id} ({why.splitlines()[0] if why else type(e).__name__}); "
+                  f"the same `p2p submit` command resumes from {cfg.run_dir / 'checkpoints' / 'last.pt'}",
+                  file=sys.stderr, flush=True)
+            return
         print(f"p2p job: requeued job {env.job_id} after losing a task (requeue {self.requeues + 1} of at most "
               f"{limit}): it resumes from {cfg.run_dir / 'checkpoints' / 'last.pt'}", file=sys.stderr, flush=True)
         sys.exit(0)  # Slurm now ends this start of the job; no result file: the job is not over

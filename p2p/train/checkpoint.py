@@ -125,10 +125,6 @@ class Checkpoints:
         self.last_step = step
         return self.last
 
-    def load_last(self) -> dict | None:
-        found = self.find_resumable()
-        return None if found is None else found.payload
-
     def files(self) -> list[Path]:
         """Checkpoints to resume from, newest first: last.pt, step-<N>.pt by falling N (best.pt
         is looked at separately: it is the newest only sometimes)."""
@@ -276,7 +272,7 @@ def restore_training(payload: dict, nets, rank: int, world: int, seed: int) -> t
             restore_buffers(nets.D, local[rank]["discriminator"])
     else:
         seed_all(mix_seed(seed, rank, state.step))
-        notices.append(f"resumed with {world} processes from a checkpoint of {len(rngs)}: reseeded every rank's "
+        notices.append(f"resumed with {world} process(es) from a checkpoint of {len(rngs)}: reseeded every rank's "
                        f"RNG streams (dropout masks; python, numpy, torch) from (run.seed, rank, step {state.step}), and "
                        f"every rank starts from the BatchNorm statistics averaged over the saved ranks")
     return state, notices

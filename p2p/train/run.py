@@ -18,8 +18,8 @@ from p2p.models import DiscriminatorArch, GeneratorArch
 from p2p.tasks import Task, build_task
 from p2p.train.checkpoint import (Checkpoints, TrainState, load_weights, make_payload, open_resumable, rank_state,
                                   restore_training, seed_all)
-from p2p.train.position import continue_position
 from p2p.train.nets import architectures, build_nets, build_networks
+from p2p.train.position import continue_position
 from p2p.train.schedule import lr_factor, set_lr
 from p2p.train.step import Nets, Precision, train_step
 from p2p.train.wrap import averaged_buffers, unwrap, wrap_models

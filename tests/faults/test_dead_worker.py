@@ -23,12 +23,7 @@ ENDS_WITHIN_S = 30  # measured about 5 s: DataLoader's SIGCHLD handler, then its
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    from p2p.data.shards import make_shards
-
-    root = tmp_path_factory.mktemp("dead_worker")
-    F.make_coco_like(root / "images", n=64, seed=4, scale=0.2)
-    make_shards(root / "images", root / "shards", size=40, val_fraction=0.1, shard_size_mb=0.05, workers=1)
-    return root
+    return F.folder_and_shards(tmp_path_factory.mktemp("dead_worker"), n=64, seed=4, shard_mb=0.05)
 
 
 @pytest.mark.parametrize("backend", ["folder", "wds"])

@@ -74,12 +74,7 @@ def test_a_continued_epoch_reads_every_unread_sample_once(history, world, batch)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from p2p.data.shards import make_shards
-
-    root = tmp_path_factory.mktemp("world_size")
-    F.make_coco_like(root / "images", n=48, seed=5, scale=0.2)
-    make_shards(root / "images", root / "shards", size=40, val_fraction=0.1, shard_size_mb=0.02, workers=1)
-    return root
+    return F.folder_and_shards(tmp_path_factory.mktemp("world_size"), n=48, seed=5, shard_mb=0.02)
 
 
 def _records(out) -> list[dict]:

@@ -10,6 +10,7 @@ loader or `p2p shard` should produce.
     make_paired(dir, n=6, size=256)                A|B side-by-side JPEGs (A = edges, B = photo)
     make_paired_folders(dir, n=6, size=256)        dir/A/x.jpg + dir/B/x.jpg matched by name
     photo_batch(n=2, size=48)                      a uint8 batch of real photos (a loader's output)
+    folder_and_shards(root, n, seed, shard_mb)     root/images (small COCO-like) + root/shards of it
 
 Used by the shard tests and meant for the loader / training tests too: keep them general.
 """
@@ -304,3 +305,14 @@ def photo_batch(n: int = 2, size: int = 48):
 
     imgs = [embedded_photo(name)[:size * 4:4, :size * 4:4] for name in ("astronaut", "coffee", "chelsea")[:n]]
     return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+
+
+def folder_and_shards(root: str | Path, n: int, seed: int, shard_mb: float) -> Path:
+    """root/images: n small COCO-like JPEGs (about 128x96), and root/shards: `p2p shard` of them
+    at 40 px (10% val): the same images for the folder and the wds/dali backends."""
+    from p2p.data.shards import make_shards
+
+    root = Path(root)
+    make_coco_like(root / "images", n=n, seed=seed, scale=0.2)
+    make_shards(root / "images", root / "shards", size=40, val_fraction=0.1, shard_size_mb=shard_mb, workers=1)
+    return root
