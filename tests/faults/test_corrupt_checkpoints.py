@@ -15,6 +15,7 @@ import torch
 
 from helpers.faults import flip_byte, truncate_copy
 from helpers.runs import TINY, load_ckpt, run_p2p
+from p2p.checkpoint_file import sealed
 from p2p.cli import main as p2p_main
 from p2p.errors import CheckpointError
 from p2p.models import load_discriminator, load_generator, read_checkpoint
@@ -65,7 +66,7 @@ def test_flipped_byte_in_last_pt_resumes_from_the_newest_readable_and_moves_it_a
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["truncated", "text", "official_weights"])
+@pytest.mark.parametrize("fault", ["truncated", "text", "weights_only"])
 def test_unusable_last_pt_and_newest_step_file_fall_back_one_further(trained, tmp_path, fault):
     run = _copy_run(trained, tmp_path, fault)
     ck = run / "checkpoints"
@@ -74,8 +75,10 @@ def test_unusable_last_pt_and_newest_step_file_fall_back_one_further(trained, tm
             truncate_copy(ck / name)
         elif fault == "text":
             (ck / name).write_text("not a checkpoint\n")
-        else:  # loadable weights, but no optimizer state or position: not a training checkpoint
-            torch.save(load_ckpt(trained / "checkpoints" / "last.pt")["generator"], ck / name)
+        else:  # a sound p2p file with the networks only (an export): no optimizer state or position
+            full = load_ckpt(trained / "checkpoints" / "last.pt")
+            torch.save(sealed({k: full[k] for k in ("format", "version", "arch", "generator", "discriminator")}),
+                       ck / name)
     proc = _train(tmp_path, fault, 8)
     notice = next(ln for ln in proc.stderr.splitlines() if "unreadable" in ln)
     assert "last.pt" in notice and "step-00000006.pt" in notice and "resumed from step-00000004.pt (step 4)" in notice

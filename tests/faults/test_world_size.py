@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import image_folders as F
-from helpers.runs import ROOT, TINY, p2p_env, run_p2p, torchrun
+from helpers.runs import ROOT, TINY, load_ckpt, p2p_env, run_p2p, torchrun
 from p2p.cli.train import STOPPED_ON_SIGNAL
 from p2p.config import load_config
 from p2p.data.plan import continued_plan, rank_samples, train_plan
@@ -126,9 +126,6 @@ def test_two_processes_resume_with_one_and_with_four(tmp_path, data, backend):
         left_batches = (rest // world) // BATCH  # what the new world reads of epoch 0
         proc = _train(world, tmp_path / f"keys-{name}", [*common, f"run.name={name}",
                                                          f"train.stop_after={left_batches + 1}"])
-        notices = [ln for ln in proc.stderr.splitlines() if "notice:" in ln]
-        assert any("reseeded" in ln and f"a checkpoint of 2" in ln for ln in notices), notices
-        assert any(f"after the 16 image(s) read" in ln for ln in notices), notices
         after = _records(tmp_path / f"keys-{name}")
         epoch0 = [r for r in after if r["epoch"] == 0]
         assert len(epoch0) == world * left_batches, "the rest of epoch 0, in whole batches on every rank"
@@ -138,6 +135,12 @@ def test_two_processes_resume_with_one_and_with_four(tmp_path, data, backend):
         assert not twice, f"{world} process(es): read twice in epoch 0: {twice[:5]}"
         assert 0 <= n - len(seen) < world * BATCH, f"{world} process(es): {n - len(seen)} of {n} images skipped"
         assert all(r["epoch"] == 1 for r in after if r["step"] == 3 + left_batches), "then epoch 1 starts"
+        ck = load_ckpt(tmp_path / name / "checkpoints" / "last.pt")  # one batch into epoch 1, a plain one
+        assert (ck["epoch"], ck["batch_in_epoch"], ck["epoch_history"]) == (1, 1, [])
+        assert ck["images_in_epoch"] == world * BATCH and ck["world_size"] == world
+        notices = [ln for ln in proc.stderr.splitlines() if "notice:" in ln]
+        assert any("reseeded" in ln and "a checkpoint of 2" in ln for ln in notices), notices
+        assert any("after the 16 image(s) read" in ln for ln in notices), notices
         # the schedule is a function of the step: unchanged by the new world size
         run_cfg = load_config(None, [*common, f"run.name={name}"])
         for row in _metrics(tmp_path / name):
