@@ -294,7 +294,7 @@ def test_dali_missing_is_a_usage_error(data, monkeypatch):
         return real_import(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_dali)
-    with pytest.raises(UsageError, match="nvidia-dali-cuda130"):
+    with pytest.raises(UsageError, match=r"pip install .p2p\[dali\]."):
         build_loader(make_cfg(data, "dali"), "train")
 
 
