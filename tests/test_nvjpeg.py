@@ -10,7 +10,7 @@ the wds batch bit for bit; nvJPEG's own pixels are tested on a GPU (tests/test_g
 
 from __future__ import annotations
 
-import builtins
+import io
 import json
 import shutil
 import subprocess
@@ -25,6 +25,7 @@ import torch
 
 from helpers import image_folders as F
 from helpers.jpeg_stand_in import CpuJpegDecoder
+from helpers.requirements import hide_dali
 from helpers.runs import ROOT, load_ckpt, p2p_env, run_p2p
 from p2p.config import Config, with_values
 from p2p.data import build_loader, resolve_backend
@@ -156,7 +157,6 @@ def _epoch_with(cfg, key: str) -> int:
 
 def test_a_member_that_is_no_jpeg_takes_the_wds_path(data, tmp_path):
     from PIL import Image
-    import io
 
     png = io.BytesIO()
     Image.new("RGB", (SIZE + 16, SIZE), (200, 30, 90)).save(png, "PNG")  # a tiny PNG fits the jpg's place
@@ -218,17 +218,6 @@ def test_submit_refuses_nvjpeg_without_gpus(data, tmp_path):
     assert run_p2p(*common, "slurm.gpus_per_node=1", timeout=120).stdout.startswith("#!/bin/bash")
 
 
-def _block_dali(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_dali(name, *a, **kw):
-        if name.startswith("nvidia.dali") or name == "nvidia":
-            raise ImportError("No module named 'nvidia.dali'")
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_dali)
-
-
 def test_auto_picks_dali_then_nvjpeg_on_a_gpu_and_wds_on_the_cpu(data, monkeypatch):
     shards, images = str(data / "shards"), str(data / "src")
     for device in (None, "cpu", torch.device("cpu")):
@@ -239,7 +228,7 @@ def test_auto_picks_dali_then_nvjpeg_on_a_gpu_and_wds_on_the_cpu(data, monkeypat
         assert resolve_backend(shards, "auto", torch.device("cuda", 0)) == "dali"
     except ImportError:
         pass
-    _block_dali(monkeypatch)
+    hide_dali(monkeypatch)
     assert resolve_backend(shards, "auto", torch.device("cuda", 0)) == "nvjpeg"
     assert resolve_backend(shards, "auto", "cuda:1") == "nvjpeg"
     with pytest.raises(UsageError, match="needs a shard folder"):
@@ -247,7 +236,7 @@ def test_auto_picks_dali_then_nvjpeg_on_a_gpu_and_wds_on_the_cpu(data, monkeypat
 
 
 def test_dali_missing_names_the_extras(data, monkeypatch):
-    _block_dali(monkeypatch)
+    hide_dali(monkeypatch)
     with pytest.raises(UsageError) as e:
         build_loader(make_cfg(data / "shards", "dali"), "train")
     assert "pip install 'p2p[dali]'" in str(e.value) and "'p2p[dali-cuda12]'" in str(e.value)
