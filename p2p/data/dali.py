@@ -52,7 +52,8 @@ from p2p.data.shards.index import split_name
 from p2p.data.wds import open_split
 from p2p.errors import UsageError
 
-NEEDS = "data.backend=dali needs nvidia-dali-cuda130 (Linux): pip install nvidia-dali-cuda130"
+NEEDS = ("data.backend=dali needs NVIDIA DALI, an optional extra: pip install 'p2p[dali]' (CUDA 13 driver) or "
+         "'p2p[dali-cuda12]' (CUDA 12 driver); data.backend=nvjpeg decodes on the GPU without it")
 SHUFFLE_BUFFER = 1024
 
 

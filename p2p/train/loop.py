@@ -18,7 +18,7 @@ import torch
 
 from p2p import dist
 from p2p.config import Config
-from p2p.data import build_loader
+from p2p.data import build_loader, resolve_backend
 from p2p.data.prefetch import device_batches
 from p2p.errors import TrainingError
 from p2p.train.flops import peak_flops, step_flops_per_image
@@ -111,8 +111,10 @@ def start_run_folder(run: Run, log: RunLogger) -> None:
 
 def announce(run: Run, loader, log: RunLogger) -> None:
     cfg = run.cfg
+    backend = resolve_backend(cfg.data.source, cfg.data.backend, run.device)  # what `auto` became
     log.print(f"p2p train: {run.task.name}, {run.world} process(es) on {run.device.type}, global batch "
-              f"{cfg.train.batch_size * run.world}, {loader.batches_per_epoch} batches/epoch/rank, "
+              f"{cfg.train.batch_size * run.world}, {loader.batches_per_epoch} batches/epoch/rank "
+              f"({backend} loader), "
               f"step {run.state.step} -> {cfg.train.max_steps}, run folder {cfg.run_dir}"
               + (" (resumed)" if run.resumed else ""))
 
