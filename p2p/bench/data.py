@@ -19,7 +19,8 @@ Rows, all on the same images, measured one after another in this process:
 * wds at several worker counts (default 0, 1, 2 and the core count), plus the loader alone
   (uint8 batches, no device step) at the most workers;
 * dali on the CPU at several thread counts (default 1 and 2), plus the loader alone, when DALI
-  is installed;
+  is installed; with a GPU also `dali_mixed`: nvJPEG decode and the crop in DALI and the device
+  step on the GPU (batches never leave it), model-ready and loader alone;
 * folder on the original images, when the manifest's source folder still exists.
 
 The loader-alone rows are the CPU work a GPU node's cores do per image (the device step then
@@ -215,7 +216,10 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     timing = {"warmup": 1, "repeats": repeats}
     rows: list[dict] = []
 
-    def timed(name: str, backend: str, workers: int | None, stream, prepare: bool, threads: int, **extra) -> None:
+    skipped: list[dict] = []
+
+    def timed(name: str, backend: str, workers: int | None, stream, prepare: bool, threads: int, device=None,
+              **extra) -> None:
         step = [0]
 
         def one_round() -> int:
@@ -236,12 +240,13 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
 
         torch.set_num_threads(threads)
         try:
-            r = measure(one_round, **timing)
+            r = measure(one_round, device=device, **timing)  # device: synchronised timer on a GPU
         finally:
             torch.set_num_threads(default_threads)
             if hasattr(stream, "close"):  # stop its workers / pipeline before the next row
                 stream.close()
         row = {"name": name, "backend": backend, "workers": workers, "main_threads": threads,
+               "device": str(device or "cpu"),
                "stage": "model-ready" if prepare or backend == "baseline" else "loader only", **extra, **r}
         rows.append(row)
         progress(f"  {name}: {r['img_per_s']:.1f} img/s")
@@ -290,8 +295,21 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
             if not quick:
                 t = max(dali_threads)
                 timed(f"dali cpu threads={t}, loader only (uint8 {load}px)", "dali", t, dali_stream(t), False, 1)
+            if torch.cuda.is_available():  # nvJPEG: decode, crop and the device step on the GPU
+                gpu = torch.device("cuda", torch.cuda.current_device())
+
+                def mixed_stream(threads: int):
+                    return _endless(DaliLoader(with_values(cfg, {"data.workers": threads}), source, "train", 0, 1,
+                                               gpu).epoch)
+
+                t = max(dali_threads)
+                timed(f"dali mixed (nvJPEG) threads={t}", "dali_mixed", t, mixed_stream(t), True, default_threads,
+                      device=gpu)
+                timed(f"dali mixed (nvJPEG) threads={t}, loader only (uint8 {load}px on the GPU)", "dali_mixed", t,
+                      mixed_stream(t), False, default_threads, device=gpu)
         except UsageError as e:
             progress(f"  dali skipped: {e}")
+            skipped.append({"backend": "dali", "reason": str(e)})
     if "folder" in o.backends:
         src = manifest.get("source")
         if src and Path(src).is_dir() and manifest.get("options", {}).get("split_mode") == "hash":
@@ -302,11 +320,13 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
             timed(f"folder workers={w} (originals)", "folder", w, _endless(loader.epoch), True,
                   _threads_for(w, cores, o.main_threads))
         else:
-            progress("  folder skipped: the manifest's source folder is gone (or has train/ val/ folders)")
+            why = "the manifest's source folder is gone (or has train/ val/ folders)"
+            progress(f"  folder skipped: {why}")
+            skipped.append({"backend": "folder", "reason": why})
 
     rows = with_ratios(rows, BASELINE)
     config = {"source": os.path.abspath(source), "stored_size": stored, "load_size": load, "image_size": size,
               "batch_size": bs, "images_per_round": rounds * bs, "repeats": repeats, "quick": quick,
               "baseline_reads": what, "train_samples": int(sum(s["count"] for s in manifest["train"]["shards"])),
               "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg}
-    return {"environment": environment(), "config": config, "results": rows}
+    return {"environment": environment(), "config": config, "results": rows, "skipped": skipped}
