@@ -8,7 +8,7 @@
 # nvidia-dali-cuda130 too if it fits the transfer (without it the DALI rows and tests are
 # skipped and say so). OUT_DIR must be new or empty; it receives gpu-check.json (everything),
 # summary.md (a page), the parts' logs and raw results. Parts, each under its own time limit
-# and all under one deadline (P2P_GPU_CHECK_BUDGET_S, default 450 s, plus the report), so the
+# and all under one deadline (P2P_GPU_CHECK_BUDGET_S, default 440 s, plus 20 s for the report), so the
 # whole finishes within 8 minutes whatever hangs; what did not run is reported as such:
 #
 #   install      the wheels from WHEELS_DIR (pip --no-index)
@@ -31,7 +31,7 @@ set -u -o pipefail
 WHEELS=${1:?usage: benchmarks/gpu-check.sh WHEELS_DIR OUT_DIR}
 OUT=${2:?usage: benchmarks/gpu-check.sh WHEELS_DIR OUT_DIR}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
-BUDGET=${P2P_GPU_CHECK_BUDGET_S:-450}
+BUDGET=${P2P_GPU_CHECK_BUDGET_S:-440}
 REPORT_S=20   # kept for the report, whatever the parts before it take
 STUB=${P2P_GPU_CHECK_STUB:-0}
 STEPS=300
@@ -122,7 +122,7 @@ else
            train.batch_size=64 data.workers=8 train.device=cuda)
     STEP_ARGS=(--device cuda --model full --batch-size 64 --steps 10 --repeats 3 --warmup 2)
     LAB_ARGS=(--device cuda)
-    DATA_ARGS=(--images 512 --repeats 2)
+    DATA_ARGS=(--images 256 --repeats 2)
 fi
 SHARDS=$OUT/work/shards
 TRAIN=(train run.out_dir="$OUT/runs" run.seed=0 task.name=colorize data.source="$SHARDS" data.backend=wds

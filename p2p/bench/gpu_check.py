@@ -24,10 +24,11 @@ import statistics
 from pathlib import Path
 from xml.etree import ElementTree
 
+from p2p.train.graphs import WARMUP_STEPS as GRAPH_WARMUP  # eager steps before the capture
+
 WINDOW = 50  # steps per averaged window of the loss comparison
 TOLERANCE = {"G_L1": ("relative", 0.10), "G_GAN": ("absolute", 0.25), "D_real": ("absolute", 0.15),
              "D_fake": ("absolute", 0.15)}
-GRAPH_WARMUP = 3  # eager steps before the capture (p2p.train.graphs.GraphedStep)
 # Targets of issue 9, checked where their figures exist.
 TARGET_ALL_RATIO, TARGET_ALL_MFU, TARGET_DALI_MIXED, TARGET_DATA_WAIT = 3.0, 0.35, 10_000.0, 0.05
 

@@ -28,6 +28,9 @@ from __future__ import annotations
 import torch
 
 
+WARMUP_STEPS = 3  # eager steps before the capture
+
+
 def static_like(x: torch.Tensor) -> torch.Tensor:
     """An uninitialised buffer with x's shape, strides, dtype and device (torch.empty_like and
     clone give non-dense views such as lab[:, :1] contiguous strides instead)."""
@@ -35,7 +38,7 @@ def static_like(x: torch.Tensor) -> torch.Tensor:
 
 
 class GraphedStep:
-    def __init__(self, step, warmup: int = 3, notice=None):
+    def __init__(self, step, warmup: int = WARMUP_STEPS, notice=None):
         self.step = step
         self.warmup = warmup
         self.notice = notice or (lambda text: None)
