@@ -264,6 +264,7 @@ def test_fused_adam_missing_is_a_notice(monkeypatch):
     real = torch.optim.Adam
 
     def without_fused(params, fused=None, **kw):
+        params = list(params)  # as torch.optim.Optimizer: the parameters are taken before the check
         if fused:
             raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
         return real(params, **kw)
