@@ -148,10 +148,16 @@ part step 200 "$PY" -m p2p bench step "${STEP_ARGS[@]}" --json "$OUT/step.json"
 part train-eager 70 "$PY" -m p2p "${TRAIN[@]}" run.name=eager
 part train-fast 120 "$PY" -m p2p "${TRAIN[@]}" run.name=fast train.cuda_graphs=true train.compile=true
 
+# the backends that can run here (bench data reports the rows it could not run)
 BACKENDS=wds,folder
-"$PY" -c "import nvidia.dali" 2> /dev/null && BACKENDS=$BACKENDS,dali
-"$PY" -c "from p2p.config import BACKENDS; raise SystemExit('nvjpeg' not in BACKENDS)" 2> /dev/null \
-    && BACKENDS=$BACKENDS,nvjpeg
+MISSING=
+if "$PY" -c "import nvidia.dali" 2> /dev/null; then BACKENDS=$BACKENDS,dali; else MISSING="dali (not importable)"; fi
+if "$PY" -c "from p2p.config import BACKENDS; raise SystemExit('nvjpeg' not in BACKENDS)" 2> /dev/null; then
+    BACKENDS=$BACKENDS,nvjpeg
+else
+    MISSING="${MISSING:+$MISSING, }nvjpeg (not in this build)"
+fi
+echo "$BACKENDS${MISSING:+; left out: $MISSING}" > "$OUT/backends.txt"
 part data 60 "$PY" -m p2p bench data --source "$SHARDS" --backends "$BACKENDS" "${DATA_ARGS[@]}" \
     --json "$OUT/data.json"
 

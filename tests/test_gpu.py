@@ -1,9 +1,5 @@
-"""GPU paths (skipped without CUDA; run on the device machine, e.g. by benchmarks/gpu-check.sh):
-Lab on the device, AMP, CUDA graphs (against eager under a changing lr, with another thread's
-CUDA calls during capture, and a capture that fails), torch.compile + graphs on colorization's
-strided inputs through `p2p train`, restore's degradations on the device, DALI's mixed decoder
-against its CPU decoder, the MFU peak of this GPU. What can be checked without a GPU is in
-tests/test_gpu_paths.py."""
+"""GPU paths (skipped without CUDA; run on the device machine): Lab on the device, AMP, CUDA
+graphs and channels_last training steps."""
 
 import copy
 import io
@@ -21,6 +17,11 @@ from p2p.train.wrap import make_optimizer
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
+# Also here: CUDA graphs against eager under a changing lr, with another thread's CUDA calls
+# during capture, and a capture that fails; torch.compile + graphs on colorization's strided
+# inputs through `p2p train`; restore's degradations on the device; DALI's mixed decoder against
+# its CPU decoder; the MFU peak of this GPU. benchmarks/gpu-check.sh runs them on a GPU node;
+# what can be checked without a GPU is in tests/test_gpu_paths.py.
 
 
 @pytest.fixture
@@ -306,3 +307,10 @@ def test_bench_data_has_a_dali_mixed_row_on_the_gpu(tmp_path):
     payload = run_data(str(shards), DataOptions(quick=True, backends=("dali",), image_size=64), lambda s: None)
     mixed = [r for r in payload["results"] if r["backend"] == "dali_mixed"]
     assert len(mixed) == 2 and all(r["img_per_s"] > 0 and r["device"].startswith("cuda") for r in mixed)
+
+
+def test_train_command_on_gpu_with_every_speedup(tmp_path):
+    from helpers.runs import TINY, run_p2p
+
+    run_p2p("train", f"run.out_dir={tmp_path}", *TINY, "train.max_steps=8", "train.precision=bf16",
+            "train.cuda_graphs=true", "train.channels_last=true")

@@ -19,12 +19,14 @@ Rows, all on the same images, measured one after another in this process:
 * wds at several worker counts (default 0, 1, 2 and the core count), plus the loader alone
   (uint8 batches, no device step) at the most workers;
 * dali on the CPU at several thread counts (default 1 and 2), plus the loader alone, when DALI
-  is installed; with a GPU also `dali_mixed`: nvJPEG decode and the crop in DALI and the device
-  step on the GPU (batches never leave it), model-ready and loader alone;
+  is installed;
 * folder on the original images, when the manifest's source folder still exists.
 
 The loader-alone rows are the CPU work a GPU node's cores do per image (the device step then
-runs on the GPU), against the baseline that does all of its work on CPU cores.
+runs on the GPU), against the baseline that does all of its work on CPU cores. Whenever a GPU
+is present (and DALI installed) two `dali_mixed` rows follow the dali ones: DALI's mixed
+decoder (nvJPEG, the crop in the pipeline) with the device step on the GPU, model-ready and
+the loader alone (`dali_mixed_rows`).
 
 Each row: one untimed warm-up round (worker start-up, first batches), then `repeats` timed
 rounds of `images` images each from one continuing stream of batches (epochs follow each other
@@ -44,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2p.bench.common import environment, measure, with_ratios
+from p2p.bench.common import environment, gpu_memory_mb, measure, with_ratios
 from p2p.errors import UsageError
 
 BASELINE = "seed-style PIL + skimage Dataset (baseline)"
@@ -216,11 +218,14 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     timing = {"warmup": 1, "repeats": repeats}
     rows: list[dict] = []
 
-    skipped: list[dict] = []
-
     def timed(name: str, backend: str, workers: int | None, stream, prepare: bool, threads: int, device=None,
               **extra) -> None:
+        """Time one row; `device` is where its batches arrive (None: the CPU), synchronised on
+        and, for a GPU, its memory recorded."""
         step = [0]
+        cuda = device is not None and torch.device(device).type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
 
         def one_round() -> int:
             n = 0
@@ -240,13 +245,14 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
 
         torch.set_num_threads(threads)
         try:
-            r = measure(one_round, device=device, **timing)  # device: synchronised timer on a GPU
+            r = measure(one_round, device=device, **timing)
+            if cuda:
+                r.update(device=str(device), **gpu_memory_mb(device))
         finally:
             torch.set_num_threads(default_threads)
             if hasattr(stream, "close"):  # stop its workers / pipeline before the next row
                 stream.close()
         row = {"name": name, "backend": backend, "workers": workers, "main_threads": threads,
-               "device": str(device or "cpu"),
                "stage": "model-ready" if prepare or backend == "baseline" else "loader only", **extra, **r}
         rows.append(row)
         progress(f"  {name}: {r['img_per_s']:.1f} img/s")
@@ -295,21 +301,10 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
             if not quick:
                 t = max(dali_threads)
                 timed(f"dali cpu threads={t}, loader only (uint8 {load}px)", "dali", t, dali_stream(t), False, 1)
-            if torch.cuda.is_available():  # nvJPEG: decode, crop and the device step on the GPU
-                gpu = torch.device("cuda", torch.cuda.current_device())
-
-                def mixed_stream(threads: int):
-                    return _endless(DaliLoader(with_values(cfg, {"data.workers": threads}), source, "train", 0, 1,
-                                               gpu).epoch)
-
-                t = max(dali_threads)
-                timed(f"dali mixed (nvJPEG) threads={t}", "dali_mixed", t, mixed_stream(t), True, default_threads,
-                      device=gpu)
-                timed(f"dali mixed (nvJPEG) threads={t}, loader only (uint8 {load}px on the GPU)", "dali_mixed", t,
-                      mixed_stream(t), False, default_threads, device=gpu)
+            if torch.cuda.is_available():
+                dali_mixed_rows(cfg, source, load, max(dali_threads), default_threads, timed)
         except UsageError as e:
             progress(f"  dali skipped: {e}")
-            skipped.append({"backend": "dali", "reason": str(e)})
     if "folder" in o.backends:
         src = manifest.get("source")
         if src and Path(src).is_dir() and manifest.get("options", {}).get("split_mode") == "hash":
@@ -320,13 +315,28 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
             timed(f"folder workers={w} (originals)", "folder", w, _endless(loader.epoch), True,
                   _threads_for(w, cores, o.main_threads))
         else:
-            why = "the manifest's source folder is gone (or has train/ val/ folders)"
-            progress(f"  folder skipped: {why}")
-            skipped.append({"backend": "folder", "reason": why})
+            progress("  folder skipped: the manifest's source folder is gone (or has train/ val/ folders)")
 
     rows = with_ratios(rows, BASELINE)
     config = {"source": os.path.abspath(source), "stored_size": stored, "load_size": load, "image_size": size,
               "batch_size": bs, "images_per_round": rounds * bs, "repeats": repeats, "quick": quick,
               "baseline_reads": what, "train_samples": int(sum(s["count"] for s in manifest["train"]["shards"])),
               "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg}
-    return {"environment": environment(), "config": config, "results": rows, "skipped": skipped}
+    return {"environment": environment(), "config": config, "results": rows}
+
+
+def dali_mixed_rows(cfg, source: str, load: int, threads: int, main_threads: int, timed) -> None:
+    """DALI's mixed decoder on the GPU: nvJPEG decode and the crop in DALI, the device step on
+    the GPU (batches never leave it); model-ready, then the loader alone (the decode rate at the
+    stored size)."""
+    from p2p.config import with_values
+    from p2p.data.dali import DaliLoader
+
+    gpu = torch.device("cuda", torch.cuda.current_device())
+
+    def stream():
+        return _endless(DaliLoader(with_values(cfg, {"data.workers": threads}), source, "train", 0, 1, gpu).epoch)
+
+    timed(f"dali mixed (nvJPEG) threads={threads}", "dali_mixed", threads, stream(), True, main_threads, device=gpu)
+    timed(f"dali mixed (nvJPEG) threads={threads}, loader only (uint8 {load}px on {gpu})", "dali_mixed", threads,
+          stream(), False, main_threads, device=gpu)

@@ -170,8 +170,8 @@ def summarize(out: Path) -> dict:
         "step": _rows_of(step, ("name", "precision", "img_per_s", "ratio", "mfu", "peak_flops", "warmup_s",
                                 "cuda_graphs_in_effect", "notices", "skipped")),
         "step_config": (step or {}).get("config"),
-        "data": _rows_of(data, ("name", "backend", "stage", "device", "img_per_s", "ratio")),
-        "data_skipped": (data or {}).get("skipped"),
+        "data": _rows_of(data, ("name", "backend", "stage", "device", "img_per_s", "ratio", "skipped")),
+        "data_backends": (out / "backends.txt").read_text().strip() if (out / "backends.txt").is_file() else None,
         "lab": _rows_of(lab, ("name", "device", "img_per_s", "ratio", "max_abs_diff_vs_skimage")),
         "training": training, "targets": targets(step, data, fast_summary),
     }
@@ -216,9 +216,9 @@ def summary_markdown(r: dict) -> str:
                   f"{c.get('device')})", ""]
     lines += [f"- {s['name']}: " + (f"skipped ({s['skipped']})" if s.get("skipped") else
               f"{_fmt(s.get('img_per_s'))} img/s, {_fmt(s.get('ratio'))}x, MFU {_fmt(s.get('mfu'))}") for s in r["step"]]
-    lines += ["", "## bench data", ""] + [f"- {d['name']} ({d.get('device')}): {_fmt(d.get('img_per_s'))} img/s"
-                                          for d in r["data"]]
-    lines += [f"- skipped {s['backend']}: {s['reason']}" for s in r.get("data_skipped") or []]
+    lines += ["", "## bench data", "", f"backends: {r.get('data_backends')}"]
+    lines += [f"- {d['name']} ({d.get('device') or 'cpu'}): " + (f"skipped ({d['skipped']})" if d.get("skipped") else
+              f"{_fmt(d.get('img_per_s'))} img/s") for d in r["data"]]
     lines += ["", "## bench lab", ""] + [f"- {d['name']} ({d['device']}): {_fmt(d.get('img_per_s'))} img/s"
                                          for d in r["lab"]]
     lines += ["", "## Targets", ""] + [f"- {g['target']}: {_fmt(g['value'])} (goal {g['goal']}): "
