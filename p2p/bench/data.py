@@ -27,7 +27,10 @@ Rows, all on the same images, measured one after another in this process:
 * folder on the original images, when the manifest's source folder still exists.
 
 The loader-alone rows are the CPU work a GPU node's cores do per image (the device step then
-runs on the GPU), against the baseline that does all of its work on CPU cores.
+runs on the GPU), against the baseline that does all of its work on CPU cores. Whenever a GPU
+is present (and DALI installed) two `dali_mixed` rows follow the dali ones: DALI's mixed
+decoder (nvJPEG, the crop in the pipeline) with the device step on the GPU, model-ready and
+the loader alone (`dali_mixed_rows`).
 
 Each row: one untimed warm-up round (worker start-up, first batches), then `repeats` timed
 rounds of `images` images each from one continuing stream of batches (epochs follow each other
@@ -330,6 +333,8 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
             if not quick:
                 t = max(dali_threads)
                 timed(f"dali cpu threads={t}, loader only (uint8 {load}px)", "dali", t, dali_stream(t), False, 1)
+            if torch.cuda.is_available():
+                dali_mixed_rows(cfg, source, load, max(dali_threads), default_threads, timed)
         except UsageError as e:
             progress(f"  dali skipped: {e}")
     if "nvjpeg" in o.backends:
@@ -352,3 +357,20 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
               "baseline_reads": what, "train_samples": int(sum(s["count"] for s in manifest["train"]["shards"])),
               "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg}
     return {"environment": environment(), "config": config, "results": rows}
+
+
+def dali_mixed_rows(cfg, source: str, load: int, threads: int, main_threads: int, timed) -> None:
+    """DALI's mixed decoder on the GPU: nvJPEG decode and the crop in DALI, the device step on
+    the GPU (batches never leave it); model-ready, then the loader alone (the decode rate at the
+    stored size)."""
+    from p2p.config import with_values
+    from p2p.data.dali import DaliLoader
+
+    gpu = torch.device("cuda", torch.cuda.current_device())
+
+    def stream():
+        return _endless(DaliLoader(with_values(cfg, {"data.workers": threads}), source, "train", 0, 1, gpu).epoch)
+
+    timed(f"dali mixed (nvJPEG) threads={threads}", "dali_mixed", threads, stream(), True, main_threads, device=gpu)
+    timed(f"dali mixed (nvJPEG) threads={threads}, loader only (uint8 {load}px on {gpu})", "dali_mixed", threads,
+          stream(), False, main_threads, device=gpu)

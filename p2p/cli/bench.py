@@ -3,7 +3,7 @@
 This module parses each suite's flags, prints its progress lines, tables and summary, writes
 `--json` and sets the exit code; the measuring is p2p.bench, which never imports this. Exit
 codes: 0 done, 1 `p2p bench all` had a section fail (the others still ran and are in its
-results), 2 a usage error.
+results) or `p2p bench gpu-report` found a check that did not pass, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -362,6 +362,23 @@ def run_report(args) -> int:
     return 0
 
 
+def add_gpu_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", metavar="OUT", help="the folder benchmarks/gpu-check.sh wrote; gpu-check.json and "
+                   "summary.md are written into it")
+
+
+def run_gpu_report(args) -> int:
+    from p2p.bench.gpu_check import write_report
+
+    out = Path(args.folder)
+    if not out.is_dir():
+        raise UsageError(f"{out}: no such folder (give the OUT folder of benchmarks/gpu-check.sh)")
+    result = write_report(out)
+    print((out / "summary.md").read_text(), end="")
+    print(f"wrote {out / 'gpu-check.json'} and {out / 'summary.md'}")
+    return 0 if result["passed"] else 1
+
+
 SUITES = {
     "data": ("input pipelines (wds, dali, nvjpeg, folder) vs the per-image PIL + skimage baseline",
              add_data_arguments, run_data_suite),
@@ -373,6 +390,8 @@ SUITES = {
     "all": ("everything above into one folder: results.json, report.md, plots", add_all_arguments, run_all_suite),
     "report": ("re-render report.md and the plots of a `p2p bench all` results.json", add_report_arguments,
                run_report),
+    "gpu-report": ("summarise a benchmarks/gpu-check.sh folder into gpu-check.json and summary.md (exit 1 when "
+                   "a check did not pass)", add_gpu_report_arguments, run_gpu_report),
 }
 
 
