@@ -91,3 +91,17 @@ def tmpfs_problem() -> str | None:
 
 def require_tmpfs() -> None:
     _require(tmpfs_problem(), TMPFS_REQUIRE_ENV)
+
+
+def hide_dali(monkeypatch) -> None:
+    """Make `import nvidia.dali` fail for the rest of a test, as on a machine without the extra."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dali(name, *a, **kw):
+        if name.startswith("nvidia.dali") or name == "nvidia":
+            raise ImportError("No module named 'nvidia.dali'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_dali)
