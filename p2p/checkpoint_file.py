@@ -93,6 +93,9 @@ def verify(obj, path) -> None:
 def _reason(error: Exception) -> str:
     """The informative part of a torch.load error: the unpickler's complaint, or the first sentence."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    blocked = [ln for ln in lines if "GLOBAL" in ln and "WeightsUnpickler error:" not in ln]
+    if blocked:  # "Trying to load unsupported GLOBAL posix.mkdir whose module posix is blocked."
+        return blocked[0].rstrip(".")[:120]
     for i, ln in enumerate(lines):
         if "WeightsUnpickler error:" in ln:
             after = ln.split("WeightsUnpickler error:", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
@@ -122,7 +125,9 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):  # a class or function: anything but tensors and containers
+        # a class or a function (torch words it "Unsupported global" or, for a blocked module such
+        # as os, "unsupported GLOBAL ... is blocked"): anything but tensors and containers
+        if "Weights only load failed" in str(e) or "unsupported global" in str(e).lower():
             raise CheckpointError(f"{path} holds pickled Python objects, not only tensors ({_reason(e)}): not a "
                                   f"p2p checkpoint or official pix2pix weights (torch.load weights_only refused "
                                   f"it)", path) from None

@@ -128,6 +128,7 @@ def test_best_pt_resumes_only_when_it_is_the_newest_readable(tmp_path):
     moved = ck2.set_aside(found)
     assert [(a.name, b.name) for a, b in moved] == [("last.pt", "last.pt.unreadable"),
                                                     ("step-00000006.pt", "step-00000006.pt.unreadable")]
+    assert all(b.is_file() for _, b in moved) and not (ck2.dir / "step-00000006.pt").exists(), "moved, not deleted"
     assert read_checkpoint(ck2.last)["step"] == 4, "last.pt is the checkpoint resumed from again"
 
 
@@ -213,3 +214,23 @@ def test_predict_and_eval_exit_2_with_one_line(bad_files, kind, tmp_path, capsys
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"p2p {argv[0]}: error: ") and str(path) in lines[0], err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+class RunsCodeWhenUnpickled:
+    """A file that runs code when unpickled: here os.mkdir(marker), harmless but visible."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "trojan.pt"
+    torch.save({"format": "p2p", "generator": RunsCodeWhenUnpickled(marker)}, path)
+    for load in (read_checkpoint, load_generator):
+        with pytest.raises(CheckpointError, match="holds pickled Python objects"):
+            load(path)
+    assert not marker.exists(), "unpickling ran the file's code"
