@@ -7,7 +7,7 @@ saving checkpoints/last.pt, on SIGTERM/SIGUSR2 or at train.stop_after: run the s
 again to continue (slurm/train.sbatch requeues the job on 75; 75 is EX_TEMPFAIL of sysexits.h,
 "try again later"). With several processes only rank 0 exits 75, the others 0.
 
-Whenever it stops before train.max_steps (75 or 1), rank 0 prints the exact command that goes on
+Whenever it stops before train.max_steps (75, 1, or 130 on Ctrl-C), rank 0 prints the exact command that goes on
 from there, the folder to run it in and where checkpoints/last.pt is. A damaged last.pt is not
 an error: the run resumes from the newest readable checkpoint (p2p.train.checkpoint); with none
 readable it exits 2 with one line.
@@ -44,6 +44,9 @@ def run(args) -> int:
         print(f"p2p train: error: {e}", file=sys.stderr)
         print_resume(args.args, cfg, None)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: no checkpoint is written, the last periodic one resumes
+        print_resume(args.args, cfg, None)
+        raise  # p2p.cli prints "interrupted" and exits 130
     if result.complete:
         return 0
     if result.world > 1:

@@ -33,3 +33,26 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(tmp_path):
                            env=p2p_env())
     assert again.returncode == STOPPED_ON_SIGNAL and "step 2 -> 6" in again.stderr and "(resumed)" in again.stderr
     assert load_ckpt(last)["step"] == 4
+
+
+def test_ctrl_c_prints_the_command_that_resumes_it(tmp_path):
+    """Fault: the user presses Ctrl-C (SIGINT) mid-run: exit 130, and the resume line names the
+    last periodic checkpoint."""
+    import signal
+    import sys
+
+    from helpers.runs import wait_for
+
+    args = [*TINY, "train.max_steps=100000", "train.ckpt_every=1", f"run.out_dir={tmp_path}", "run.name=ctrlc"]
+    proc = subprocess.Popen([sys.executable, "-m", "p2p", "train", *args], cwd=ROOT, env=p2p_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = (tmp_path / "ctrlc" / "checkpoints" / "last.pt").resolve()
+    try:
+        wait_for(last.exists, timeout=120, what="a first checkpoint")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("p2p train: to resume, run: ")]
+    assert len(lines) == 1 and lines[0].endswith(f"; last.pt: {last}"), err[-2000:]
