@@ -39,6 +39,7 @@ __all__ = [
     "denormalize_ab",
     "lab_to_model",
     "model_to_rgb",
+    "lab_to_rgb_autograd",
 ]
 
 # skimage.color.colorconv.xyz_from_rgb (sRGB specification) and the D65 / 2-degree white.
@@ -243,3 +244,19 @@ def model_to_rgb(l_norm: Tensor, ab_norm: Tensor) -> Tensor:
     any size) end up as skimage.color.lab2rgb puts them."""
     lab = torch.cat([denormalize_l(l_norm.float()), denormalize_ab(ab_norm.float())], dim=-3)
     return lab_to_rgb(lab)
+
+
+def lab_to_rgb_autograd(lab: Tensor) -> Tensor:
+    """`lab_to_rgb` that autograd can differentiate (a loss on a colourised image, e.g. the
+    perceptual loss), equal to it to float32 rounding. The fast version works in place and
+    through `out=` buffers, which autograd does not follow. Float32, autocast off."""
+    with torch.autocast(device_type=lab.device.type, enabled=False):
+        lightness, a, b = lab.float().unbind(-3)
+        fy = (lightness + 16.0) / 116.0
+        f = torch.stack([fy + a / 500.0, fy, (fy - b / 200.0).clamp(min=0.0)], dim=-3)
+        white_xyz = torch.where(f > _LAB_F_KNEE, f ** 3, (f - _LAB_OFFSET) / _LAB_SLOPE)
+        x, y, z = white_xyz.unbind(-3)
+        linear = torch.stack([row[0] * x + row[1] * y + row[2] * z for row in _RGB_FROM_WHITE_XYZ], dim=-3)
+        # the power's argument is kept above the knee, so its gradient is finite everywhere
+        curve = 1.055 * linear.clamp(min=_LINEAR_KNEE) ** (1 / 2.4) - 0.055
+        return torch.where(linear > _LINEAR_KNEE, curve, 12.92 * linear).clamp(0.0, 1.0)

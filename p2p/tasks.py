@@ -76,6 +76,10 @@ class Task:
     def output_rgb(self, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return _unsigned(out)
 
+    def output_rgb_autograd(self, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`output_rgb` through operations autograd follows (for losses on the RGB image)."""
+        return self.output_rgb(inp, out)
+
     def input_rgb(self, inp: torch.Tensor) -> torch.Tensor:
         x = _unsigned(inp)
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
@@ -94,6 +98,10 @@ class Colorize(Task):
 
     def output_rgb(self, inp, out):
         return color.model_to_rgb(inp.float(), out.float())
+
+    def output_rgb_autograd(self, inp, out):
+        lab = torch.cat([color.denormalize_l(inp.float()), color.denormalize_ab(out.float())], dim=1)
+        return color.lab_to_rgb_autograd(lab)
 
     def input_rgb(self, inp):
         return color.model_to_rgb(inp.float(), torch.zeros_like(inp.float()).expand(-1, 2, -1, -1))
