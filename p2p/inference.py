@@ -27,8 +27,8 @@ import torch
 from torch.nn import functional as F
 
 from p2p.config import Config, from_tree, load_config, with_values
-from p2p.errors import UsageError
-from p2p.models import load_generator, read_checkpoint
+from p2p.errors import UsageError, WeightsError
+from p2p.models import load_generator, read_checkpoint, select_generator_weights
 from p2p.tasks import Task, build_task
 
 OFFICIAL_TEST_SIZE = 256  # official pix2pix test.py: load_size = crop_size = 256
@@ -42,12 +42,14 @@ class Geometry:
 
 @dataclass
 class Predictor:
-    """A generator in eval mode with the task and config it was trained with."""
+    """A generator (in eval mode, or train mode when asked) with the task and config it was
+    trained with."""
 
     G: torch.nn.Module
     task: Task
     cfg: Config
     official: bool  # official pix2pix weights: no config of their own
+    weights: str = "raw"  # which of a checkpoint's generators: "ema" or "raw"
 
     def geometry(self, size: int | None = None, full_res: bool = False, squash: bool = False) -> Geometry:
         """The default geometry for this model, or the one the flags ask for."""
@@ -76,21 +78,32 @@ def infer_task(in_ch: int, out_ch: int) -> str:
     return {(1, 2): "colorize", (1, 3): "gray2rgb"}.get((in_ch, out_ch), "paired")
 
 
-def load_predictor(path: str, task_name: str | None = None, direction: str | None = None) -> Predictor:
+def load_predictor(path: str, task_name: str | None = None, direction: str | None = None, weights: str = "auto",
+                   train_mode: bool = False) -> Predictor:
     """A predictor from any supported checkpoint. For official weights the task is inferred from
-    the channel counts (1->2 colorize, 1->3 gray2rgb, else paired)."""
+    the channel counts (1->2 colorize, 1->3 gray2rgb, else paired). `weights`: a checkpoint's
+    EMA or raw generator (p2p.models.load_generator). `train_mode`: the paper's test-time
+    behaviour, the official test.py default without --eval: dropout on and BatchNorm with the
+    statistics of the batch it sees (each image, here); the global torch RNG that dropout draws
+    from is seeded, so two runs give the same images."""
     obj = read_checkpoint(path)
-    G = load_generator(obj)
+    try:
+        G = load_generator(obj, weights=weights)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    _, used = select_generator_weights(obj, weights)
     tree = obj.get("config") if isinstance(obj, dict) and obj.get("format") == "p2p" else None
     cfg = load_config() if tree is None else from_tree(tree)
-    channels = (G.down[0].conv.in_channels, G.up[0].conv.out_channels)
+    channels = (G.in_channels, G.out_channels)
     name = task_name or (cfg.task.name if tree is not None else infer_task(*channels))
     cfg = with_values(cfg, {"task.name": name, "task.direction": direction or cfg.task.direction})
     task = build_task(cfg.task)
     if (task.in_channels, task.out_channels) != channels:
         raise UsageError(f"task {name} needs a {task.in_channels}->{task.out_channels} channel generator; "
                          f"{path} maps {channels[0]}->{channels[1]}")
-    return Predictor(G.eval(), task, cfg, tree is None)
+    if train_mode:
+        torch.manual_seed(cfg.run.seed)
+    return Predictor(G.train(train_mode), task, cfg, tree is None, used)
 
 
 def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -64,6 +64,39 @@ def test_step_rows_and_skips(tmp_path):
     assert any("no GPU" in n for n in payload["notes"])
 
 
+def test_step_prices_the_model_choices_with_their_own_flops():
+    from p2p.bench.step import MODEL_CHOICES, StepOptions, run_step
+    from p2p.bench.workload import model_sizes, workload_config
+    from p2p.config import with_values
+    from p2p.tasks import build_task
+    from p2p.train.flops import step_flops_per_image
+    from p2p.train.nets import architectures
+
+    step = {**TOY_STEP, "image_size": 64}
+    payload = run_step(StepOptions(device="cpu", **step, modes=("resnet_9blocks", "multiscale_feat")),
+                       progress=lambda s: None)
+    rows = payload["results"]
+    check_rows(rows, "baseline")
+    by = {r["name"]: r for r in rows}
+    assert list(by) == ["baseline", "p2p_default", "resnet_9blocks", "multiscale_feat"]  # the default is added
+    cfg = workload_config(model_sizes("small", 8, 8, 5), 64, 2)
+    task = build_task(cfg.task)
+    for name, row in by.items():
+        c = with_values(cfg, MODEL_CHOICES.get(name, {}))
+        assert row["flops_per_image"] == step_flops_per_image(*architectures(c, task), 64, c.loss), name
+    assert by["resnet_9blocks"]["model_changes"] == {"model.generator": "resnet", "model.n_blocks": 9}
+    # a second scale and the extra D pass of feature matching cost FLOPs on top of the default
+    assert by["multiscale_feat"]["flops_per_image"] > by["p2p_default"]["flops_per_image"]
+    assert by["resnet_9blocks"]["flops_per_image"] != by["p2p_default"]["flops_per_image"]
+    for name in MODEL_CHOICES:
+        assert by[name]["vs_p2p_default"] == pytest.approx(by[name]["img_per_s"] / by["p2p_default"]["img_per_s"])
+        assert by[name]["adam"] == by["p2p_default"]["adam"]  # the default's setup, other networks
+    # a choice that does not fit the image size is kept, skipped, with the reason
+    small = run_step(StepOptions(device="cpu", **TOY_STEP, modes=("multiscale_feat",)), progress=lambda s: None)
+    row = next(r for r in small["results"] if r["name"] == "multiscale_feat")
+    assert "does not fit this size" in row["skipped"] and row["img_per_s"] is None
+
+
 def test_step_command_writes_json(tmp_path):
     out = tmp_path / "step.json"
     proc = run_p2p("bench", "step", *TOY_FLAGS, "--batch-size", 2, "--steps", 1, "--repeats", 1,

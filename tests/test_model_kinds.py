@@ -177,3 +177,33 @@ def test_p2p_checkpoint_records_the_new_kinds(tmp_path):
 
     assert same_arch(old, GeneratorArch(1, 2, 5, 8, "batch", True), DiscriminatorArch(3, 8, 3, "batch"))
     assert not same_arch(old, g, d)
+
+
+@pytest.mark.slow
+def test_resnet_and_multiscale_train_predict_eval_and_export(tmp_path):
+    """From `p2p train` through the checkpoint, `p2p predict`, `p2p eval` and export to the
+    official layout, with the ResNet generator and a 2-scale discriminator."""
+    import json
+
+    from PIL import Image
+
+    from helpers.runs import TINY, load_ckpt, run_p2p
+    from p2p.data.folder import embedded_photo
+
+    run_p2p("train", f"run.out_dir={tmp_path}", "run.name=r", *TINY, "model.generator=resnet", "model.n_blocks=3",
+            "model.num_d=2", "model.n_layers_d=2", "loss.lambda_feat=10", "train.max_steps=2")
+    ck = load_ckpt(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["arch"]["generator"]["kind"] == "resnet" and ck["arch"]["discriminator"]["num_d"] == 2
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(embedded_photo("coffee")[:70, :53]).save(src / "a.png")  # not a multiple of 4
+    run_p2p("predict", tmp_path / "r" / "checkpoints" / "last.pt", src, "--out", tmp_path / "out")
+    assert Image.open(tmp_path / "out" / "a.png").size == (53, 70)
+    run_p2p("eval", tmp_path / "r" / "checkpoints" / "last.pt", "--data", src, "--json", tmp_path / "e.json")
+    assert json.loads((tmp_path / "e.json").read_text())["count"] == 1
+    G = load_generator(tmp_path / "r" / "checkpoints" / "last.pt")
+    official = OfficialResnet(1, 2, 8, "batch", True, 3).eval()
+    official.load_state_dict(generator_to_official(G.state_dict()))
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(official(x), G(x), rtol=1e-5, atol=1e-6)

@@ -132,3 +132,21 @@ def test_resume_mid_epoch_from_shards(tmp_path, shards, backend):
     assert ck["step"] == 4 and ck["epoch"] == 0 and 0 < ck["batch_in_epoch"] < 9
     run_p2p("train", *common, "run.name=cut")
     assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_cut_and_resumed_run_with_every_new_term_equals_the_uninterrupted_one(tmp_path):
+    """The generator's EMA (saved, its buffers this rank's G's), the multi-scale discriminator,
+    feature matching, hinge and the official per-epoch lr (6 batches per epoch: the cut at 5
+    is mid-epoch, before the lr's first change) resume bit-exactly too."""
+    common = [f"run.out_dir={tmp_path}", *EXACT, "train.max_steps=10", "train.ema_decay=0.8", "model.num_d=2",
+              "loss.lambda_feat=10", "loss.gan_mode=hinge", "optim.lr_policy=official", "optim.n_epochs=1",
+              "optim.n_epochs_decay=1"]
+    run_p2p("train", *common, "run.name=straight")
+    assert run_p2p("train", *common, "run.name=cut", "train.stop_after=5", check=False).returncode == STOPPED_ON_SIGNAL
+    run_p2p("train", *common, "run.name=cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+    a, b = (load_ckpt(tmp_path / n / "checkpoints" / "last.pt") for n in ("straight", "cut"))
+    differ = [k for k in a["generator_ema"] if not torch.equal(a["generator_ema"][k], b["generator_ema"][k])]
+    assert not differ, f"EMA tensors differ after resume: {differ[:3]}"
+    assert "scales.1.model.0.weight" in a["discriminator"]
+    assert {r["lr"] for r in rows(tmp_path / "cut")} == {2e-4, 1e-4}

@@ -163,7 +163,7 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def step_summary(payload: dict) -> str:
-    rows = [r for r in payload["results"] if r.get("img_per_s")]
+    rows = [r for r in payload["results"] if r.get("img_per_s") and "model_changes" not in r]  # same model only
     best = max(rows, key=lambda r: r["img_per_s"])
     c = payload["config"]
     line = (f"best: {best['name']} {best['img_per_s']:.1f} img/s = {best['ratio']:.2f}x the baseline "
@@ -188,9 +188,12 @@ def run_step_suite(args) -> int:
     if p.device.type != "cuda":
         say("no GPU on this machine: GPU-only rows are recorded as skipped; no MFU")
     payload = run_step(options, say)
-    shown = [{**r, "skipped": "yes" if r.get("skipped") else ""} for r in payload["results"]]
+    shown = [{**r, "skipped": "yes" if r.get("skipped") else "",
+              "gflop_per_img": r["flops_per_image"] / 1e9 if r.get("flops_per_image") else None}
+             for r in payload["results"]]
     print_table(f"training step, {p.sizes.name} model, {p.image_size}px, batch {p.batch_size}, {p.device}",
-                shown, columns=("name", "precision", "adam", "img_per_s", "step_ms", "ratio", "mfu", "skipped"))
+                shown, columns=("name", "precision", "adam", "img_per_s", "step_ms", "ratio", "vs_p2p_default",
+                                "gflop_per_img", "mfu", "skipped"))
     for r in payload["results"]:
         if r.get("skipped"):
             print(f"  skipped {r['name']}: {r['skipped']}")

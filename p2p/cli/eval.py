@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from p2p.cli.predict import add_generator_arguments, weights_choice
 from p2p.config import TASKS
 from p2p.errors import UsageError
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--squash", action="store_true", help="score with the official square resize")
     parser.add_argument("--limit", type=int, default=0, help="score at most this many images (0 = all)")
     parser.add_argument("--batch-size", type=int, default=16, help=argparse.SUPPRESS)  # kept for old scripts
+    add_generator_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
@@ -43,7 +45,8 @@ def run(args) -> int:
 
     if args.limit < 0:
         raise UsageError("--limit must be >= 0")
-    predictor = load_predictor(args.checkpoint, args.task)
+    predictor = load_predictor(args.checkpoint, args.task, weights=weights_choice(args),
+                               train_mode=args.train_mode)
     geometry = predictor.geometry(args.size, args.full_res, args.squash)
     device = resolve_device(args.device)
     # The data to score, whatever the checkpoint trained on: the whole of SOURCE's val split.
@@ -57,7 +60,8 @@ def run(args) -> int:
     if "colorfulness" in metrics:  # the paper's spelling, for readers who search for it
         metrics["colourfulness"] = metrics["colorfulness"]
     # Flat for scripts (result["psnr"]) and grouped under "metrics" for readers.
-    result = {**metrics, "checkpoint": str(args.checkpoint), "source": args.data, "task": task.name,
+    result = {**metrics, "checkpoint": str(args.checkpoint), "weights": predictor.weights,
+              "train_mode": args.train_mode, "source": args.data, "task": task.name,
               "geometry": {"mode": geometry.mode, "size": geometry.size}, "metrics": metrics}
     table = Table(title=f"{task.name} on {args.data} ({metrics['count']} images, {geometry.mode} {geometry.size or ''})")
     table.add_column("metric")

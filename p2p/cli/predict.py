@@ -30,7 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-res", action="store_true", help="run at each image's own resolution")
     parser.add_argument("--squash", action="store_true", help="resize the whole image to size x size (the official "
                         "pix2pix test-time resize; default size: the checkpoint's data.image_size, 256 for official weights)")
+    add_generator_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which generator of a checkpoint runs, and how (shared with `p2p eval`)."""
+    parser.add_argument("--raw-weights", action="store_true", help="a checkpoint trained with train.ema_decay: "
+                        "use the trained generator itself, not its moving average (the default)")
+    parser.add_argument("--train-mode", action="store_true", help="dropout on and batch statistics of each image "
+                        "(the paper's test-time behaviour, official test.py without --eval); default: eval mode")
+
+
+def weights_choice(args) -> str:
+    return "raw" if args.raw_weights else "auto"
 
 
 def run(args) -> int:
@@ -43,7 +56,8 @@ def run(args) -> int:
 
     if args.ab and (args.task or "paired") != "paired":
         raise UsageError("--ab only applies to --task paired")
-    predictor = load_predictor(args.checkpoint, args.task, args.direction)
+    predictor = load_predictor(args.checkpoint, args.task, args.direction, weights_choice(args),
+                               args.train_mode)
     geometry = predictor.geometry(args.size, args.full_res, args.squash)
     device = resolve_device(args.device)
     G, task = predictor.G.to(device), predictor.task
@@ -64,5 +78,6 @@ def run(args) -> int:
         out = predict(G, task, rgb.to(device), geometry)
         save_image(out.cpu(), out_dir / f"{path.stem}.png")
         written += 1
-    print(f"p2p predict: wrote {written} image(s) to {out_dir}")
+    how = (" (EMA weights)" if predictor.weights == "ema" else "") + (" in train mode" if args.train_mode else "")
+    print(f"p2p predict: wrote {written} image(s) to {out_dir}{how}")
     return 0

@@ -22,8 +22,10 @@ from p2p.errors import UsageError
 
 TASKS = ("colorize", "gray2rgb", "paired", "restore")
 NORMS = ("batch", "syncbatch", "instance", "none")
-GAN_MODES = ("vanilla", "lsgan", "wgangp")
-LR_POLICIES = ("linear", "step", "cosine", "constant")
+GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
+LR_POLICIES = ("linear", "step", "cosine", "constant", "official")
+GENERATORS = ("unet", "resnet")
+OPTIM_IMPLS = ("fused", "foreach", "plain")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("auto", "folder", "wds", "dali")
@@ -126,10 +128,15 @@ class DataConfig(Section):
 class ModelConfig(Section):
     SECTION: ClassVar[str] = "model"
 
+    generator: str = _f("unet", "unet (the official unet_256/unet_128) or resnet (the official resnet_9blocks/6blocks)",
+                        GENERATORS)
     ngf: int = _f(32, "generator width (official: 64)")
     ndf: int = _f(32, "discriminator width (official: 64)")
     num_downs: int = _f(6, "U-Net depth: 8 = unet_256, 7 = unet_128; image_size must be divisible by 2**num_downs")
+    n_blocks: int = _f(9, "resnet: residual blocks (9 = resnet_9blocks, 6 = resnet_6blocks)")
     n_layers_d: int = _f(3, "PatchGAN depth: 3 = 70x70 PatchGAN, 0 = PixelGAN (1x1)")
+    num_d: int = _f(1, "discriminator scales: 1 = pix2pix; 2-3 = pix2pixHD's multi-scale D (a PatchGAN per scale, "
+                       "each on the pair average-pooled once more)")
     norm: str = _f("batch", "normalisation layer", NORMS)
     dropout: bool = _f(True, "dropout 0.5 in the innermost 512-channel decoder blocks (official: on)")
     init_type: str = _f("normal", "weight init", INIT_TYPES)
@@ -139,18 +146,37 @@ class ModelConfig(Section):
         self.need(2 <= self.num_downs <= 12, "num_downs", "must be between 2 and 12")
         self.need(self.ngf > 0 and self.ndf > 0, "ngf", "widths must be positive")
         self.need(0 <= self.n_layers_d <= 8, "n_layers_d", "must be between 0 and 8")
+        self.need(1 <= self.n_blocks <= 64, "n_blocks", "must be between 1 and 64")
+        self.need(1 <= self.num_d <= 6, "num_d", "must be between 1 and 6")
+
+    @property
+    def stride(self) -> int:
+        """What image sides must be multiples of: the U-Net halves them num_downs times, the
+        ResNet twice."""
+        return 2 ** self.num_downs if self.generator == "unet" else 4
 
 
 @dataclass(frozen=True)
 class LossConfig(Section):
     SECTION: ClassVar[str] = "loss"
 
-    gan_mode: str = _f("vanilla", "adversarial loss", GAN_MODES)
+    gan_mode: str = _f("vanilla", "adversarial loss (hinge: SPADE/imaginaire's), averaged over discriminator scales",
+                       GAN_MODES)
     lambda_l1: float = _f(100.0, "weight of the L1 loss")
     lambda_gp: float = _f(10.0, "weight of the gradient penalty (wgangp only)")
+    lambda_feat: float = _f(0.0, "discriminator feature matching weight (pix2pixHD: 10): L1 between D's activations "
+                                 "on real and fake pairs, 4/layers per layer, 1/num_d per scale")
+    lambda_vgg: float = _f(0.0, "VGG19 perceptual loss weight (pix2pixHD: 10): L1 of relu1_1..relu5_1 features "
+                                "weighted 1/32..1; needs loss.vgg_weights")
+    vgg_weights: str = _f("", "local file holding torchvision's vgg19 state dict (ImageNet weights; nothing is "
+                              "downloaded)")
 
     def check(self):
-        self.at_least(0, "lambda_l1", "lambda_gp")
+        self.at_least(0, "lambda_l1", "lambda_gp", "lambda_feat", "lambda_vgg")
+        self.need(self.lambda_vgg == 0 or bool(self.vgg_weights), "lambda_vgg",
+                  "needs loss.vgg_weights: a file with torchvision's vgg19 state dict, e.g. saved with "
+                  "torch.save(torchvision.models.vgg19(weights='IMAGENET1K_V1').state_dict(), PATH) where "
+                  "there is internet")
 
 
 @dataclass(frozen=True)
@@ -160,15 +186,23 @@ class OptimConfig(Section):
     lr: float = _f(2e-4, "Adam learning rate (both networks)")
     beta1: float = _f(0.5, "Adam beta1")
     beta2: float = _f(0.999, "Adam beta2")
-    lr_policy: str = _f("linear", "linear: constant then linear to 0; step; cosine; constant", LR_POLICIES)
+    lr_policy: str = _f("linear", "linear: constant then linear to 0 (per step); official: pix2pix's per-epoch "
+                                  "rule (n_epochs, n_epochs_decay); step; cosine; constant", LR_POLICIES)
     decay_start: int = _f(-1, "linear: step where decay starts (-1 = half of train.max_steps)")
     step_size: int = _f(1000, "step policy: multiply lr by gamma every step_size steps")
     gamma: float = _f(0.1, "step policy: decay factor")
+    n_epochs: int = _f(100, "official policy: epochs at the initial lr")
+    n_epochs_decay: int = _f(100, "official policy: epochs of linear decay after them (lr never reaches 0)")
+    impl: str = _f("fused", "Adam kernel: fused (foreach where missing), foreach, or plain (torch.optim.Adam's own "
+                            "default, as the official code: bit-exact with it on CPU). Fused and foreach round "
+                            "differently, and Adam's g/(sqrt(v)+eps) magnifies such tiny differences chaotically, "
+                            "so their runs leave the official trajectory (not its quality)", OPTIM_IMPLS)
 
     def check(self):
         self.need(self.lr > 0, "lr", "must be positive")
         self.need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must be in [0, 1)")
         self.at_least(1, "step_size")
+        self.at_least(0, "n_epochs", "n_epochs_decay")
 
 
 @dataclass(frozen=True)
@@ -190,8 +224,11 @@ class TrainConfig(Section):
     on_nonfinite: str = _f("stop", "a NaN/inf loss: stop, or skip the update", ("stop", "skip"))
     timeout_s: int = _f(600, "collective timeout: a dead rank fails the job after this")
     device: str = _f("auto", "auto (cuda when present), cpu or cuda", DEVICES)
+    ema_decay: float = _f(0.0, "EMA of G's weights, updated after every G step (0 = off; e.g. 0.999); when on, "
+                               "validation, best.pt, predict, eval and export use it (--raw-weights: the raw G)")
 
     def check(self):
+        self.need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)")
         self.at_least(1, "batch_size", "max_steps", "log_every")
         self.at_least(0, "sample_every", "ckpt_every", "eval_every", "keep_last", "stop_after")
         self.need(self.timeout_s > 0, "timeout_s", "must be positive")
@@ -250,9 +287,16 @@ class Config:
     def __post_init__(self):
         """What spans sections (each section has checked itself already)."""
         d, m = self.data, self.model
-        _require(d.image_size % (2 ** m.num_downs) == 0, "data.image_size", d.image_size,
-                 f"must be divisible by 2**model.num_downs = {2 ** m.num_downs} "
-                 f"(lower model.num_downs or pick another size)")
+        why = (f"must be divisible by 2**model.num_downs = {m.stride} (lower model.num_downs or pick another size)"
+               if m.generator == "unet" else "must be divisible by 4: the ResNet generator downsamples twice")
+        _require(d.image_size % m.stride == 0, "data.image_size", d.image_size, why)
+        # A PatchGAN halves its input n_layers_d times, then two 4x4 stride-1 convs take a pixel
+        # off each: below 3 * 2**n_layers_d px no patch is left.
+        coarsest = -(-d.image_size // 2 ** (m.num_d - 1))
+        need = 1 if m.n_layers_d == 0 else 3 * 2 ** m.n_layers_d
+        _require(coarsest >= need, "model.num_d", m.num_d,
+                 f"its coarsest scale sees {coarsest} px of data.image_size={d.image_size}, fewer than the "
+                 f"{need} px a PatchGAN with model.n_layers_d={m.n_layers_d} needs; lower model.num_d")
 
     @property
     def run_dir(self) -> Path:

@@ -25,6 +25,7 @@ from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
 from p2p.train.meter import LogInterval
 from p2p.train.run import Run, build_run
+from p2p.train.schedule import official_schedule_notice
 from p2p.train.signals import StopSignals
 from p2p.train.step import LOSS_NAMES
 from p2p.train.validation import held_out_images, sample_grid, validate
@@ -58,8 +59,8 @@ def train(cfg: Config) -> TrainResult:
         held_out = held_out_images(cfg, run.rank, run.world)
         announce(run, loader, log)
         end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
-        interval = LogInterval(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size),
-                               peak_flops(run.device))
+        interval = LogInterval(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size,
+                                                                cfg.loss), peak_flops(run.device))
         with StopSignals() as stop:
             stream = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
                 else iter(())
@@ -115,6 +116,9 @@ def announce(run: Run, loader, log: RunLogger) -> None:
               f"{cfg.train.batch_size * run.world}, {loader.batches_per_epoch} batches/epoch/rank, "
               f"step {run.state.step} -> {cfg.train.max_steps}, run folder {cfg.run_dir}"
               + (" (resumed)" if run.resumed else ""))
+    schedule = official_schedule_notice(cfg, loader.batches_per_epoch)
+    if schedule:
+        log.print(f"[yellow]notice:[/] {schedule}")
 
 
 def last_good(run: Run) -> str:

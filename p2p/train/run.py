@@ -57,7 +57,8 @@ class Run:
         return prepare_batch(self.task, batch.images, self.cfg, self.rank, self.state.step)
 
     def lr(self) -> float:
-        return self.cfg.optim.lr * lr_factor(self.state.step, self.cfg)
+        """The lr of the next step (official policy: of the epoch its batch comes from)."""
+        return self.cfg.optim.lr * lr_factor(self.state.step, self.cfg, self.state.epoch)
 
     def step(self, inp: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         lr = self.lr()
@@ -84,10 +85,11 @@ class Run:
         else:
             ranks = [mine]
         # the saved networks get BatchNorm statistics averaged over ranks (what inference wants)
-        with averaged_buffers(accel, G, D):
+        ema = [self.nets.ema.module] if self.nets.ema is not None else []
+        with averaged_buffers(accel, G, D, *ema):
             if accel.is_main_process:
                 payload = make_payload(self.cfg, self.g_arch, self.d_arch, self.nets, self.state, ranks,
-                                       lr_factor(self.state.step, self.cfg))
+                                       lr_factor(self.state.step, self.cfg, self.state.epoch))
                 self.ckpts.save(payload, self.state.step, is_best=is_best)
         accel.wait_for_everyone()
 
@@ -163,10 +165,12 @@ def build_run(cfg: Config) -> Run:
     G, D, D_frozen = wrap_models(G, D, cfg, accel, notices.append)
     graphs = use_cuda_graphs(cfg, device, notices.append)
     precision = Precision(cfg.train.precision, device)
-    nets = build_nets(G, D, D_frozen, cfg, device, precision, capturable=graphs)
+    nets = build_nets(G, D, D_frozen, cfg, device, precision, capturable=graphs, task=task)
     state = TrainState()
     if payload is not None:
         state, resumed_notices = restore_training(payload, nets, rank, world, cfg.run.seed)
         notices += resumed_notices
+        if nets.ema is not None:  # after restore_training: the EMA's buffers are this rank's G's
+            notices += [n for n in [nets.ema.restore(payload)] if n]
     step_fn = make_step_fn(nets, cfg, precision, graphs, notices.append)
     return Run(cfg, accel, task, g_arch, d_arch, nets, precision, step_fn, state, ckpts, payload is not None, notices)

@@ -2,7 +2,8 @@
 whole held-out images through the geometry of `p2p predict` (p2p.inference.training_geometry),
 so a validation score is the score a user gets from `p2p predict`. Every rank scores its share
 (the sums are all-reduced) with BatchNorm statistics averaged over ranks; rank 0 draws the
-grids. Both run in eval mode."""
+grids. Both run in eval mode, on the generator's moving average when the run keeps one
+(train.ema_decay > 0: what best.pt is then chosen by and what `p2p predict` uses)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def held_out_images(cfg, rank: int, world: int) -> list[HeldOut]:
     return held_out(cfg, rank, world)
 
 
+def shown_generator(run):
+    """The generator that held-out images are scored and drawn with: the EMA when there is one."""
+    return run.nets.ema.module if run.nets.ema is not None else run.nets.G
+
+
 class _EvalMode:
     def __init__(self, net):
         self.net = unwrap(net)
@@ -40,7 +46,8 @@ def validate(run, images: list[HeldOut]) -> dict:
     """Mean metrics over every rank's held-out images (collective: every rank calls it)."""
     cfg, accel = run.cfg, run.accel
     geometry = training_geometry(run.task, cfg.data.load_size)
-    with averaged_buffers(accel, run.nets.G), _EvalMode(run.nets.G) as net:
+    G = shown_generator(run)
+    with averaged_buffers(accel, G), _EvalMode(G) as net:
         sums = score_images(net, run.task, images, geometry, cfg.run.seed, accel.device, run.precision)
         if accel.num_processes > 1:
             torch.distributed.all_reduce(sums)
@@ -62,7 +69,7 @@ def sample_grid(run, images: list[HeldOut], log, step: int) -> None:
     cfg, task, device = run.cfg, run.task, run.device
     geometry = training_geometry(task, cfg.data.load_size)
     rows = []
-    with _EvalMode(run.nets.G) as net:
+    with _EvalMode(shown_generator(run)) as net:
         for item in images[:GRID_IMAGES]:
             inp, target = task.eval_pair(item.image[None].to(device), step_generator(cfg.run.seed, 0, item.index,
                                                                                      stream=99))
