@@ -254,3 +254,21 @@ def test_bench_suites_are_registered():
         args = parser.parse_args([suite])
         assert args.suite == suite and callable(args.run_suite)
     assert torch.get_num_threads() >= 1
+
+
+def test_step_flops_count_each_new_term():
+    from p2p.config import LossConfig
+    from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
+    from p2p.perceptual import vgg19_features
+    from p2p.train.flops import forward_flops, step_flops_per_image
+
+    g, d1, d2 = GeneratorArch(1, 2, 5, 8), DiscriminatorArch(3, 8, 3), DiscriminatorArch(3, 8, 3, "batch", 2)
+    with torch.device("meta"):
+        G, D, vgg = build_generator(g), build_discriminator(d1), vgg19_features()
+    gf, df = forward_flops(G, (1, 1, 64, 64)), forward_flops(D, (1, 3, 64, 64))
+    half = forward_flops(D, (1, 3, 32, 32))  # the second scale sees the pair pooled to half size
+    assert step_flops_per_image(g, d1, 64) == 3 * gf + 8 * df
+    assert step_flops_per_image(g, d2, 64) == 3 * gf + 8 * (df + half)
+    assert step_flops_per_image(g, d2, 64, LossConfig(lambda_feat=10)) == 3 * gf + 9 * (df + half)
+    vf = forward_flops(vgg, (1, 3, 64, 64))
+    assert step_flops_per_image(g, d1, 64, LossConfig(lambda_vgg=1, vgg_weights="v")) == 3 * gf + 8 * df + 3 * vf
