@@ -11,7 +11,7 @@ from p2p.models import (DiscriminatorArch, build_discriminator, build_generator,
                         resnet_arch)
 from p2p.models.official import generator_to_official
 
-from helpers.official_layout import OfficialMultiscaleD, OfficialNLayerD, OfficialResnet, randomize
+from helpers.official_layout import OfficialMultiscaleD, OfficialNLayerD, OfficialResnet, assert_same_outputs, randomize
 
 NORMS = ["batch", "instance", "none"]
 
@@ -55,16 +55,7 @@ def test_official_resnet_weights_give_official_outputs(tmp_path, norm, n_blocks,
     # everything read off the tensors, dropout included (it shifts the blocks' second conv)
     assert (ours.n_blocks, ours.model[1].out_channels, ours.in_channels, ours.out_channels) == (n_blocks, 8, 3, 3)
     assert any(isinstance(m, torch.nn.Dropout) for m in ours.modules()) == dropout
-    x = torch.randn(2, 3, 32, 40)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
-        # train mode (batch statistics), dropout switched off in both so the outputs are comparable
-        ours.train()
-        official.train()
-        for m in list(ours.modules()) + list(official.modules()):
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
+    assert_same_outputs(ours, official, torch.randn(2, 3, 32, 40))
     # and export gives the official network the same weights back
     back = generator_to_official(ours.state_dict())
     assert all(torch.equal(back[k], v) for k, v in official.state_dict().items())
@@ -142,9 +133,9 @@ def test_multiscale_discriminator_equals_pix2pixhd_composition(norm, n_layers, n
 
 
 def test_multiscale_scales_halve_the_patch_grid():
-    d = build_discriminator(DiscriminatorArch(3, 8, 3, "batch", 3))
-    sides = [p.shape[-1] for p in d(torch.randn(1, 3, 128, 128))]
-    assert sides == [14, 6, 2]  # 128, 64, 32 px through a 70x70 PatchGAN
+    d = build_discriminator(DiscriminatorArch(3, 8, 3, "batch", 3)).eval()
+    sides = [p.shape[-1] for p in d(torch.randn(1, 3, 256, 256))]
+    assert sides == [30, 14, 6]  # 256, 128, 64 px through a 70x70 PatchGAN
 
 
 def test_single_scale_is_todays_discriminator():

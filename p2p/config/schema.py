@@ -194,9 +194,10 @@ class OptimConfig(Section):
     n_epochs: int = _f(100, "official policy: epochs at the initial lr")
     n_epochs_decay: int = _f(100, "official policy: epochs of linear decay after them (lr never reaches 0)")
     impl: str = _f("fused", "Adam kernel: fused (foreach where missing), foreach, or plain (torch.optim.Adam's own "
-                            "default, as the official code: bit-exact with it on CPU). Fused and foreach round "
-                            "differently, and Adam's g/(sqrt(v)+eps) magnifies such tiny differences chaotically, "
-                            "so their runs leave the official trajectory (not its quality)", OPTIM_IMPLS)
+                            "default, as the official code: bit-exact with its step on CPU). Fused rounds "
+                            "differently in the last bit, and Adam's g/(sqrt(v)+eps) magnifies such differences "
+                            "where gradients are small, so a fused run drifts off the official trajectory (the "
+                            "same algorithm, not a worse one)", OPTIM_IMPLS)
 
     def check(self):
         self.need(self.lr > 0, "lr", "must be positive")

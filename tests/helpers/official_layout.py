@@ -211,3 +211,16 @@ def official_optimize_parameters(netG, netD, optimizer_G, optimizer_D, real_A, r
     optimizer_G.step()
     return {"G_GAN": loss_G_GAN.detach(), "G_L1": loss_G_L1.detach(), "D_real": loss_D_real.detach(),
             "D_fake": loss_D_fake.detach()}
+
+
+def assert_same_outputs(ours: nn.Module, official: nn.Module, x: torch.Tensor) -> None:
+    """Equal outputs in eval mode, and in train mode (batch statistics) with dropout off in both
+    (its masks would differ by module order, not by the networks)."""
+    with torch.no_grad():
+        ours.eval(), official.eval()
+        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
+        ours.train(), official.train()
+        for m in list(ours.modules()) + list(official.modules()):
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
