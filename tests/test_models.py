@@ -60,6 +60,19 @@ def test_official_generator_weights_give_official_outputs(tmp_path, norm, num_do
     assert_same_outputs(ours, official, torch.randn(2, 3, size, size))
 
 
+@pytest.mark.parametrize("which", ["G", "D"])
+def test_old_official_instance_norm_files_with_running_stats_load(which):
+    # before PyTorch 0.4 InstanceNorm tracked statistics; they are no batch norm's
+    official = randomize(OfficialUnet(1, 2, 6, 8, "instance") if which == "G" else OfficialNLayerD(6, 8, 3, "instance"))
+    state = dict(official.state_dict())
+    norms = {"model.model.1.model.2": 16, "model.model.1.model.6": 8} if which == "G" else {"model.3": 16}
+    for norm, ch in norms.items():
+        state[f"{norm}.running_mean"], state[f"{norm}.running_var"] = torch.zeros(ch), torch.ones(ch)
+    net = load_generator(state) if which == "G" else load_discriminator(state)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
+
+
 def test_official_state_without_num_batches_tracked_loads():
     official = randomize(OfficialUnet(1, 2, 6, 8, "batch"))
     state = {k: v for k, v in official.state_dict().items() if not k.endswith("num_batches_tracked")}

@@ -40,8 +40,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return obj
 
 
-def _norm_of(state: dict, norm_keys: tuple[str, ...], bias_key: str) -> str:
-    if any(k in state for k in norm_keys):
+def _norm_of(state: dict, norm_weight: str, bias_key: str) -> str:
+    """batch when the norm has (affine) weights; the official InstanceNorm has none, though files
+    from before PyTorch 0.4 carry running statistics for it (dropped on loading)."""
+    if norm_weight in state:
         return "batch"
     return "instance" if bias_key in state else "none"
 
@@ -54,7 +56,7 @@ def _found(state: dict) -> str:
 def _unet_arch_of(state: dict, dropout: bool) -> GeneratorArch:
     num_downs = sum(1 for k in state if k.startswith("down.") and k.endswith(".conv.weight"))
     first, last = state["down.0.conv.weight"], state["up.0.conv.weight"]
-    norm = _norm_of(state, ("up.1.norm.weight", "up.1.norm.running_mean"), "down.1.conv.bias")
+    norm = _norm_of(state, "up.1.norm.weight", "down.1.conv.bias")
     return GeneratorArch(first.shape[1], last.shape[1], num_downs, first.shape[0], norm, dropout)
 
 
@@ -84,12 +86,11 @@ def discriminator_arch_of(state: dict) -> DiscriminatorArch:
                            "so they would compute differently here; not loaded")
     if "net.0.weight" in state:  # PixelGAN
         w = state["net.0.weight"]
-        return DiscriminatorArch(w.shape[1], w.shape[0], 0, _norm_of(state, ("net.3.weight", "net.3.running_mean"),
-                                                                         "net.2.bias"))
+        return DiscriminatorArch(w.shape[1], w.shape[0], 0, _norm_of(state, "net.3.weight", "net.2.bias"))
     if "model.0.weight" in state and not is_resnet_layout(state):
         convs = [k for k in state if k.startswith("model.") and k.endswith(".weight") and state[k].dim() == 4]
         w = state["model.0.weight"]
-        norm = _norm_of(state, ("model.3.weight", "model.3.running_mean"), "model.2.bias")
+        norm = _norm_of(state, "model.3.weight", "model.2.bias")
         return DiscriminatorArch(w.shape[1], w.shape[0], len(convs) - 2, norm)
     raise WeightsError(f"not a discriminator p2p supports (PatchGAN, PixelGAN or p2p's multi-scale one); "
                        f"found {_found(state)}")
