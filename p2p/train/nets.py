@@ -44,11 +44,13 @@ def build_perceptual(cfg, task, device: torch.device) -> nn.Module | None:
 
 
 def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: torch.device, precision: Precision,
-               *, capturable: bool = False, adam: str = "auto", task=None) -> Nets:
+               *, capturable: bool = False, adam: str = "auto", channels_last: bool = False, notice=None,
+               task=None) -> Nets:
     """Nets around networks that are already on `device` (and wrapped): one Adam and one loss
     scaler per network, the perceptual loss (needs `task`) and the EMA of G when configured.
     `adam="for-loop"` is the seed's optimizer (benchmark baseline); otherwise p2p's
-    (`make_optimizer` with optim.impl, capturable for CUDA graphs)."""
+    (`make_optimizer` with optim.impl, capturable for CUDA graphs). `channels_last`: the
+    networks are in that memory format, and the step puts its inputs in it too."""
     skip = cfg.train.on_nonfinite == "skip"
 
     def optimizer(net):
@@ -56,7 +58,7 @@ def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: tor
         if adam == "for-loop":
             o = cfg.optim
             return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), foreach=False)
-        return make_optimizer(params, cfg, device, capturable=capturable)
+        return make_optimizer(params, cfg, device, capturable=capturable, notice=notice)
 
     if cfg.loss.lambda_vgg > 0 and task is None:
         raise ValueError("loss.lambda_vgg > 0: build_nets needs the task (its outputs as RGB)")
@@ -66,5 +68,6 @@ def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: tor
         from p2p.train.ema import GeneratorEMA
 
         ema = GeneratorEMA(G, cfg.train.ema_decay)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     return Nets(G, D, D_frozen, optimizer(G), optimizer(D), precision.make_scaler(skip), precision.make_scaler(skip),
-                perceptual, ema)
+                fmt, perceptual, ema)

@@ -40,8 +40,11 @@ class Nets:
     opt_d: torch.optim.Optimizer
     scaler_g: torch.amp.GradScaler
     scaler_d: torch.amp.GradScaler
-    perceptual: nn.Module | None = None
-    ema: object | None = None
+    # the networks' memory format; the step's inputs and D's input pairs are put in it too, or
+    # every convolution that meets a mismatched input converts it first
+    memory_format: torch.memory_format = torch.contiguous_format
+    perceptual: nn.Module | None = None  # the VGG19 loss (loss.lambda_vgg > 0)
+    ema: object | None = None  # p2p.train.ema.GeneratorEMA (train.ema_decay > 0)
 
 
 class Precision:
@@ -83,8 +86,18 @@ def per_scale(out, features: bool = False) -> list:
     return [out] if single else list(out)
 
 
+def _in_format(fmt: torch.memory_format):
+    """x -> x in the networks' memory format (a no-op when it already is). The default format
+    leaves tensors as they are: colorization's strided L/ab views go in unchanged."""
+    if fmt == torch.contiguous_format:
+        return lambda x: x
+    return lambda x: x.contiguous(memory_format=fmt)
+
+
 def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossConfig,
                precision: Precision) -> dict[str, torch.Tensor]:
+    layout = _in_format(nets.memory_format)
+    inp, target = layout(inp), layout(target)
     with precision.autocast():
         fake = nets.G(inp)
     fake = fake.float()
@@ -92,8 +105,8 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     # Discriminator: real pairs -> 1, fake pairs -> 0; its loss is halved as in the paper.
     set_requires_grad(nets.D_frozen, True)
     nets.opt_d.zero_grad(set_to_none=True)
-    fake_pair = torch.cat([inp, fake.detach()], 1)
-    real_pair = torch.cat([inp, target], 1)
+    fake_pair = layout(torch.cat([inp, fake.detach()], 1))
+    real_pair = layout(torch.cat([inp, target], 1))
     with precision.autocast():
         pred_fake = per_scale(nets.D(fake_pair))
         pred_real = per_scale(nets.D(real_pair))
@@ -114,7 +127,7 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     # configured, in the discriminator's and VGG19's features).
     set_requires_grad(nets.D_frozen, False)
     nets.opt_g.zero_grad(set_to_none=True)
-    fake_pair = torch.cat([inp, fake], 1)
+    fake_pair = layout(torch.cat([inp, fake], 1))
     feat = loss.lambda_feat > 0
     with precision.autocast():
         pred = per_scale(nets.D_frozen(fake_pair, features=True) if feat else nets.D_frozen(fake_pair), feat)
