@@ -153,3 +153,31 @@ def test_colourised_output_as_rgb_with_gradients():
     assert torch.isfinite(ab.grad).all() and ab.grad.abs().sum() > 0
     lab = color.rgb_to_lab(torch.rand(1, 3, 8, 8, generator=g))
     torch.testing.assert_close(color.lab_to_rgb_autograd(lab), color.lab_to_rgb(lab), rtol=0, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_train_with_the_vgg_loss_logs_it_and_its_checkpoint_predicts(tmp_path, vgg_file):
+    """`p2p train` with loss.lambda_vgg end to end: the term is in the step (logged), the
+    checkpoint records it, and `p2p predict` runs that checkpoint (it needs no VGG file)."""
+    import json
+
+    from PIL import Image
+
+    from helpers.runs import TINY, load_ckpt, run_p2p
+    from p2p.data.folder import embedded_photo
+
+    run_p2p("train", f"run.out_dir={tmp_path}", "run.name=v", *TINY, "train.max_steps=2", "train.log_every=1",
+            "loss.lambda_vgg=10", f"loss.vgg_weights={vgg_file[0]}")
+    rows = [json.loads(x) for x in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["G_VGG"] > 0 for r in rows)
+    ckpt = tmp_path / "v" / "checkpoints" / "last.pt"
+    assert load_ckpt(ckpt)["config"]["loss"]["lambda_vgg"] == 10
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(embedded_photo("astronaut")[:48, :40]).save(src / "a.png")
+    vgg_file[0].rename(tmp_path / "moved.pth")  # predict must not need the training-time VGG file
+    try:
+        run_p2p("predict", ckpt, src, "--out", tmp_path / "out")
+    finally:
+        (tmp_path / "moved.pth").rename(vgg_file[0])
+    assert Image.open(tmp_path / "out" / "a.png").size == (40, 48)
