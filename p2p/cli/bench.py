@@ -273,6 +273,8 @@ def run_profile_suite(args) -> int:
                 s[f"top_ops_{kind}"], columns=("name", "calls", f"self_{kind}_ms", f"self_{kind}_share"))
     print(f"{s['img_per_s']:.1f} img/s with the profiler on; data wait {100 * s['data_wait_fraction']:.0f}% of "
           f"{s['wall_s']:.2f} s; trace: {s['trace']}")
+    print(f"device step ({s['device_step']}): {s['device_step_ms']:.2f} ms a step, "
+          f"{100 * s['device_step_share']:.1f}% of the step time")
     print(s["bottleneck"])
     write_json_to(args.json or Path(args.out) / "profile.json", payload)
     return 0
