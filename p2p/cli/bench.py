@@ -114,6 +114,28 @@ def run_data_suite(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# decode
+
+
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="shard folder made by 'p2p shard' (its JPEGs are decoded)")
+    p.add_argument("--images", type=int, default=200, help="JPEGs per round (default 200)")
+    p.add_argument("--repeats", type=int, default=5, help="rounds, median reported (default 5)")
+    p.add_argument("--json", metavar="PATH", help="also write {environment, config, results} to PATH")
+
+
+def run_decode_suite(args) -> int:
+    from p2p.bench.decode import run_decode
+
+    payload = run_decode(args.source, images=args.images, repeats=args.repeats)
+    c = payload["config"]
+    print_table(f"JPEG decode, one core, {c['images']} shard JPEGs of {c['mean_pixels'] / 1e3:.0f} kpixels",
+                payload["results"], ("name", "img_per_s", "ratio", "max_abs_diff", "keeps_pixels", "used_by_loaders"))
+    write_json_to(args.json, payload)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # lab
 
 
@@ -135,6 +157,12 @@ def run_lab_suite(args) -> int:
     rows = run_lab(device=args.device, size=args.size, images=args.images, repeats=args.repeats, quick=args.quick)
     title = f"RGB -> Lab, {args.images} x {args.size}x{args.size} photos, {torch.get_num_threads()} threads"
     print_table(title, rows, columns=("name", "device", "img_per_s", "ratio", "max_abs_diff_vs_skimage"))
+    for r in rows:
+        if r.get("skipped"):
+            print(f"  skipped {r['name']}: {r['skipped']}")
+        elif "compile_s" in r:
+            print(f"  {r['name']}: {r.get('implementation')}, compiled once in {r['compile_s']:.2f} s"
+                  + (f", loaded from the cache in {r['load_s'] * 1000:.1f} ms" if "load_s" in r else ""))
     if args.json:
         write_json_to(args.json, {"environment": environment(), "results": rows})
     return 0
@@ -359,6 +387,8 @@ def run_report(args) -> int:
 SUITES = {
     "data": ("input pipelines (wds, dali, folder) vs the per-image PIL + skimage baseline",
              add_data_arguments, run_data_suite),
+    "decode": ("JPEG decoders on the shards, one core each: img/s and pixel differences", add_decode_arguments,
+               run_decode_suite),
     "lab": ("RGB->Lab: p2p batched vs skimage per image", add_lab_arguments, run_lab_suite),
     "step": ("training step img/s: baseline vs each optimisation (and MFU on GPU)", add_step_arguments,
              run_step_suite),

@@ -23,16 +23,18 @@
 #define LAB_SLOPE 7.787f
 #define LAB_OFFSET (16.0f / 116.0f)
 
-/* t ** (1/3) for t > 0 in float32 (about 1 ulp), with no library call so that it vectorises
- * on any compiler and libc. An estimate of t ** (-1/3) from the exponent bits (within about
- * 4%), three Newton steps r <- r (4 - t r^3) / 3 (the error squares each step, no division),
- * then cbrt(t) = t r^2. */
+/* t ** (1/3) for t > 0 in float32 (within 1.4 ulp on the range Lab needs), with no library call
+ * so that it vectorises on any compiler and libc. An estimate of t ** (-1/3) from the exponent
+ * bits (within about 4%), two Newton steps r <- r (4 - t r^3) / 3 (the error squares each step,
+ * no division), y = t r^2, then one Newton step on y itself, y - (y - t / y^2) / 3, which
+ * rounds better than a third step on r (8 ulp). */
 static inline float cube_root(float t) {
     union { float f; uint32_t u; } v = { t };
     v.u = 0x54a21d2au - v.u / 3u;
     float r = v.f;
-    for (int k = 0; k < 3; k++) r = r * (4.0f - t * r * r * r) * (1.0f / 3.0f);
-    return t * r * r;
+    for (int k = 0; k < 2; k++) r = r * (4.0f - t * r * r * r) * (1.0f / 3.0f);
+    float y = t * r * r;
+    return y - (y - t / (y * y)) * (1.0f / 3.0f);
 }
 
 static inline float lab_f(float t) {
