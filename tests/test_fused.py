@@ -254,3 +254,71 @@ def test_config_key_and_eager_mode():
     with pytest.raises(UsageError, match="device_step"):
         load_config(None, ["data.device_step=turbo"])
     assert colorize("eager").device_step.implementation(torch.device("cpu")).startswith("eager")
+
+
+# ------------------------------------------------------------------------- runs and processes
+
+
+@pytest.mark.slow
+def test_two_process_batches_are_unchanged_by_the_fusion(tmp_path):
+    """2 ranks (gloo), shards through the wds backend with a worker: the fused device step, run one
+    batch ahead, sees the same samples and gives the same pixels as the eager one, per step."""
+    from helpers import image_folders as F
+    from helpers.runs import torchrun
+    from p2p.data.shard import make_shards
+
+    F.make_coco_like(tmp_path / "src", n=24, seed=3, scale=0.25)
+    make_shards(tmp_path / "src", tmp_path / "shards", size=72, val_fraction=0.0, shard_size_mb=0.05, workers=1)
+    torchrun("tests/helpers/ddp_prepare_worker.py", tmp_path, "--steps", 4, f"data.source={tmp_path / 'shards'}",
+             "data.load_size=72", "data.image_size=64", "model.num_downs=5", "train.batch_size=3",
+             "data.workers=1")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for got in ranks:
+        fused, eager = got["fused"], got["eager"]
+        assert fused["keys"] == eager["keys"] and len(fused["keys"]) == 4
+        for a, b in zip(fused["inputs"] + fused["targets"], eager["inputs"] + eager["targets"]):
+            assert a.shape == b.shape and (a - b).abs().max() < 1e-5
+        assert not torch.equal(fused["inputs"][0], fused["inputs"][1])  # real, different batches
+    keys = [{k for batch in got["fused"]["keys"] for k in batch} for got in ranks]
+    assert keys[0] and not keys[0] & keys[1]
+
+
+def test_prepare_ahead_gives_each_step_its_own_batch():
+    """One batch ahead in a thread or in line: the same (input, target) for every step."""
+    from p2p.config import load_config
+    from p2p.data import build_loader
+    from p2p.data.prefetch import PreparedBatches, device_batches
+    from p2p.train.run import prepare_batch
+
+    cfg = load_config(None, ["data.workers=0", "train.batch_size=2", "data.epoch_size=6"])
+    task, cpu_device = build_task(cfg.task), torch.device("cpu")
+    runs = []
+    for ahead in (False, True):
+        loader = build_loader(cfg, "train", 0, 1, cpu_device)
+        stream = PreparedBatches(device_batches(loader, 0, 1, cpu_device),
+                                 lambda batch, step: prepare_batch(task, batch.images, cfg, 0, step), 5, ahead, end=12)
+        runs.append([next(stream) for _ in range(7)])  # crosses an epoch boundary
+        stream.close()
+    for (e1, i1, (a1, b1)), (e2, i2, (a2, b2)) in zip(*runs):
+        assert (e1, i1) == (e2, i2) and torch.equal(a1, a2) and torch.equal(b1, b2)
+    assert [(e, i) for e, i, _ in runs[0]][:3] == [(0, 1), (0, 2), (1, 0)]
+
+
+def test_loader_decode_keeps_libjpeg_turbos_accurate_pixels():
+    """The loaders' decoder (simplejpeg) gives torchvision's (libjpeg-turbo islow) pixels exactly,
+    for 4:4:4 (what p2p shard writes) and 4:2:0 JPEGs of real photos."""
+    import io
+
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from p2p.data import decode
+
+    assert decode.simplejpeg is not None
+    for i, photo in enumerate(list(photos().values())[:4]):
+        buf = io.BytesIO()
+        Image.fromarray(photo[:200, :260]).convert("RGB").save(buf, "JPEG", quality=95 - 20 * (i % 2),
+                                                                  subsampling=0 if i % 2 else 2)
+        data = buf.getvalue()
+        reference = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        assert torch.equal(decode.decode_rgb(data), reference)
