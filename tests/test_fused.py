@@ -322,3 +322,17 @@ def test_loader_decode_keeps_libjpeg_turbos_accurate_pixels():
         data = buf.getvalue()
         reference = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         assert torch.equal(decode.decode_rgb(data), reference)
+
+
+@pytest.mark.slow
+def test_fusable_functions_compile_as_one_graph():
+    """torch.compile(fullgraph=True) traces p2p.fused.cuda without a graph break and the compiled
+    code gives the uncompiled numbers. Inductor generates C++ here, Triton on a GPU (that part is
+    in tests/test_gpu.py); the graph both start from is the same."""
+    x = photo_batch(80)
+    windows = draw_windows(len(x), 80, 80, 64, step_generator(0, 0, 1))
+    rows, cols = cuda.window_indices(*windows, 64, x.device)
+    for name, table in (("colorize", color._gamma_table(x.device)), ("gray2rgb", torch.arange(256.0) / 255)):
+        fn = getattr(cuda, name)
+        compiled = torch.compile(fn, fullgraph=True, dynamic=False)(x, rows, cols, table)
+        assert all((a - b).abs().max() < 1e-6 for a, b in zip(compiled, fn(x, rows, cols, table)))
