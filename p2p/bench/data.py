@@ -233,6 +233,7 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
                                     crop_gen=step_generator(0, 0, s, 1))
 
         source = PreparedBatches(((0, 0, b) for b in stream), prep, 0, ahead=ahead) if prepare else None
+        ran_ahead = source is not None and source.pool is not None  # what the row records: what ran
 
         def one_round() -> int:
             n = 0
@@ -261,7 +262,7 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
                "device_step": row_task.device_step.implementation(torch.device("cpu")) if prepare else None,
                **extra, **r}
         if prepare and backend != "device-step":
-            row["prepare_ahead"] = ahead
+            row["prepare_ahead"] = ran_ahead
         rows.append(row)
         progress(f"  {name}: {r['img_per_s']:.1f} img/s")
 
