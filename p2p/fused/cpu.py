@@ -42,12 +42,15 @@ def library(flags: tuple[str, ...] = COMPILE_FLAGS) -> Built:
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
+    """A pool with at least `threads` - 1 workers (the caller's thread takes a share too); it only
+    grows, so batches of varying size do not start threads again."""
     global _POOL, _POOL_SIZE
     with _LOCK:
-        if _POOL is None or _POOL_SIZE != threads:
-            if _POOL is not None:
-                _POOL.shutdown(wait=True)
-            _POOL, _POOL_SIZE = ThreadPoolExecutor(threads, thread_name_prefix="p2p-fused"), threads
+        if _POOL is None or _POOL_SIZE < threads - 1:
+            old, _POOL = _POOL, ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="p2p-fused")
+            _POOL_SIZE = max(1, threads - 1)
+            if old is not None:
+                old.shutdown(wait=False)  # its running calls finish; it takes no more
         return _POOL
 
 
