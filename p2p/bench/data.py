@@ -184,7 +184,7 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     """Measure every row on the shards in `source`; returns {environment, config, results}."""
     from p2p.augment import step_generator
     from p2p.config import load_config, with_values
-    from p2p.data.prefetch import PreparedBatches
+    from p2p.data.prefetch import PreparedBatches, prepares_ahead
     from p2p.data.shard import read_manifest
     from p2p.data import decode as decode_module
     from p2p.data.wds import WdsLoader
@@ -232,6 +232,7 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
             return row_task.prepare(batch.images, size, step_generator(0, 0, s), flip=True,
                                     crop_gen=step_generator(0, 0, s, 1))
 
+        ahead = ahead and prepares_ahead(row_task, torch.device("cpu"))
         source = PreparedBatches(((0, 0, b) for b in stream), prep, 0, ahead=ahead) if prepare else None
         ran_ahead = source is not None and source.pool is not None  # what the row records: what ran
 

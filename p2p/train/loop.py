@@ -19,7 +19,7 @@ import torch
 from p2p import dist
 from p2p.config import Config
 from p2p.data import build_loader
-from p2p.data.prefetch import device_batches, prepared_batches
+from p2p.data.prefetch import device_batches, prepared_batches, prepares_ahead
 from p2p.errors import TrainingError
 from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
@@ -62,7 +62,8 @@ def train(cfg: Config) -> TrainResult:
                                peak_flops(run.device))
         batches = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
             else iter(())
-        with StopSignals() as stop, prepared_batches(batches, run.prepare_for, state.step, run.device, end) as stream:
+        ahead = prepares_ahead(run.task, run.device)
+        with StopSignals() as stop, prepared_batches(batches, run.prepare_for, state.step, ahead, end) as stream:
             while state.step < end:
                 epoch, index, (inp, target) = interval.timed_next(stream)  # the device step done ahead on CPU
                 interval.add(run.step(inp, target))

@@ -5,7 +5,7 @@
 
 Each rank joins a gloo process group, builds the training loader with its rank and world size
 from torch.distributed, and runs the trainer's own device step (p2p.train.run.prepare_batch
-through p2p.data.prefetch, one batch ahead as on a CPU) for steps 0.. with the fused and the
+through p2p.data.prefetch, one batch ahead for the fused kernel as on a CPU) for steps 0.. with the fused and the
 eager device step, each from a fresh loader; it saves {mode: {"keys": [...], "inputs": [...],
 "targets": [...]}} to OUT_DIR/rank<R>.pt.
 """
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from p2p.config import load_config  # noqa: E402
 from p2p.data import build_loader  # noqa: E402
-from p2p.data.prefetch import device_batches, prepared_batches  # noqa: E402
+from p2p.data.prefetch import device_batches, prepared_batches, prepares_ahead  # noqa: E402
 from p2p.tasks import build_task  # noqa: E402
 from p2p.train.run import prepare_batch  # noqa: E402
 
@@ -50,7 +50,9 @@ def main() -> None:
             keys.append(list(batch.keys))
             return prepare_batch(task, batch.images, cfg, rank, step)
 
-        with prepared_batches(device_batches(loader, 0, 0, cpu), prepare, 0, cpu, args.steps) as stream:
+        ahead = prepares_ahead(task, cpu)
+        assert ahead == (mode == "fused")
+        with prepared_batches(device_batches(loader, 0, 0, cpu), prepare, 0, ahead, args.steps) as stream:
             for _ in range(args.steps):
                 _, _, (inp, target) = next(stream)
                 inputs.append(inp.clone())
