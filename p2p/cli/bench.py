@@ -106,6 +106,9 @@ def run_data_suite(args) -> int:
     c, rows = payload["config"], payload["results"]
     print_table(f"input pipelines to model-ready L/ab ({c['image_size']}px, batch {c['batch_size']}, "
                 f"{c['cores']} cores)", rows, ("name", "stage", "workers", "main_threads", "img_per_s", "ratio"))
+    build = c.get("kernel_compile_s")
+    print(f"device step: {c['device_step']}" + (f" (built or loaded in {build:.2f} s)" if build is not None else "")
+          + f"; JPEG decode: {c['decoder']}")
     pipelines = [r for r in rows if r["backend"] not in ("baseline", "device-step") and r["stage"] == "model-ready"]
     best = max(pipelines, key=lambda r: r["img_per_s"], default=None)
     if best is not None:

@@ -42,7 +42,9 @@ class DeviceStep:
             raise ValueError(f"device step mode {mode!r}: choose one of {', '.join(MODES)}")
         self.mode = mode
         self.unavailable: dict[str, str] = {}  # device type -> why the fused path is off there
-        self.compile_s: dict[str, float] = {}  # what building/compiling cost this process
+        # what building the kernel (or loading it from the cache: "cpu") or compiling the GPU
+        # functions (by task name) cost this process
+        self.compile_s: dict[str, float] = {}
         self._compiled: dict[str, object] = {}
         self._tables: dict[tuple, torch.Tensor] = {}
 
