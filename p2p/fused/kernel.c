@@ -76,16 +76,16 @@ static inline void gather(const uint8_t *row, int64_t sc, int64_t sx, int64_t fi
     }
 }
 
-/* Where chunk c of output row y of image i starts reading, and in which direction. */
-static inline void window_start(const int32_t *left, const uint8_t *mirror, int i, int ow, int x0,
-                                int64_t *first, int *step) {
-    if (mirror[i]) {
-        *first = (int64_t)left[i] + ow - 1 - x0;
-        *step = -1;
-    } else {
-        *first = (int64_t)left[i] + x0;
-        *step = 1;
-    }
+/* The window pixels of output columns x0 .. x0 + CHUNK - 1 (fewer at the row's end) of image i,
+ * from its input row `row`, into r, g, b through `table`; returns how many. */
+static inline int load_chunk(const uint8_t *row, int64_t sc, int64_t sx, const int32_t *left, const uint8_t *mirror,
+                             int i, int ow, int x0, const float *table, float *r, float *g, float *b) {
+    int count = ow - x0 < CHUNK ? ow - x0 : CHUNK;
+    if (mirror[i])
+        gather(row, sc, sx, (int64_t)left[i] + ow - 1 - x0, -1, count, table, r, g, b);
+    else
+        gather(row, sc, sx, (int64_t)left[i] + x0, 1, count, table, r, g, b);
+    return count;
 }
 
 /* colorize: L/50 - 1 into out_l (N x 1 x oh x ow), a/110 and b/110 into out_ab (N x 2 x oh x ow).
@@ -103,11 +103,7 @@ void p2p_colorize(const uint8_t *src, int64_t sn, int64_t sc, int64_t sy, int64_
         float *A = out_ab + 2 * i * plane + (int64_t)y * ow;
         float *B = A + plane;
         for (int x0 = 0; x0 < ow; x0 += CHUNK) {
-            int count = ow - x0 < CHUNK ? ow - x0 : CHUNK;
-            int64_t first;
-            int step;
-            window_start(left, mirror, i, ow, x0, &first, &step);
-            gather(row, sc, sx, first, step, count, table, r, g, b);
+            int count = load_chunk(row, sc, sx, left, mirror, i, ow, x0, table, r, g, b);
             for (int k = 0; k < count; k++) {
                 float fx = lab_f(m0 * r[k] + m1 * g[k] + m2 * b[k]);
                 float fy = lab_f(m3 * r[k] + m4 * g[k] + m5 * b[k]);
@@ -134,11 +130,7 @@ void p2p_gray2rgb(const uint8_t *src, int64_t sn, int64_t sc, int64_t sy, int64_
         float *G = out_gray + i * plane + (int64_t)y * ow;
         float *R = out_rgb + 3 * i * plane + (int64_t)y * ow;
         for (int x0 = 0; x0 < ow; x0 += CHUNK) {
-            int count = ow - x0 < CHUNK ? ow - x0 : CHUNK;
-            int64_t first;
-            int step;
-            window_start(left, mirror, i, ow, x0, &first, &step);
-            gather(row, sc, sx, first, step, count, table, r, g, b);
+            int count = load_chunk(row, sc, sx, left, mirror, i, ow, x0, table, r, g, b);
             for (int k = 0; k < count; k++) {
                 G[x0 + k] = (0.299f * r[k] + 0.587f * g[k] + 0.114f * b[k]) * 2.0f - 1.0f;
                 R[x0 + k] = r[k] * 2.0f - 1.0f;
