@@ -341,6 +341,32 @@ def test_fused_device_step_compiles_on_cuda_and_matches_the_cpu_kernel():
         assert fused.device_step.compile_s[name] > 0
 
 
+def test_a_failed_gpu_compile_is_one_run_notice_and_the_eager_numbers(monkeypatch):
+    """A Triton/Inductor failure of the fused step mid-run (stood in for by a torch.compile that
+    raises: no GPU here can be made to fail compiling on demand) goes to the run's notices once,
+    and the batch and every later one come from the eager path."""
+    from p2p.augment import step_generator
+    from p2p.config import TaskConfig
+    from p2p.tasks import build_task
+
+    def failing_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("triton: out of resources\nsecond line")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    x = torch.randint(0, 256, (4, 3, 72, 72), dtype=torch.uint8, device="cuda")
+    fused, eager = build_task(TaskConfig(name="colorize"), "fused"), build_task(TaskConfig(name="colorize"), "eager")
+    notices: list[str] = []
+    fused.device_step.report = notices.append
+    for step in range(2):
+        got = fused.prepare(x, 64, None, crop_gen=step_generator(0, 0, step))
+        want = eager.prepare(x, 64, None, crop_gen=step_generator(0, 0, step))
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert len(notices) == 1 and "out of resources" in notices[0] and "\n" not in notices[0], notices
+    assert fused.device_step.implementation(x.device).startswith("eager (torch.compile of the fused colorize")
+
+
 def test_fused_lab_bench_row_on_cuda():
     from p2p.bench.lab import FUSED_ROW, run_lab
 

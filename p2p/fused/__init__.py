@@ -47,6 +47,7 @@ class DeviceStep:
         self.compile_s: dict[str, float] = {}
         self._compiled: dict[str, object] = {}
         self._tables: dict[tuple, torch.Tensor] = {}
+        self.report = None  # where a fallback found mid-run goes (a run's notices); None: a Python warning
 
     # ---- what runs where -----------------------------------------------------------------
 
@@ -88,7 +89,11 @@ class DeviceStep:
 
     def _fail(self, device_type: str, why: str) -> None:
         self.unavailable[device_type] = why
-        warnings.warn(f"data.device_step=fused: {why}; running the eager device step", stacklevel=3)
+        text = f"data.device_step=fused: {why}; running the eager device step"
+        if self.report is not None:
+            self.report(text)
+        else:
+            warnings.warn(text, stacklevel=3)
 
     def _table(self, kind: str, device: torch.device) -> torch.Tensor:
         key = (kind, device)

@@ -176,7 +176,7 @@ def build_run(cfg: Config) -> Run:
 
     seed_all(cfg.run.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     task = build_task(cfg.task, cfg.data.device_step)
-    task.notice = notices
+    task.notice = task.device_step.report = notices  # fallbacks found mid-run are printed and logged
     if task.fused_device_step and (why := task.device_step.notice(device)):
         notices.append(why)
     g_arch, d_arch = architectures(cfg, task)
