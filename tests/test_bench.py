@@ -101,6 +101,8 @@ def test_profile_writes_a_chrome_trace(tmp_path):
     assert 0.0 <= s["data_wait_fraction"] <= 1.0 and s["img_per_s"] > 0
     assert s["bottleneck"].startswith(("data-bound", "compute-bound"))
     assert s["top_ops_cpu"] and all(not o["name"].startswith("p2p.") for o in s["top_ops_cpu"])
+    assert s["device_step"] == "c-kernel" and 0.0 < s["device_step_share"] < 1.0 and s["device_step_ms"] > 0
+    assert s["device_step_share"] + s["data_wait_fraction"] <= 1.0
     check_environment(payload["environment"])
 
 

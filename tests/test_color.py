@@ -190,9 +190,11 @@ def test_bench_rows_are_well_formed():
 
     rows = run_lab(quick=True, size=32, images=2, repeats=1)
     names = [row["name"] for row in rows]
-    assert len(rows) == 3 and len(set(names)) == 3
+    assert len(rows) == 4 and len(set(names)) == 4
     assert sum("baseline" in name for name in names) == 1
     assert any("float" in name for name in names) and any("uint8" in name for name in names)
+    fused = next(row for row in rows if "fused" in row["name"])
+    assert fused["implementation"] == "c-kernel" and fused["compile_s"] > 0 and fused["load_s"] >= 0
     for row in rows:
         assert row["img_per_s"] > 0
         assert "ratio" in row and row["ratio"] > 0

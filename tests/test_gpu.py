@@ -317,6 +317,65 @@ def test_train_command_on_gpu_with_every_speedup(tmp_path):
             "train.cuda_graphs=true", "train.channels_last=true")
 
 
+def test_fused_device_step_compiles_on_cuda_and_matches_the_cpu_kernel():
+    """torch.compile (Triton) of p2p.fused.cuda against the C kernel and the eager path."""
+    from p2p.augment import step_generator
+    from p2p.config import TaskConfig
+    from p2p.tasks import build_task
+
+    x = torch.randint(0, 256, (8, 3, 286, 286), dtype=torch.uint8)
+    for name in ("colorize", "gray2rgb"):
+        fused, eager = build_task(TaskConfig(name=name), "fused"), build_task(TaskConfig(name=name), "eager")
+        assert fused.device_step.implementation(torch.device("cuda")) == "torch.compile"
+        for step in range(3):
+            on_cpu = fused.prepare(x, 256, None, crop_gen=step_generator(0, 0, step))
+            on_gpu = fused.prepare(x.cuda(), 256, None, crop_gen=step_generator(0, 0, step))
+            eager_gpu = eager.prepare(x.cuda(), 256, None, crop_gen=step_generator(0, 0, step))
+            assert "cuda" not in fused.device_step.unavailable, fused.device_step.unavailable
+            for a, b, c in zip(on_gpu, on_cpu, eager_gpu):
+                assert a.device.type == "cuda" and a.dtype == torch.float32
+                torch.testing.assert_close(a.cpu(), b, atol=1e-5, rtol=0)
+                torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert fused.prepare(x.cuda(), 256, None)[0].dtype == torch.float32
+        assert fused.device_step.compile_s[name] > 0
+
+
+def test_a_failed_gpu_compile_is_one_run_notice_and_the_eager_numbers(monkeypatch):
+    """A Triton/Inductor failure of the fused step mid-run (stood in for by a torch.compile that
+    raises: no GPU here can be made to fail compiling on demand) goes to the run's notices once,
+    and the batch and every later one come from the eager path."""
+    from p2p.augment import step_generator
+    from p2p.config import TaskConfig
+    from p2p.tasks import build_task
+
+    def failing_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("triton: out of resources\nsecond line")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    x = torch.randint(0, 256, (4, 3, 72, 72), dtype=torch.uint8, device="cuda")
+    fused, eager = build_task(TaskConfig(name="colorize"), "fused"), build_task(TaskConfig(name="colorize"), "eager")
+    notices: list[str] = []
+    fused.device_step.report = notices.append
+    for step in range(2):
+        got = fused.prepare(x, 64, None, crop_gen=step_generator(0, 0, step))
+        want = eager.prepare(x, 64, None, crop_gen=step_generator(0, 0, step))
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert len(notices) == 1 and "out of resources" in notices[0] and "\n" not in notices[0], notices
+    assert fused.device_step.implementation(x.device).startswith("eager (torch.compile of the fused colorize")
+
+
+def test_fused_lab_bench_row_on_cuda():
+    from p2p.bench.lab import FUSED_ROW, run_lab
+
+    rows = run_lab(device="cuda", size=256, images=64, repeats=3)
+    row = next(r for r in rows if r["name"] == FUSED_ROW)
+    assert row["implementation"] == "torch.compile" and row["img_per_s"] > 0 and row["compile_s"] > 0
+    assert row["max_abs_diff_vs_skimage"] < 2e-3
+
+
 # ---------------------------------------------------------------------------------------------
 # data.backend=nvjpeg: torchvision's nvJPEG against libjpeg-turbo on the same shards
 

@@ -323,5 +323,20 @@ def test_bench_data_quick(data, tmp_path):
     assert set(backends.split(",")) <= names
     for r in rows:
         assert r["img_per_s"] > 0 and r["ratio"] > 0 and r["baseline"] == base[0]["name"]
+    assert res["config"]["device_step"] == "c-kernel" and res["config"]["decoder"] == "simplejpeg"
+    pipelines = [r for r in rows if r["stage"] == "model-ready" and r["backend"] != "baseline"]
+    assert pipelines and all(r["device_step"] == "c-kernel" and r["prepare_ahead"] for r in pipelines)
     if not have_dali:
         require_dali()  # the dali part did not run: record a skip (a failure under P2P_REQUIRE_DALI=1)
+
+
+@pytest.mark.slow
+def test_bench_decode_compares_pixels(data):
+    from p2p.bench.decode import BASELINE, run_decode
+
+    rows = {r["name"]: r for r in run_decode(str(data["shards"]), images=8, repeats=1)["results"]}
+    assert rows[BASELINE]["max_abs_diff"] == 0 and rows[BASELINE]["ratio"] == pytest.approx(1.0)
+    accurate, fast = rows["simplejpeg (accurate)"], rows["simplejpeg fastdct"]
+    assert accurate["max_abs_diff"] == 0 and accurate["keeps_pixels"] and accurate["used_by_loaders"]
+    assert fast["max_abs_diff"] > 1 and not fast["keeps_pixels"] and not fast["used_by_loaders"]
+    assert all(r["img_per_s"] > 0 for r in rows.values())

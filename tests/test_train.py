@@ -173,14 +173,14 @@ def test_kill_9_never_leaves_an_unloadable_checkpoint(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import p2p.tasks as tasks
 
-    real, calls = tasks.Colorize.convert, [0]
+    real, calls = tasks.Colorize.prepare, [0]
 
-    def poisoned(self, images, gen):
+    def poisoned(self, *args, **kwargs):  # prepare() runs once per step, in step order
         calls[0] += 1
-        inp, target = real(self, images, gen)
+        inp, target = real(self, *args, **kwargs)
         return inp, target * float("nan") if calls[0] >= 4 else target  # the 4th step goes bad
 
-    monkeypatch.setattr(tasks.Colorize, "convert", poisoned)
+    monkeypatch.setattr(tasks.Colorize, "prepare", poisoned)
     cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=nan", *TINY, "train.max_steps=10",
                              "train.log_every=1", "train.ckpt_every=2"])
     with pytest.raises(TrainingError, match=r"non-finite loss \w+=nan in the steps up to 4"):

@@ -28,6 +28,7 @@ INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_STEPS = ("fused", "eager")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw):
@@ -113,6 +114,9 @@ class DataConfig(Section):
     val_fraction: float = _f(0.05, "folder sources without train/ and val/ subfolders: share held out")
     val_images: int = _f(16, "how many fixed held-out images each validation uses")
     epoch_size: int = _f(512, "embedded source: random crops per epoch")
+    device_step: str = _f("fused", "crop+flip+Lab/luma+normalise on the device: fused (one kernel: C on CPU, "
+                          "torch.compile on GPU; eager with a notice where it cannot build) or eager (torch ops)",
+                          DEVICE_STEPS)
 
     def check(self):
         self.need(self.image_size > 0, "image_size", "must be positive")

@@ -19,7 +19,7 @@ import torch
 from p2p import dist
 from p2p.config import Config
 from p2p.data import build_loader, resolve_backend
-from p2p.data.prefetch import device_batches
+from p2p.data.prefetch import device_batches, prepared_batches, prepares_ahead
 from p2p.errors import TrainingError
 from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
@@ -60,12 +60,12 @@ def train(cfg: Config) -> TrainResult:
         end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
         interval = LogInterval(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size),
                                peak_flops(run.device, t.precision))
-        with StopSignals() as stop:
-            stream = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
-                else iter(())
+        batches = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
+            else iter(())
+        ahead = prepares_ahead(run.task, run.device)
+        with StopSignals() as stop, prepared_batches(batches, run.prepare_for, state.step, ahead, end) as stream:
             while state.step < end:
-                epoch, index, batch = interval.timed_next(stream)
-                inp, target = run.prepare(batch)
+                epoch, index, (inp, target) = interval.timed_next(stream)  # the device step done ahead on CPU
                 interval.add(run.step(inp, target))
                 run.advance(epoch, index, loader.batches_per_epoch)
 
