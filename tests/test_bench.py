@@ -12,6 +12,7 @@ import types
 import pytest
 import torch
 
+from helpers.requirements import require_c_compiler
 from helpers.runs import TINY, run_p2p
 from p2p.errors import UsageError
 
@@ -89,6 +90,7 @@ def test_step_options_are_checked():
 
 
 def test_profile_writes_a_chrome_trace(tmp_path):
+    require_c_compiler()
     from p2p.bench.profile import run_profile
 
     payload = run_profile(overrides=TINY + [f"run.out_dir={tmp_path}"], steps=2, warmup=1, out_dir=tmp_path,

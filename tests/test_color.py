@@ -10,6 +10,8 @@ import torch
 from skimage import color as skcolor
 from skimage import data as skdata
 
+from helpers.requirements import require_c_compiler
+
 from p2p.color import (
     denormalize_ab,
     denormalize_l,
@@ -186,6 +188,7 @@ def test_model_form_round_trip():
 
 
 def test_bench_rows_are_well_formed():
+    require_c_compiler()
     from p2p.bench.lab import run_lab
 
     rows = run_lab(quick=True, size=32, images=2, repeats=1)

@@ -14,6 +14,7 @@ import torch
 from skimage import color as skcolor
 
 from helpers.image_folders import photos
+from helpers.requirements import require_c_compiler
 from helpers.runs import ROOT, p2p_env
 from p2p import color
 from p2p.augment import apply_windows, crop_flip, draw_windows, step_generator
@@ -50,6 +51,7 @@ def colorize(mode: str):
 
 
 def test_kernel_is_built_here():
+    require_c_compiler()
     assert DeviceStep("fused").implementation(torch.device("cpu")) == "c-kernel"
 
 
@@ -167,6 +169,7 @@ def test_lightness_only_path_equals_full_lab():
 
 
 def test_cache_is_keyed_by_flags_and_cpu_and_reused(tmp_path, monkeypatch):
+    require_c_compiler()
     first = build.build(folder=tmp_path)
     again = build.build(folder=tmp_path)
     assert not first.cached and first.compile_s > 0
@@ -180,6 +183,7 @@ def test_cache_is_keyed_by_flags_and_cpu_and_reused(tmp_path, monkeypatch):
 
 def test_portable_build_gives_the_native_numbers(tmp_path, monkeypatch):
     """Compiled without -march (the baseline instruction set, as on a CPU without AVX-512)."""
+    require_c_compiler()
     monkeypatch.setattr(cpu, "_BUILT", {})
     images = photo_batch(270)
     windows = draw_windows(len(images), 270, 270, 256, step_generator(0, 0, 4))
@@ -193,6 +197,7 @@ def test_portable_build_gives_the_native_numbers(tmp_path, monkeypatch):
 def test_a_failed_compile_leaves_nothing_to_load(tmp_path, monkeypatch):
     """A compiler that writes half a library and then fails: the next build of the same key must
     compile again, not load the half library."""
+    require_c_compiler()
     broken = tmp_path / "broken-cc"
     broken.write_text("#!/bin/sh\nfor a; do [ \"$prev\" = -o ] && echo half > \"$a\"; prev=$a; done\n"
                       "case \" $* \" in *' -shared '*) echo 'ld: error: boom' >&2; exit 1;; esac\n")
@@ -231,6 +236,7 @@ def test_no_kernel_means_one_notice_and_the_eager_numbers(tmp_path, monkeypatch,
 def test_loading_the_kernel_keeps_denormals(tmp_path):
     """gcc's -ffast-math at link time adds crtfastmath.o, which would switch the whole process to
     flush-to-zero when the library loads: torch's numbers would change everywhere."""
+    require_c_compiler()
     code = textwrap.dedent(f"""
         import numpy as np
         from pathlib import Path

@@ -15,7 +15,7 @@ import torch
 
 from helpers import image_folders as F
 from helpers.runs import TINY, run_p2p
-from helpers.requirements import dali_problem, hide_dali, require_dali
+from helpers.requirements import dali_problem, hide_dali, require_c_compiler, require_dali
 from p2p.config import Config, with_values
 from p2p.data import build_loader
 from p2p.data.shard import make_shards, read_manifest, shard_files
@@ -308,6 +308,7 @@ def test_train_a_few_steps(data, backend, tmp_path):
 
 @pytest.mark.slow
 def test_bench_data_quick(data, tmp_path):
+    require_c_compiler()
     out = tmp_path / "bench.json"
     have_dali = dali_problem() is None
     backends = "wds,dali,folder" if have_dali else "wds,folder"
