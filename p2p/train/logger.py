@@ -74,6 +74,7 @@ class RunLogger:
     def log_eval(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
+        metrics = {k: v for k, v in metrics.items() if v is not None}  # not computed (p2p.evaluation)
         # A file of its own: every metrics.jsonl row is a training row (step, losses, img_per_s, ...).
         with open(self.run_dir / "val.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
