@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from p2p import dist
     from p2p.atomic import write_text
+    from p2p.cli.progress import progress_bar
     from p2p.config import with_values
     from p2p.data.held_out import held_out
     from p2p.evaluation import build_scorer, evaluate, load_reference
@@ -71,7 +72,8 @@ def run(args) -> int:
     task, G = predictor.task, predictor.G.to(device)
     precision = Precision(args.precision, device) if args.precision != "fp32" else None
     t0 = time.perf_counter()
-    with _progress(rank == 0, len(images), args.data if world == 1 else f"{args.data} (rank 0's share)") as advance:
+    label = f"scoring {args.data}" + (" (rank 0's share)" if world > 1 else "")
+    with progress_bar(len(images), label, enabled=rank == 0) as advance:
         metrics = evaluate(G, task, images, geometry, cfg.run.seed, device, scorer, precision, world, advance)
     seconds = time.perf_counter() - t0
     if metrics["count"] == 0:
@@ -93,33 +95,6 @@ def run(args) -> int:
     else:
         print(json.dumps(metrics))
     return 0
-
-
-class _progress:
-    """A rich progress bar on rank 0's terminal (stderr); a no-op elsewhere."""
-
-    def __init__(self, enabled: bool, total: int, what: str):
-        self.enabled, self.total, self.what = enabled, total, what
-        self.bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            return None
-        self.bar = Progress(TextColumn(f"scoring {self.what}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=console, transient=True)
-        task = self.bar.add_task("eval", total=self.total)
-        self.bar.start()
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _print_table(metrics: dict, meta: dict) -> None:
