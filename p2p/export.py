@@ -87,7 +87,9 @@ def _onnx(G, tmp: Path, metadata: dict) -> Callable:
     dim = torch.export.Dim
     shapes = {"x": {0: dim("batch", min=1, max=65536), 2: s * dim("height_blocks", min=1, max=4096),
                     3: s * dim("width_blocks", min=1, max=4096)}}
-    torch.onnx.export(G, (torch.zeros(1, c, s, s),), str(tmp), input_names=["input"], output_names=["output"],
+    # the example must not be 1 anywhere (batch 1, or one block where the innermost level is 1x1):
+    # torch.export specialises such sizes to constants
+    torch.onnx.export(G, (torch.zeros(2, c, 2 * s, 3 * s),), str(tmp), input_names=["input"], output_names=["output"],
                       dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
     model = onnx.load(str(tmp))
     for k, v in metadata.items():
