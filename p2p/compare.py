@@ -110,8 +110,9 @@ def summary(run: RunRecord) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    columns = ["run"] + [c for c in dict.fromkeys(k for r in rows for k in r)
-                         if c not in ("run", "path") and not c.endswith("_step")]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    # a value's step goes into its cell ("21.02 @4"), not a column of its own
+    columns = ["run"] + [c for c in keys if c not in ("run", "path") and not (c.endswith("_step") and c[:-5] in keys)]
 
     def cell(r, c):
         v = r.get(c)
