@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e '.[dev,metrics,export]'
+	$(BIN)/python -m pip install -q -e '.[dev,metrics,export,trackers]'
 	touch $(STAMP)
 
 install: $(STAMP)

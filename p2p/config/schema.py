@@ -81,6 +81,13 @@ class RunConfig(Section):
     seed: int = _f(0, "seed for weights, data order and augmentation")
     deterministic: bool = _f(False, "deterministic kernels (bit-exact resume on CPU); slower")
     resume: bool = _f(True, "resume from <run>/checkpoints/last.pt when it exists")
+    trackers: str = _f("tensorboard", "experiment trackers on rank 0, comma-separated: tensorboard, wandb (offline "
+                       "unless WANDB_MODE), mlflow (<run>/mlruns unless MLFLOW_TRACKING_URI); '' = none")
+
+    def check(self):
+        known = ("tensorboard", "wandb", "mlflow", "none")
+        for name in (n.strip() for n in self.trackers.split(",") if n.strip()):
+            self.need(name in known, "trackers", f"{name!r} is not a tracker; choose from tensorboard, wandb, mlflow")
 
 
 @dataclass(frozen=True)

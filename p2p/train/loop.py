@@ -27,6 +27,7 @@ from p2p.train.meter import LogInterval
 from p2p.train.run import Run, build_run
 from p2p.train.signals import StopSignals
 from p2p.train.step import LOSS_NAMES
+from p2p.train.trackers import check_installed
 from p2p.train.validation import held_out_images, sample_grid, validate, validation_scorer
 from p2p.train.wrap import unwrap
 
@@ -48,9 +49,11 @@ class TrainResult:
 
 
 def train(cfg: Config) -> TrainResult:
+    check_installed(cfg.run.trackers)  # every rank, before any process group: one line, not a hang
     run = build_run(cfg)
     state, t = run.state, cfg.train
-    log = RunLogger(cfg.run_dir, t.max_steps, state.step, enabled=run.accel.is_main_process)
+    log = RunLogger(cfg.run_dir, t.max_steps, state.step, enabled=run.accel.is_main_process,
+                    trackers=cfg.run.trackers, config=cfg.to_dict())
     metrics: dict = {}
     try:
         start_run_folder(run, log)
