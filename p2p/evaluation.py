@@ -171,7 +171,7 @@ def results(part: Partial, scorer: Scorer) -> dict:
         if scorer.reference is None:
             scorer.reference = FidReference.of(part.target_features[:, 1:].cpu().numpy())
         features = part.out_features[:, 1:].cpu().numpy()
-        out["fid"] = frechet_distance(features, scorer.reference)
+        out["fid"] = frechet_distance(features, scorer.reference, part.sums.device)
         if scorer.reference.features is not None:
             out["kid"] = kernel_inception_distance(features, scorer.reference.features.astype(np.float64),
                                                    scorer.kid_subsets, scorer.kid_subset_size)

@@ -13,6 +13,8 @@ Images are compared as `p2p predict` writes them (8-bit), in float32 with TF32 o
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -48,7 +50,9 @@ class Lpips(nn.Module):
             raise UsageError(f"LPIPS backbone {backbone_path}: no features.0.weight; expected {BACKBONE_FILES}") from None
         # pnet_rand: torchvision builds the backbone without fetching weights; the linear layers
         # come from the package's own files.
-        self.net = lpips.LPIPS(net=kind, pnet_rand=True, verbose=False)
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+            warnings.simplefilter("ignore", UserWarning)
+            self.net = lpips.LPIPS(net=kind, pnet_rand=True, verbose=False)
         backbone = {}
         for key in self.net.net.state_dict():
             source = "features." + key.split(".", 1)[1]  # slice<k>.<i>.weight -> features.<i>.weight
