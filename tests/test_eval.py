@@ -135,9 +135,12 @@ def test_delta_colorfulness_is_the_gap_of_the_set_means(setup, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_give_the_numbers_of_one(setup, tmp_path):
-    one = _eval(setup, tmp_path / "one.json")
+    # KID on random subsets of 4 of the 6 images: which images a subset holds depends on the
+    # order of the gathered features, so this also checks they are put back in image order
+    kid = ("--kid-subset-size", "4", "--kid-subsets", "20")
+    one = _eval(setup, tmp_path / "one.json", *kid)
     proc = torchrun("-m", "p2p", "eval", setup["ckpt"], "--data", setup["src"], "--json", tmp_path / "two.json",
-                    "--fid-weights", setup["fid"], "--lpips-weights", setup["alex"], timeout=600)
+                    "--fid-weights", setup["fid"], "--lpips-weights", setup["alex"], *kid, timeout=600)
     two = json.loads((tmp_path / "two.json").read_text())
     assert json.loads((tmp_path / "two.meta.json").read_text())["processes"] == 2, proc.stdout
     assert two["count"] == one["count"] == len(SIZES)  # 3 images each, in batches of their sizes

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lpips-weights", help="LPIPS backbone (torchvision's alexnet-owt-7be5be79.pth, vgg16 or "
                         "squeezenet1_1); default: eval.lpips_weights, else $P2P_LPIPS_WEIGHTS")
     parser.add_argument("--batch-size", type=int, help="images of one size per batch (default: eval.batch_size)")
+    parser.add_argument("--kid-subsets", type=int, help="KID: random subsets averaged (default: eval.kid_subsets)")
+    parser.add_argument("--kid-subset-size", type=int, help="KID: images per subset (default: eval.kid_subset_size)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="generator autocast (the FID/LPIPS networks always run in float32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -62,8 +64,10 @@ def run(args) -> int:
     accel = dist.start(args.device)
     device, rank, world = accel.device, accel.process_index, accel.num_processes
     # The data to score, whatever the checkpoint trained on: the whole of SOURCE's val split.
+    kid = {f"eval.{k}": v for k, v in (("kid_subsets", args.kid_subsets), ("kid_subset_size", args.kid_subset_size))
+           if v is not None}
     cfg = with_values(predictor.cfg, {"data.source": args.data, "data.val_source": "", "data.val_fraction": 0.0,
-                                      "data.backend": "auto"})
+                                      "data.backend": "auto", **kid})
     scorer = build_scorer(cfg.eval, args.fid_weights, args.lpips_weights, args.batch_size).to(device)
     if args.fid_ref and scorer.fid is None:
         raise UsageError("--fid-ref needs FID weights (--fid-weights, eval.fid_weights or $P2P_FID_WEIGHTS)")
