@@ -49,6 +49,31 @@ def test_identity_network_comes_back_exactly(tile, overlap):
     torch.testing.assert_close(out, rgb, atol=1e-6, rtol=0)
 
 
+class TileNumber(torch.nn.Module):
+    """Returns the number of the tile it is running (0, 1, 2, ...) everywhere in that tile: the
+    blend is then the window itself, and a seam shows as a jump between neighbouring pixels."""
+
+    stride = 32
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def forward(self, x):
+        self.count += 1
+        return torch.full_like(x, -1 + 0.25 * (self.count - 1))  # within the tanh range the task expects
+
+
+def test_blend_has_no_seams():
+    task = build_task(TaskConfig(name="paired"))
+    rgb = torch.zeros(1, 3, 64, 256)  # one row of tiles 64 wide, overlapping by 32: 0, 32, ..., 192
+    out = predict(TileNumber(), task, rgb, Geometry("full", 0), tiling=Tiling(64, 32))
+    tiles = ((out[0, 0, 0] * 2 - 1) + 1) / 0.25  # the task's output is (x + 1) / 2: back to tile numbers
+    # from one tile's number to the next over the 32 shared pixels, by at most pi/2 / 32 per pixel
+    assert tiles.diff().abs().max() < 1.6 / 32 + 1e-6, tiles.diff().abs().max()
+    assert tiles[0] == 0 and tiles[-1] == 6 and (tiles.diff() >= -1e-6).all()
+
+
 def test_tile_starts_cover_with_the_overlap():
     for length, size, overlap in ((256, 64, 16), (160, 96, 40), (64, 64, 8), (200, 64, 0)):
         starts = tile_starts(length, size, overlap)
