@@ -164,6 +164,24 @@ def resolve_device(name: str, what: str = "--device") -> torch.device:
     return torch.device("cuda" if use_cuda(name, what) else "cpu")
 
 
+def bind_local_gpu(env, device_count: int) -> int:
+    """The index, among the GPUs this process sees, of the one it trains on; LOCAL_RANK in `env`
+    is rewritten to it when the two differ.
+
+    With `srun --gpus-per-task=1` or `--gpu-bind` each task sees only its own GPU(s), while its
+    LOCAL_RANK (SLURM_LOCALID) still counts the tasks on the node. Accelerate picks its device as
+    LOCAL_RANK % device_count but hands DDP `device_ids=[LOCAL_RANK]` and its barrier
+    `device_ids=[LOCAL_RANK]` (accelerate/accelerator.py prepare_model, state.py
+    wait_for_everyone), so task 1 on a node would ask for GPU 1 of its single visible GPU: an
+    invalid device ordinal. Making LOCAL_RANK the visible index makes all three agree. The
+    node-local task number stays in SLURM_LOCALID (and DistEnv.local_rank)."""
+    local = int(env.get("LOCAL_RANK", 0) or 0)
+    index = local % max(device_count, 1)
+    if index != local and "LOCAL_RANK" in env:
+        env["LOCAL_RANK"] = str(index)
+    return index
+
+
 def start(device: str = "auto", timeout_s: int = 600):
     """Create the Accelerator for this process. DDP keeps BatchNorm buffers local
     (broadcast_buffers=False): the discriminator runs twice before each backward, and a buffer
@@ -180,7 +198,7 @@ def start(device: str = "auto", timeout_s: int = 600):
     denv = detect()
     cuda = use_cuda(device)
     if cuda and denv.world_size > 1:
-        torch.cuda.set_device(denv.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(bind_local_gpu(os.environ, torch.cuda.device_count()))
     accel = Accelerator(
         cpu=not cuda,
         mixed_precision="no",  # autocast is applied per forward by p2p.train.step.Precision

@@ -14,6 +14,7 @@ Every random choice comes from the generator passed in (see p2p.augment), never 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch.nn import functional as F
@@ -52,6 +53,7 @@ class Task:
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
+        self.notice = None  # where a fallback is reported (the run's notices); None: a Python warning
 
     def prepare(self, images: torch.Tensor, size: int, gen: torch.Generator | None, flip: bool = True,
                 crop_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,11 +139,11 @@ class Restore(Task):
 
     def convert(self, images, gen):
         clean = _to_unit(images)
-        return _signed(degrade(clean, self.cfg, gen)), _signed(clean)
+        return _signed(degrade(clean, self.cfg, gen, self.notice)), _signed(clean)
 
     def eval_pair(self, images, gen):
         clean = _to_unit(images)
-        return degrade(clean, self.cfg, gen), clean
+        return degrade(clean, self.cfg, gen, self.notice), clean
 
 
 def _gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
@@ -152,11 +154,15 @@ def _gaussian_kernels(sigmas: torch.Tensor, radius: int) -> torch.Tensor:
     return k / k.sum(1, keepdim=True)
 
 
-def degrade(clean: torch.Tensor, cfg: TaskConfig, gen: torch.Generator | None) -> torch.Tensor:
+def degrade(clean: torch.Tensor, cfg: TaskConfig, gen: torch.Generator | None, notice=None) -> torch.Tensor:
     """Blur (optics), then noise (sensor), then JPEG (storage): a camera's order.
 
     Strengths are drawn per image: blur sigma in [0, blur_sigma], noise std in [0, noise_std],
-    JPEG quality in [jpeg_quality, 95]. `gen` None uses the middle of each range.
+    JPEG quality in [jpeg_quality, 95]. `gen` None uses the middle of each range. The per-image
+    strengths come from `gen` (a CPU generator: n numbers); the noise itself is drawn where the
+    images are (on a GPU from a device generator seeded from `gen`: no full-size host tensor and
+    copy per step), and on a GPU the JPEG round trip runs in nvJPEG (`jpeg_round_trip`). On the
+    CPU every draw is the same as it always was.
     """
     n, c, h, w = clean.shape
     dev = clean.device
@@ -178,19 +184,54 @@ def degrade(clean: torch.Tensor, cfg: TaskConfig, gen: torch.Generator | None) -
         x = planes.reshape(n, c, h, w)
     if cfg.noise_std > 0:
         std = draw(0.0, cfg.noise_std).to(dev)[:, None, None, None]
-        noise = torch.randn(x.shape, generator=gen) if gen is not None else torch.zeros(x.shape)
-        x = x + std * noise.to(dev)
+        if gen is None:
+            noise = torch.zeros(x.shape, device=dev)
+        else:
+            noise = torch.randn(x.shape, generator=generator_on(gen, dev), device=dev)
+        x = x + std * noise
     x = x.clamp(0.0, 1.0)
     if cfg.jpeg_quality < 100:
-        from torchvision.io import decode_jpeg, encode_jpeg
-
         q = draw(float(cfg.jpeg_quality), 95.0).round().int().tolist()
-        # libjpeg-turbo on the CPU: restore's JPEG artefacts are the one degradation that leaves
-        # the device (a host copy per batch), so keep jpeg_quality=100 where that matters.
-        u8 = (x * 255.0).round().to(torch.uint8).cpu()
-        coded = [encode_jpeg(img, quality=qi) for img, qi in zip(u8, q)]
-        x = torch.stack([decode_jpeg(d) for d in coded]).to(dev).float().div_(255.0)
+        u8 = (x * 255.0).round().to(torch.uint8)
+        x = jpeg_round_trip(u8, q, notice).float().div_(255.0)
     return x
+
+
+def generator_on(gen: torch.Generator, device: torch.device) -> torch.Generator:
+    """`gen` itself when it lives on `device`; else a generator there, seeded by one draw from
+    `gen` (so the stream stays a function of gen's seed: (seed, rank, step) in training)."""
+    if gen.device.type == device.type:
+        return gen
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+_gpu_jpeg = {"ok": True}  # False once nvJPEG failed in this process: the CPU path from then on
+
+
+def jpeg_round_trip(u8: torch.Tensor, qualities: list[int], notice=None) -> torch.Tensor:
+    """Each uint8 image (N x C x H x W) JPEG-encoded at its quality and decoded again, on the
+    images' device. CUDA: torchvision's nvJPEG encoder (one call per distinct quality, the
+    batched form) and decoder; decode_jpeg reads the encoded bytes from host memory, so only
+    those (a few KB an image) cross to the host. CPU, or a torchvision without nvJPEG:
+    libjpeg-turbo, the twin (nvJPEG's output differs from it by rounding)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    if u8.is_cuda and _gpu_jpeg["ok"]:
+        try:
+            coded: list = [None] * len(qualities)
+            for qi in sorted(set(qualities)):
+                idx = [i for i, q in enumerate(qualities) if q == qi]
+                for i, data in zip(idx, encode_jpeg([u8[i].contiguous() for i in idx], quality=qi)):
+                    coded[i] = data.cpu()
+            return torch.stack(decode_jpeg(coded, device=u8.device))
+        except RuntimeError as e:  # torchvision built without nvJPEG, or an nvJPEG failure
+            _gpu_jpeg["ok"] = False
+            (notice or warnings.warn)(f"restore: nvJPEG encode/decode failed on {u8.device} "
+                                      f"({str(e).splitlines()[0]}); JPEG degradation runs on the CPU from now on")
+    host = u8.cpu()
+    coded = [encode_jpeg(img, quality=qi) for img, qi in zip(host, qualities)]
+    return torch.stack([decode_jpeg(d) for d in coded]).to(u8.device)
 
 
 TASKS = {t.name: t for t in (Colorize, Gray2RGB, Paired, Restore)}

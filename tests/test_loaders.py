@@ -15,7 +15,7 @@ import torch
 
 from helpers import image_folders as F
 from helpers.runs import TINY, run_p2p
-from helpers.requirements import dali_problem, require_dali
+from helpers.requirements import dali_problem, hide_dali, require_dali
 from p2p.config import Config, with_values
 from p2p.data import build_loader
 from p2p.data.shard import make_shards, read_manifest, shard_files
@@ -284,17 +284,8 @@ def test_shard_folder_without_val_split_warns_once(data, tmp_path):
 
 
 def test_dali_missing_is_a_usage_error(data, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_dali(name, *a, **kw):
-        if name.startswith("nvidia.dali") or name == "nvidia":
-            raise ImportError("No module named 'nvidia.dali'")
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_dali)
-    with pytest.raises(UsageError, match="nvidia-dali-cuda130"):
+    hide_dali(monkeypatch)
+    with pytest.raises(UsageError, match=r"pip install .p2p\[dali\]."):
         build_loader(make_cfg(data, "dali"), "train")
 
 

@@ -57,12 +57,26 @@ def measure(fn: Callable[[], int], *, device=None, warmup: int = 1, repeats: int
 
 
 def with_ratios(rows: list[dict], baseline: str) -> list[dict]:
-    """Add `baseline` and `ratio` to each row, against the row named `baseline`."""
+    """Add `baseline` and `ratio` to each row, against the row named `baseline` (None for a
+    skipped row, which has no img/s)."""
     base = next(r for r in rows if r["name"] == baseline)
     for r in rows:
         r["baseline"] = baseline
-        r["ratio"] = r["img_per_s"] / base["img_per_s"] if base["img_per_s"] else float("nan")
+        if r.get("img_per_s") is None:
+            r["ratio"] = None
+        else:
+            r["ratio"] = r["img_per_s"] / base["img_per_s"] if base["img_per_s"] else float("nan")
     return rows
+
+
+def gpu_memory_mb(device) -> dict:
+    """GPU memory after a row: the peak torch's allocator held since the last
+    torch.cuda.reset_peak_memory_stats, and what the whole device has in use now, which also
+    counts memory libraries take past torch's allocator (nvJPEG's and DALI's buffers, the CUDA
+    contexts)."""
+    free, total = torch.cuda.mem_get_info(device)
+    return {"gpu_mem_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+            "gpu_mem_used_mb": round((total - free) / 2**20, 1)}
 
 
 def _cpu_name() -> str:

@@ -20,10 +20,17 @@ Rows, all on the same images, measured one after another in this process:
   (uint8 batches, no device step) at the most workers;
 * dali on the CPU at several thread counts (default 1 and 2), plus the loader alone, when DALI
   is installed;
+* nvjpeg on a GPU (cuda:0): workers read the JPEG files, nvJPEG decodes each batch and the crop
+  and Lab step run on the GPU; plus the loader alone. Both record GPU memory: `gpu_mem_peak_mb`
+  (torch's allocator) and `gpu_mem_used_mb` (the whole device, nvJPEG's own buffers included).
+  Without CUDA the row is kept with `skipped` and the reason;
 * folder on the original images, when the manifest's source folder still exists.
 
 The loader-alone rows are the CPU work a GPU node's cores do per image (the device step then
-runs on the GPU), against the baseline that does all of its work on CPU cores.
+runs on the GPU), against the baseline that does all of its work on CPU cores. Whenever a GPU
+is present (and DALI installed) two `dali_mixed` rows follow the dali ones: DALI's mixed
+decoder (nvJPEG, the crop in the pipeline) with the device step on the GPU, model-ready and
+the loader alone (`dali_mixed_rows`).
 
 Each row: one untimed warm-up round (worker start-up, first batches), then `repeats` timed
 rounds of `images` images each from one continuing stream of batches (epochs follow each other
@@ -43,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2p.bench.common import environment, measure, with_ratios
+from p2p.bench.common import environment, gpu_memory_mb, measure, with_ratios
 from p2p.errors import UsageError
 
 BASELINE = "seed-style PIL + skimage Dataset (baseline)"
@@ -55,7 +62,7 @@ class DataOptions:
 
     batch_size: int = 16  # as the baseline
     images: int = 512  # per timed round
-    backends: tuple[str, ...] = ("wds", "dali", "folder")  # p2p backends besides the baseline
+    backends: tuple[str, ...] = ("wds", "dali", "nvjpeg", "folder")  # p2p backends besides the baseline
     workers: tuple[int, ...] | None = None  # wds worker counts (default 0, 1, 2, cores)
     dali_threads: tuple[int, ...] = (1, 2)  # DALI CPU thread counts
     main_threads: int = 0  # torch threads for the device step (0 = the cores the loader leaves, >= 1)
@@ -177,6 +184,34 @@ def _fitting_depth(size: int, depth: int) -> int:
     return depth
 
 
+def nvjpeg_rows(cfg, source: str, load: int, quick: bool, cores: int, main_threads: int, timed, rows: list,
+                progress) -> None:
+    """The nvjpeg rows on cuda:0 (model-ready, then the loader alone), or one row that says why
+    they cannot run here. Its workers only read files: two are plenty (one with --quick)."""
+    from p2p.config import with_values
+    from p2p.data.nvjpeg import NvjpegDecoder, NvjpegLoader
+
+    name = "nvjpeg (GPU decode)"
+    try:
+        decoder = NvjpegDecoder(torch.device("cuda", 0) if torch.cuda.is_available() else None)
+    except UsageError as e:  # no CUDA, or a torchvision without nvJPEG
+        rows.append({"name": name, "backend": "nvjpeg", "stage": "model-ready", "skipped": str(e),
+                     "img_per_s": None})
+        progress(f"  {name}: skipped ({e})")
+        return
+    w = 1 if quick else min(2, cores)
+    loader_cfg, dev = with_values(cfg, {"data.workers": w}), decoder.device
+
+    def stream():
+        return _endless(NvjpegLoader(loader_cfg, source, "train", 0, 1, dev, decoder).epoch)
+
+    timed(f"nvjpeg workers={w} (decode, crop and Lab on {dev})", "nvjpeg", w, stream(), True,
+          _threads_for(w, cores, main_threads), device=dev)
+    if not quick:
+        timed(f"nvjpeg workers={w}, loader only (uint8 {load}px on {dev})", "nvjpeg", w, stream(), False, 1,
+              device=dev)
+
+
 def run_data(source: str, options: DataOptions = DataOptions(), progress=print) -> dict:
     """Measure every row on the shards in `source`; returns {environment, config, results}."""
     from p2p.augment import step_generator
@@ -215,8 +250,14 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     timing = {"warmup": 1, "repeats": repeats}
     rows: list[dict] = []
 
-    def timed(name: str, backend: str, workers: int | None, stream, prepare: bool, threads: int, **extra) -> None:
+    def timed(name: str, backend: str, workers: int | None, stream, prepare: bool, threads: int, device=None,
+              **extra) -> None:
+        """Time one row; `device` is where its batches arrive (None: the CPU), synchronised on
+        and, for a GPU, its memory recorded."""
         step = [0]
+        cuda = device is not None and torch.device(device).type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
 
         def one_round() -> int:
             n = 0
@@ -236,7 +277,9 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
 
         torch.set_num_threads(threads)
         try:
-            r = measure(one_round, **timing)
+            r = measure(one_round, device=device, **timing)
+            if cuda:
+                r.update(device=str(device), **gpu_memory_mb(device))
         finally:
             torch.set_num_threads(default_threads)
             if hasattr(stream, "close"):  # stop its workers / pipeline before the next row
@@ -290,8 +333,12 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
             if not quick:
                 t = max(dali_threads)
                 timed(f"dali cpu threads={t}, loader only (uint8 {load}px)", "dali", t, dali_stream(t), False, 1)
+            if torch.cuda.is_available():
+                dali_mixed_rows(cfg, source, load, max(dali_threads), default_threads, timed)
         except UsageError as e:
             progress(f"  dali skipped: {e}")
+    if "nvjpeg" in o.backends:
+        nvjpeg_rows(cfg, source, load, quick, cores, o.main_threads, timed, rows, progress)
     if "folder" in o.backends:
         src = manifest.get("source")
         if src and Path(src).is_dir() and manifest.get("options", {}).get("split_mode") == "hash":
@@ -310,3 +357,20 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
               "baseline_reads": what, "train_samples": int(sum(s["count"] for s in manifest["train"]["shards"])),
               "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg}
     return {"environment": environment(), "config": config, "results": rows}
+
+
+def dali_mixed_rows(cfg, source: str, load: int, threads: int, main_threads: int, timed) -> None:
+    """DALI's mixed decoder on the GPU: nvJPEG decode and the crop in DALI, the device step on
+    the GPU (batches never leave it); model-ready, then the loader alone (the decode rate at the
+    stored size)."""
+    from p2p.config import with_values
+    from p2p.data.dali import DaliLoader
+
+    gpu = torch.device("cuda", torch.cuda.current_device())
+
+    def stream():
+        return _endless(DaliLoader(with_values(cfg, {"data.workers": threads}), source, "train", 0, 1, gpu).epoch)
+
+    timed(f"dali mixed (nvJPEG) threads={threads}", "dali_mixed", threads, stream(), True, main_threads, device=gpu)
+    timed(f"dali mixed (nvJPEG) threads={threads}, loader only (uint8 {load}px on {gpu})", "dali_mixed", threads,
+          stream(), False, main_threads, device=gpu)

@@ -155,7 +155,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         "data_wait_s": sum(waits), "wall_s": wall, "steps": steps, "warmup_steps": warmup, "warmup_s": warmup_s,
         "img_per_s": bs * steps / wall, "step_ms": 1000 * wall / steps,
         "regions": regions, "top_ops_cpu": ops_cpu, "top_ops_cuda": ops_cuda, "trace": str(trace),
-        "trace_bytes": trace.stat().st_size, "losses_sum_last_window": losses, "notices": run.notices,
+        "trace_bytes": trace.stat().st_size, "losses_sum_last_window": losses, "notices": list(run.notices),
         "note": "measured with the profiler on (adds per-op overhead)",
     }
     config = {"device": str(device), "task": task.name, "source": cfg.data.source, "backend": cfg.data.backend,

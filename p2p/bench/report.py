@@ -22,7 +22,8 @@ SECTION_TITLES = {
 # (row key, column header, format) per section; a missing key leaves the cell empty.
 COLUMNS = {
     "data": (("name", "row", "s"), ("stage", "stage", "s"), ("workers", "workers", "s"),
-             ("main_threads", "main threads", "s"), ("img_per_s", "img/s", ".1f"), ("ratio", "vs baseline", "x")),
+             ("main_threads", "main threads", "s"), ("img_per_s", "img/s", ".1f"), ("ratio", "vs baseline", "x"),
+             ("gpu_mem_peak_mb", "GPU MB (torch peak)", ".0f"), ("gpu_mem_used_mb", "GPU MB (device)", ".0f")),
     "lab": (("name", "row", "s"), ("device", "device", "s"), ("img_per_s", "img/s", ".1f"),
             ("ratio", "vs baseline", "x"), ("max_abs_diff_vs_skimage", "max abs diff", ".3g")),
     "step": (("name", "mode", "s"), ("precision", "precision", "s"), ("channels_last", "channels_last", "s"),

@@ -26,7 +26,9 @@ Rows that cannot run here are kept with `skipped` and the reason. Each mode is w
 the modes take turns (`repeats` rounds, the order rotating each round) so that drift and other
 load on the machine hit them alike; img_per_s is the median round. On a GPU each row also has
 `mfu`: FLOPs per image (p2p.train.flops, 1 multiply-add = 2 FLOPs) x img/s / the GPU's dense
-bf16 peak (fp32 rows too, against the same peak). Thread count from OMP_NUM_THREADS.
+peak for the precision the row ran (bf16/fp16 tensor cores; TF32 tensor cores for fp32 rows,
+whose convolutions cuDNN runs in TF32), and `peak_flops`, the peak used; GPUs not in
+p2p.train.flops.PEAKS get no MFU. Thread count from OMP_NUM_THREADS.
 """
 
 from __future__ import annotations
@@ -100,11 +102,12 @@ def default_setup(cfg, device: torch.device) -> Setup:
     """The trainer's choices for `cfg` (p2p.train.run / wrap): channels_last and compile only on
     GPU, fused Adam, host reads only at log steps, the configured precision and graphs."""
     from p2p.train.run import use_cuda_graphs
+    from p2p.train.wrap import uses_channels_last, uses_compile
 
-    t, cuda = cfg.train, device.type == "cuda"
     graphs = use_cuda_graphs(cfg, device, lambda text: None)
-    return Setup(channels_last=t.channels_last and cuda, adam="capturable" if graphs else "fused",
-                 sync_every_step=False, precision=t.precision, compile=t.compile and cuda, cuda_graphs=graphs)
+    return Setup(channels_last=uses_channels_last(cfg, device), adam="capturable" if graphs else "fused",
+                 sync_every_step=False, precision=cfg.train.precision, compile=uses_compile(cfg, device),
+                 cuda_graphs=graphs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +121,7 @@ class Runner:
     def __init__(self, setup: Setup, cfg, task, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
                  seed: int = 0):
         from p2p.train.graphs import GraphedStep
+        from p2p.train.in_effect import adam_kind
         from p2p.train.nets import build_nets, build_networks
         from p2p.train.run import make_step_fn
         from p2p.train.step import Precision
@@ -133,9 +137,11 @@ class Runner:
         if setup.compile:
             G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_frozen)
         self.precision = Precision(setup.precision, device)
+        # channels_last: the step puts its inputs and D's pairs in that format too, as in training
         self.nets = build_nets(G, D, D_frozen, cfg, device, self.precision, capturable=setup.adam == "capturable",
-                               adam="for-loop" if setup.adam == "for-loop" else "auto")
-        self.adam_kind = _adam_kind(self.nets.opt_g)
+                               adam="for-loop" if setup.adam == "for-loop" else "auto",
+                               channels_last=setup.channels_last, notice=self.notices.append)
+        self.adam_kind = adam_kind(self.nets.opt_g)
         self.step_fn = make_step_fn(self.nets, cfg, self.precision, setup.cuda_graphs, self.notices.append)
         self.graphed = self.step_fn if isinstance(self.step_fn, GraphedStep) else None
         self.inp, self.target = batch
@@ -165,20 +171,16 @@ class Runner:
         if self.graphed is not None and self.graphed.failed:
             self.notices.append("CUDA graph capture failed: eager steps were measured")
 
+    @property
+    def graphs_in_effect(self) -> bool:
+        return self.graphed is not None and self.graphed.graph is not None and not self.graphed.failed
+
     def read_losses(self) -> dict[str, float]:
         """The losses since the last read (summed, or the last step's when synced every step): a
         host sync. Resets the sums."""
         out = {k: float(v) for k, v in self.sums.items()} if self.sums else dict(self.last)
         self.sums = {}
         return out
-
-
-def _adam_kind(opt: torch.optim.Optimizer) -> str:
-    d = opt.defaults
-    if d.get("fused"):
-        return "fused"
-    kind = "foreach" if d.get("foreach") else "for-loop"
-    return f"{kind}, capturable" if d.get("capturable") else kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +239,6 @@ def run_step(options: StepOptions, progress=print) -> dict:
     cfg = workload_config(p.sizes, p.image_size, p.batch_size)
     task = build_task(cfg.task)
     flops = step_flops_per_image(*architectures(cfg, task), p.image_size)
-    peak = peak_flops(dev)
     batch = trainer_batch(cfg, task, dev)
     notes = []
     if not cuda:
@@ -295,8 +296,11 @@ def run_step(options: StepOptions, progress=print) -> dict:
         row.update(img_per_s=ips, img_per_s_min=min(rates[name]), img_per_s_max=max(rates[name]),
                    repeats=len(rates[name]), step_ms=1000 * p.batch_size / ips, rounds=rates[name],
                    losses_finite=finite.get(name, True))
+        # MFU against the peak of the precision that ran (TF32 tensor cores for fp32 convolutions)
+        peak = peak_flops(dev, r.setup.precision)
         if peak:
-            row["mfu"] = flops * ips / peak
+            row["mfu"], row["peak_flops"] = flops * ips / peak, peak
+        row["cuda_graphs_in_effect"] = r.graphs_in_effect
         if r.notices:
             row["notices"] = r.notices
     base = rows[BASELINE].get("img_per_s")
@@ -310,7 +314,8 @@ def run_step(options: StepOptions, progress=print) -> dict:
         "task": f"{task.name} ({task.in_channels} -> {task.out_channels} channels)", "batch_size": p.batch_size,
         "image_size": p.image_size, "load_size": cfg.data.load_size, "steps_per_round": p.steps,
         "warmup_steps": p.warmup, "rounds": p.repeats, "modes": list(p.modes), "flops_per_image": flops,
-        "peak_flops": peak, "threads": torch.get_num_threads(), "quick": p.quick, "cpu_compile": p.cpu_compile,
+        "peak_flops": peak_flops(dev, "bf16"), "gpu_peaks": "per row: the peak of its precision",
+        "threads": torch.get_num_threads(), "quick": p.quick, "cpu_compile": p.cpu_compile,
         "seed": p.seed, "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
     }

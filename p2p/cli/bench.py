@@ -3,7 +3,7 @@
 This module parses each suite's flags, prints its progress lines, tables and summary, writes
 `--json` and sets the exit code; the measuring is p2p.bench, which never imports this. Exit
 codes: 0 done, 1 `p2p bench all` had a section fail (the others still ran and are in its
-results), 2 a usage error.
+results) or `p2p bench gpu-report` found a check that did not pass, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write results here (JSON)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16, as the baseline)")
     p.add_argument("--images", type=int, default=512, help="images per timed round (default 512)")
-    p.add_argument("--backends", default="wds,dali,folder",
-                   help="comma-separated p2p backends to measure besides the baseline (default wds,dali,folder)")
+    p.add_argument("--backends", default="wds,dali,nvjpeg,folder",
+                   help="comma-separated p2p backends to measure besides the baseline (default "
+                   "wds,dali,nvjpeg,folder; nvjpeg runs on cuda:0 and is recorded as skipped without CUDA)")
     p.add_argument("--workers", default=None,
                    help="wds DataLoader worker counts, comma-separated (default 0,1,2,<cores>)")
     p.add_argument("--dali-threads", default="1,2", help="DALI CPU thread counts (default 1,2)")
@@ -104,9 +105,16 @@ def run_data_suite(args) -> int:
     payload = run_data(args.source, options, say)
     write_json_to(args.json, payload)
     c, rows = payload["config"], payload["results"]
+    columns = ("name", "stage", "workers", "main_threads", "img_per_s", "ratio")
+    if any(r.get("gpu_mem_peak_mb") is not None for r in rows):
+        columns += ("gpu_mem_peak_mb", "gpu_mem_used_mb")
     print_table(f"input pipelines to model-ready L/ab ({c['image_size']}px, batch {c['batch_size']}, "
-                f"{c['cores']} cores)", rows, ("name", "stage", "workers", "main_threads", "img_per_s", "ratio"))
-    pipelines = [r for r in rows if r["backend"] not in ("baseline", "device-step") and r["stage"] == "model-ready"]
+                f"{c['cores']} cores)", rows, columns)
+    for r in rows:
+        if r.get("skipped"):
+            print(f"  skipped {r['name']}: {r['skipped']}")
+    pipelines = [r for r in rows if r["backend"] not in ("baseline", "device-step") and r["stage"] == "model-ready"
+                 and r.get("img_per_s")]
     best = max(pipelines, key=lambda r: r["img_per_s"], default=None)
     if best is not None:
         print(f"best: {best['name']} at {best['img_per_s']:.0f} img/s = {best['ratio']:.2f}x the baseline")
@@ -354,8 +362,25 @@ def run_report(args) -> int:
     return 0
 
 
+def add_gpu_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", metavar="OUT", help="the folder benchmarks/gpu-check.sh wrote; gpu-check.json and "
+                   "summary.md are written into it")
+
+
+def run_gpu_report(args) -> int:
+    from p2p.bench.gpu_check import write_report
+
+    out = Path(args.folder)
+    if not out.is_dir():
+        raise UsageError(f"{out}: no such folder (give the OUT folder of benchmarks/gpu-check.sh)")
+    result = write_report(out)
+    print((out / "summary.md").read_text(), end="")
+    print(f"wrote {out / 'gpu-check.json'} and {out / 'summary.md'}")
+    return 0 if result["passed"] else 1
+
+
 SUITES = {
-    "data": ("input pipelines (wds, dali, folder) vs the per-image PIL + skimage baseline",
+    "data": ("input pipelines (wds, dali, nvjpeg, folder) vs the per-image PIL + skimage baseline",
              add_data_arguments, run_data_suite),
     "lab": ("RGB->Lab: p2p batched vs skimage per image", add_lab_arguments, run_lab_suite),
     "step": ("training step img/s: baseline vs each optimisation (and MFU on GPU)", add_step_arguments,
@@ -365,6 +390,8 @@ SUITES = {
     "all": ("everything above into one folder: results.json, report.md, plots", add_all_arguments, run_all_suite),
     "report": ("re-render report.md and the plots of a `p2p bench all` results.json", add_report_arguments,
                run_report),
+    "gpu-report": ("summarise a benchmarks/gpu-check.sh folder into gpu-check.json and summary.md (exit 1 when "
+                   "a check did not pass)", add_gpu_report_arguments, run_gpu_report),
 }
 
 

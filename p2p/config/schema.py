@@ -26,7 +26,7 @@ GAN_MODES = ("vanilla", "lsgan", "wgangp")
 LR_POLICIES = ("linear", "step", "cosine", "constant")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
-BACKENDS = ("auto", "folder", "wds", "dali")
+BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -110,7 +110,8 @@ class DataConfig(Section):
     SECTION: ClassVar[str] = "data"
 
     source: str = _f("embedded", "'embedded' (photos inside scikit-image), an image folder, or a shard folder")
-    backend: str = _f("auto", "loader: auto picks wds for shard folders, folder otherwise", BACKENDS)
+    backend: str = _f("auto", "loader; auto: folder for image folders, for shards dali (GPU, DALI installed), "
+                      "else nvjpeg (GPU), else wds", BACKENDS)
     load_size: int = _f(80, "images are resized to this (short side) before the random crop")
     image_size: int = _f(64, "random crop size = model input size")
     flip: bool = _f(True, "random horizontal flip during training")

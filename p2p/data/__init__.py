@@ -15,7 +15,10 @@ order is a pure function of (seed, epoch, rank, world size), so a run resumes mi
 asking for `start` = batches already done. Ranks read disjoint samples.
 
 Backends: `folder` (image folders and the embedded photos: p2p.data.folder), `wds` (WebDataset
-shards + DataLoader workers: p2p.data.wds), `dali` (NVIDIA DALI: p2p.data.dali). Shards are
+shards + DataLoader workers: p2p.data.wds), `dali` (NVIDIA DALI, an optional extra:
+p2p.data.dali), `nvjpeg` (the wds reader, with torchvision's nvJPEG decoding on the GPU:
+p2p.data.nvjpeg). `auto` picks `folder` for image folders; for shard folders `dali` on a GPU
+when DALI is importable, else `nvjpeg` on a GPU, else `wds`. Shards are
 made by `p2p shard` (the library: p2p.data.shards; format, DALI index, scan, plan, encode,
 write). Shared by the backends: p2p.data.plan (which samples a rank reads, in which order),
 p2p.data.images (image names, opening, the short-side geometry), p2p.data.decode (the CPU
@@ -59,14 +62,31 @@ def is_shard_folder(source: str) -> bool:
     return (p / MANIFEST).is_file() or any(p.glob("train/*.tar"))
 
 
-def resolve_backend(source: str, backend: str) -> str:
+SHARD_BACKENDS = ("wds", "dali", "nvjpeg")
+
+
+def dali_importable() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(source: str, backend: str, device=None) -> str:
+    """The backend that reads `source` for `data.backend`, on `device` (None: not known here,
+    as in `p2p submit` on a login node; `auto` then answers as for a CPU)."""
     if source != "embedded" and not Path(source).exists():
         raise UsageError(f"data.source={source!r}: no such folder (give an image folder, a shard folder "
                          f"made by 'p2p shard', or 'embedded')")
     shards = source != "embedded" and is_shard_folder(source)
     if backend == "auto":
-        return "wds" if shards else "folder"
-    if backend in ("wds", "dali") and not shards:
+        if not shards:
+            return "folder"
+        if str(device or "").startswith("cuda"):
+            return "dali" if dali_importable() else "nvjpeg"
+        return "wds"
+    if backend in SHARD_BACKENDS and not shards:
         raise UsageError(f"data.backend={backend} needs a shard folder (run 'p2p shard {source} OUT' first); "
                          f"{source!r} has no manifest.json or train/*.tar")
     return backend
@@ -76,7 +96,7 @@ def build_loader(cfg, split: str, rank: int = 0, world: int = 1, device: torch.d
     """The loader for `split` ("train" or "val") of `cfg.data`, for this rank."""
     d = cfg.data
     source = d.val_source if (split == "val" and d.val_source) else d.source
-    backend = resolve_backend(source, d.backend)
+    backend = resolve_backend(source, d.backend, device)
     if backend == "folder":
         from p2p.data.folder import FolderLoader
 
@@ -85,6 +105,10 @@ def build_loader(cfg, split: str, rank: int = 0, world: int = 1, device: torch.d
         from p2p.data.wds import WdsLoader
 
         return WdsLoader(cfg, source, split, rank, world, device)
+    if backend == "nvjpeg":
+        from p2p.data.nvjpeg import NvjpegLoader
+
+        return NvjpegLoader(cfg, source, split, rank, world, device)
     from p2p.data.dali import DaliLoader
 
     return DaliLoader(cfg, source, split, rank, world, device)

@@ -5,7 +5,8 @@ Pipeline (one per epoch; rebuilt so that its state depends only on (seed, epoch,
     fn.readers.webdataset(paths, index_paths, ext=["jpg"], shard_id=rank, num_shards=world,
                           stick_to_shard=True, random_shuffle=train, seed)
       -> fn.decoders.image          "mixed" on a GPU (nvJPEG; the hardware decoder takes
-                                    hw_decoder_load of the work where the GPU has one),
+                                    hw_decoder_load of the work where the GPU has one;
+                                    libjpeg-turbo's chroma upsampling: decoder_options),
                                     "cpu" without one (pipeline device_id=None)
       -> fn.resize                  only when the stored size is not data.load_size
       -> fn.crop_mirror_normalize   load_size square at fn.random.uniform positions (train),
@@ -52,7 +53,8 @@ from p2p.data.shards.index import split_name
 from p2p.data.wds import open_split
 from p2p.errors import UsageError
 
-NEEDS = "data.backend=dali needs nvidia-dali-cuda130 (Linux): pip install nvidia-dali-cuda130"
+NEEDS = ("data.backend=dali needs NVIDIA DALI, an optional extra: pip install 'p2p[dali]' (CUDA 13 driver) or "
+         "'p2p[dali-cuda12]' (CUDA 12 driver); data.backend=nvjpeg decodes on the GPU without it")
 SHUFFLE_BUFFER = 1024
 
 
@@ -77,6 +79,17 @@ def parse_source_info(info: str, paths: set[str]) -> tuple[str, int, str]:
             offset, _, name = info[len(p) + 1:].partition(":")
             return p, int(offset), name
     raise ValueError(f"unexpected DALI source_info {info!r}")
+
+
+def decoder_options(decoder: str) -> dict:
+    """fn.decoders.image arguments beyond the device. mixed (nvJPEG): the hardware decoder takes
+    hw_decoder_load of the work where the GPU has one, and `jpeg_fancy_upsampling=True` makes its
+    chroma upsampling that of libjpeg-turbo, which the cpu backend and the wds/folder loaders
+    use (DALI's default for mixed is plain replication: on 4:2:0 JPEGs its pixels differ from
+    the other backends' and validation scores would not compare across backends)."""
+    if decoder != "mixed":
+        return {}
+    return {"hw_decoder_load": 0.75, "jpeg_fancy_upsampling": True}
 
 
 class DaliLoader:
@@ -134,8 +147,7 @@ class DaliLoader:
                 stick_to_shard=True, random_shuffle=train, pad_last_batch=False, seed=seed,
                 initial_fill=max(1, min(SHUFFLE_BUFFER, self.range_size)), name="reader")
             info = fn.get_property(jpg, key="source_info")
-            extra = {"hw_decoder_load": 0.75} if decoder == "mixed" else {}
-            img = fn.decoders.image(jpg, device=decoder, output_type=types.RGB, **extra)
+            img = fn.decoders.image(jpg, device=decoder, output_type=types.RGB, **decoder_options(decoder))
             if paired:
                 if resize:
                     img = fn.resize(img, resize_x=2 * s, resize_y=s, antialias=True)

@@ -4,12 +4,12 @@ a user gets. Unlike the loaders' batches, nothing is cropped or resized here.
 
 Which images, for `data.val_source` (else `data.source`), this rank's share of at most `limit`:
 - `embedded`: the held-out photo(s), whole;
-
-every rank taking every world-th of them, so the set scored is the same for any world size;
 - a shard folder (any backend): the first `limit` samples of the val split in manifest order,
   decoded at the stored size (short side = the shards' `--size`);
 - an image folder: the first `limit` images of its val split (val/ or test/, or the hash split),
   EXIF-rotated; A/ and B/ pairs side by side, B resized to A's size;
+
+every rank taking every world-th of them, so the set scored is the same for any world size.
 """
 
 from __future__ import annotations

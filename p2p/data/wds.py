@@ -227,6 +227,8 @@ class ShardBatches(torch.utils.data.Dataset):
     """Map-style dataset whose item b is the whole batch b: a Batch, or a SlotRef into `ring`
     when it runs in DataLoader workers."""
 
+    writes_into_ring = True  # whether WdsLoader.epoch gives its workers a shared-memory Ring
+
     def __init__(self, shards: ShardSet, plan: np.ndarray, batch_size: int, spare: np.ndarray, load_size: int,
                  paired: bool, seed: int, epoch: int, train: bool):
         self.shards, self.plan, self.batch_size, self.spare = shards, plan, batch_size, spare
@@ -255,12 +257,18 @@ class ShardBatches(torch.utils.data.Dataset):
         return Batch(images, keys)
 
     def _fill(self, out: torch.Tensor, pos: int, shard: int, member: int) -> str:
+        """Decode the sample at epoch position `pos` into `out` (or its replacement); its key."""
+        return self.first_good(pos, shard, member, lambda key, data: fill_sample(
+            out, data, self.load_size, self.paired, self.seed, self.epoch, key if self.train else None))
+
+    def first_good(self, pos: int, shard: int, member: int, use) -> str:
+        """The key of the first sample, from (shard, member) on through the replacements, whose
+        bytes `use(key, data)` takes without raising; each one it rejects is reported."""
         sh = self.shards
         for attempt in range(16):
             key = sh.key(shard, member)
             try:
-                fill_sample(out, sh.read(shard, member), self.load_size, self.paired, self.seed, self.epoch,
-                            key if self.train else None)
+                use(key, sh.read(shard, member))
                 return key
             except (OSError, RuntimeError, ValueError) as e:
                 warnings.warn(f"skipping corrupt sample {key!r} in {sh.tars[shard]}: {type(e).__name__}: "
@@ -301,6 +309,8 @@ def _identity(x):
 class WdsLoader:
     """Deterministic, rank-disjoint batches from a shard folder (see the module docstring)."""
 
+    batches = ShardBatches  # what the workers make of a batch's plan rows (p2p.data.nvjpeg: bytes)
+
     def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
         d = cfg.data
         self.train = split == "train"
@@ -338,7 +348,7 @@ class WdsLoader:
             spare = np.roll(plan, -1, axis=0)
         for shard in np.unique(plan[:, 0]).tolist():  # parse before workers fork: they inherit it
             self.shards.index(shard)
-        return ShardBatches(self.shards, plan, self.batch_size, spare, self.load_size, self.paired, self.seed,
+        return self.batches(self.shards, plan, self.batch_size, spare, self.load_size, self.paired, self.seed,
                             epoch, self.train)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
@@ -355,7 +365,7 @@ class WdsLoader:
         ctx = torch.multiprocessing.get_context()
         prefetch = 2
         try:  # per worker: `prefetch` batches queued, one being made, one being copied out
-            data.ring = ring = Ring(workers, prefetch + 2, data.shape, ctx)
+            data.ring = ring = Ring(workers, prefetch + 2, data.shape, ctx) if data.writes_into_ring else None
         except (RuntimeError, OSError) as e:  # a small /dev/shm (containers): one tensor per batch
             warn_once(f"data: no shared memory for {workers} x {prefetch + 2} batches ({e}); sending them one "
                       f"by one")

@@ -70,6 +70,9 @@ def check_data(cfg: Config) -> None:
     from p2p.data import resolve_backend
 
     d = cfg.data
+    if d.backend == "nvjpeg" and cfg.slurm.gpus_per_node == 0:
+        raise UsageError("data.backend=nvjpeg decodes on GPUs, and slurm.gpus_per_node=0 asks for none: set "
+                         "slurm.gpus_per_node, or use data.backend=wds")
     for key, source in (("data.source", d.source), ("data.val_source", d.val_source)):
         if not _local_source(source):
             continue

@@ -132,12 +132,11 @@ def load_weights(payload: dict, G, D, g_arch, d_arch, path) -> None:
 def restore_training(payload: dict, nets, rank: int, world: int, seed: int) -> tuple[TrainState, list[str]]:
     """Optimizers, scalers, this rank's RNG streams and BatchNorm statistics, after the networks
     are wrapped (DDP broadcasts rank 0's buffers when it wraps). Returns the position and notices."""
-    nets.opt_g.load_state_dict(payload["opt_g"])
-    nets.opt_d.load_state_dict(payload["opt_d"])
-    nets.scaler_g.load_state_dict(payload["scaler_g"])
-    nets.scaler_d.load_state_dict(payload["scaler_d"])
+    load_optimizer(nets.opt_g, payload["opt_g"])
+    load_optimizer(nets.opt_d, payload["opt_d"])
+    notices = load_scalers(nets, payload)
     state = TrainState(payload["step"], payload["epoch"], payload["batch_in_epoch"], payload.get("best"))
-    rngs, notices = payload.get("rng") or [], []
+    rngs = payload.get("rng") or []
     if len(rngs) == world:
         restore_rng(rngs[rank])
         local = payload.get("rank_buffers") or []
@@ -149,6 +148,57 @@ def restore_training(payload: dict, nets, rank: int, world: int, seed: int) -> t
         notices.append(f"resumed with {world} processes from a checkpoint of {len(rngs)}: data order is kept, "
                        f"dropout streams are reseeded and every rank starts from the mean BatchNorm statistics")
     return state, notices
+
+
+# The optimizer's own choices: which kernel runs its step, and whether its state lives on the device.
+_OPTIMIZER_FLAGS = ("capturable", "fused", "foreach", "differentiable")
+
+
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """The saved moments and step counts into `opt`, keeping what this run built it with.
+
+    `Optimizer.load_state_dict` replaces every param group by the saved one: `lr` becomes the
+    saved value (a CPU tensor after map_location="cpu", or a float from a run without CUDA
+    graphs) and capturable/fused/foreach the saved flags. A captured CUDA graph reads the lr
+    tensor it was captured with, so `set_lr` would then fill an object the graph never sees and
+    the learning rate would stay at its resume-time value. So: this run's flags go into the
+    saved groups before loading (torch then places `step` where those flags want it: on the
+    device as float32 for capturable/fused), and afterwards each group gets back its own lr
+    object, holding the saved value."""
+    live = [{k: g[k] for k in _OPTIMIZER_FLAGS if k in g} | {"lr": g["lr"]} for g in opt.param_groups]
+    groups = [{**sg, **{k: v for k, v in mine.items() if k != "lr"}} for sg, mine in zip(saved["param_groups"], live)]
+    opt.load_state_dict({**saved, "param_groups": groups})
+    for group, mine in zip(opt.param_groups, live):
+        saved_lr, lr = group["lr"], mine["lr"]
+        if isinstance(lr, torch.Tensor):
+            lr.fill_(float(saved_lr))
+            group["lr"] = lr
+        else:
+            group["lr"] = float(saved_lr)
+
+
+def scaler_kind(state: dict) -> str:
+    """What a loss scaler (its state_dict) does: "off" (disabled), "skip" (fixed at 1.0, only skips
+    non-finite updates: p2p.train.step.Precision.make_scaler) or "fp16" (dynamic loss scaling)."""
+    if not state:
+        return "off"
+    return "skip" if state.get("growth_interval", 0) >= 2**30 else "fp16"
+
+
+def load_scalers(nets, payload: dict) -> list[str]:
+    """The loss scalers' state where it applies. A run resumed with another train.precision or
+    train.on_nonfinite has scalers of another kind (GradScaler.load_state_dict raises on the
+    empty state of a disabled one, and an fp16 scale would turn a skip-only scaler into a
+    dynamic one): those start fresh, with one notice."""
+    mine, saved = scaler_kind(nets.scaler_g.state_dict()), scaler_kind(payload.get("scaler_g") or {})
+    if mine == saved:
+        nets.scaler_g.load_state_dict(payload["scaler_g"])
+        nets.scaler_d.load_state_dict(payload["scaler_d"])
+        return []
+    cfg = (payload.get("config") or {}).get("train") or {}
+    then = f"train.precision={cfg.get('precision', '?')}, train.on_nonfinite={cfg.get('on_nonfinite', '?')}"
+    return [f"the checkpoint was trained with {then} (loss scaling: {saved}); this run's loss scaling is {mine}, "
+            f"so the loss scalers start fresh (weights, optimizer moments and the position are resumed)"]
 
 
 # --------------------------------------------------------------------------- RNG state

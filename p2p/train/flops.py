@@ -8,15 +8,31 @@ G update's pass) + D backward with weight and input gradients for the two D-upda
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s), by substring of torch.cuda.get_device_name().
-PEAK_FLOPS = (
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-    ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12), ("V100", 125e12),
-)
+# Dense (no sparsity) peaks in FLOP/s from NVIDIA's datasheets, per (model, form factor):
+# (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32). Keyed by the exact model, so an
+# "L40" is never rated as an "L4" nor an "H100 NVL" as an SXM H100; a GPU not listed (or a MIG
+# slice, which has a fraction of the chip) gets no MFU rather than a wrong one.
+PEAKS = {
+    ("H100", ""): (989.4e12, 494.7e12, 66.9e12),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H100", "PCIe"): (756.5e12, 378.0e12, 51.2e12),
+    ("H100", "NVL"): (835.5e12, 417.5e12, 60.0e12),
+    ("H200", ""): (989.4e12, 494.7e12, 66.9e12),  # SXM
+    ("H200", "NVL"): (835.5e12, 417.5e12, 60.0e12),
+    ("GH200", ""): (989.4e12, 494.7e12, 66.9e12),
+    ("A100", ""): (312e12, 156e12, 19.5e12),  # SXM4, 40 and 80 GB
+    ("A100", "PCIe"): (312e12, 156e12, 19.5e12),
+    ("L40S", ""): (362.05e12, 183.0e12, 91.6e12),
+    ("L40", ""): (181.05e12, 90.5e12, 90.5e12),
+    ("L4", ""): (121.0e12, 60.0e12, 30.3e12),
+}
+# Name tokens that say nothing about the peak: memory size and type, the SXM socket.
+_NEUTRAL = re.compile(r"\d+GB?|HBM\d[eE]?|SXM\d?")
 
 
 def forward_flops(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -35,9 +51,37 @@ def step_flops_per_image(g: GeneratorArch, d: DiscriminatorArch, image_size: int
     return float(3 * gf + 8 * df)
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """The GPU's dense bf16 peak, or None (CPU, unknown GPU): MFU is then left out."""
+def gpu_model(name: str) -> tuple[str, str] | None:
+    """(model, form factor) of a CUDA device name such as "NVIDIA H100 80GB HBM3" -> ("H100", ""),
+    "NVIDIA H100 NVL" -> ("H100", "NVL"), "NVIDIA A100-PCIE-40GB" -> ("A100", "PCIe"); None when
+    the name has any other token (a MIG slice, a variant this table does not know)."""
+    tokens = [t for t in re.split(r"[\s-]+", name.strip()) if t and t not in ("NVIDIA", "Tesla")]
+    if not tokens:
+        return None
+    model, form = tokens[0], ""
+    for t in tokens[1:]:
+        if t.upper() == "PCIE" and not form:
+            form = "PCIe"
+        elif t == "NVL" and not form:
+            form = "NVL"
+        elif not _NEUTRAL.fullmatch(t):
+            return None
+    return model, form
+
+
+def peak_for(name: str, precision: str, tf32: bool) -> float | None:
+    """The dense peak of GPU `name` for what ran: bf16/fp16 autocast -> the 16-bit tensor-core
+    peak; fp32 -> the TF32 tensor-core peak when cuDNN may use TF32 (the convolutions are nearly
+    all the FLOPs), else plain fp32. None for a GPU not in PEAKS."""
+    peaks = PEAKS.get(gpu_model(name) or ("", ""))
+    if peaks is None:
+        return None
+    return peaks[0] if precision in ("bf16", "fp16") else peaks[1] if tf32 else peaks[2]
+
+
+def peak_flops(device: torch.device, precision: str = "bf16") -> float | None:
+    """The peak that MFU is measured against on `device` for `precision` (see peak_for), or None
+    (CPU, a GPU not in the table): MFU is then left out."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_FLOPS if key in name), None)
+    return peak_for(torch.cuda.get_device_name(device), precision, torch.backends.cudnn.allow_tf32)

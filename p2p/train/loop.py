@@ -18,7 +18,7 @@ import torch
 
 from p2p import dist
 from p2p.config import Config
-from p2p.data import build_loader
+from p2p.data import build_loader, resolve_backend
 from p2p.data.prefetch import device_batches
 from p2p.errors import TrainingError
 from p2p.train.flops import peak_flops, step_flops_per_image
@@ -63,7 +63,7 @@ def train(cfg: Config) -> TrainResult:
         announce(run, loader, log)
         end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
         interval = LogInterval(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size),
-                               peak_flops(run.device))
+                               peak_flops(run.device, t.precision))
         with StopSignals() as stop:
             stream = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
                 else iter(())
@@ -76,7 +76,8 @@ def train(cfg: Config) -> TrainResult:
                 last = state.step == end
                 stopping = stop.agreed(run.accel, every=1 if run.world == 1 else 10, step=state.step)
                 if state.step % t.log_every == 0 or last or stopping:
-                    metrics = interval.row(state.step, state.epoch, t.batch_size, run.world, run.lr(), run.nets)
+                    metrics = {**interval.row(state.step, state.epoch, t.batch_size, run.world, run.lr(), run.nets),
+                               **run.in_effect()}
                     log.log(metrics)
                     check_finite(metrics, run)
                 if t.sample_every and (state.step % t.sample_every == 0 or last):
@@ -110,14 +111,16 @@ def start_run_folder(run: Run, log: RunLogger) -> None:
     if run.accel.is_main_process:
         run.cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (run.cfg.run_dir / "config.yaml").write_text(run.cfg.to_yaml())
-    for n in run.notices:
-        log.print(f"[yellow]notice:[/] {n}")
+    # printed now, and every later one when it happens (a failed graph capture at step 4, ...)
+    run.notices.attach(lambda text: log.print(f"[yellow]notice:[/] {text}"))
 
 
 def announce(run: Run, loader, log: RunLogger) -> None:
     cfg = run.cfg
+    backend = resolve_backend(cfg.data.source, cfg.data.backend, run.device)  # what `auto` became
     log.print(f"p2p train: {run.task.name}, {run.world} process(es) on {run.device.type}, global batch "
-              f"{cfg.train.batch_size * run.world}, {loader.batches_per_epoch} batches/epoch/rank, "
+              f"{cfg.train.batch_size * run.world}, {loader.batches_per_epoch} batches/epoch/rank "
+              f"({backend} loader), "
               f"step {run.state.step} -> {cfg.train.max_steps}, run folder {cfg.run_dir}"
               + (" (resumed)" if run.resumed else ""))
 

@@ -31,10 +31,11 @@ def build_networks(cfg, task) -> tuple[nn.Module, nn.Module]:
 
 
 def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: torch.device, precision: Precision,
-               *, capturable: bool = False, adam: str = "auto") -> Nets:
+               *, capturable: bool = False, adam: str = "auto", channels_last: bool = False, notice=None) -> Nets:
     """Nets around networks that are already on `device` (and wrapped): one Adam and one loss
     scaler per network. `adam="for-loop"` is the seed's optimizer (benchmark baseline);
-    otherwise p2p's (`make_optimizer`, capturable for CUDA graphs)."""
+    otherwise p2p's (`make_optimizer`, capturable for CUDA graphs). `channels_last`: the
+    networks are in that memory format, and the step puts its inputs in it too."""
     skip = cfg.train.on_nonfinite == "skip"
 
     def optimizer(net):
@@ -42,7 +43,9 @@ def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: tor
         if adam == "for-loop":
             o = cfg.optim
             return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), foreach=False)
-        return make_optimizer(params, cfg, device, capturable=capturable)
+        return make_optimizer(params, cfg, device, capturable=capturable, notice=notice)
 
-    return Nets(G, D, D_frozen, optimizer(G), optimizer(D), precision.make_scaler(skip), precision.make_scaler(skip))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return Nets(G, D, D_frozen, optimizer(G), optimizer(D), precision.make_scaler(skip), precision.make_scaler(skip),
+                fmt)
 

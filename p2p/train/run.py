@@ -18,10 +18,12 @@ from p2p.models import DiscriminatorArch, GeneratorArch
 from p2p.tasks import Task, build_task
 from p2p.train.checkpoint import (Checkpoints, TrainState, load_weights, make_payload, rank_state,
                                   restore_training, seed_all)
+from p2p.train.in_effect import InEffect, Notices, adam_kind
 from p2p.train.nets import architectures, build_nets, build_networks
 from p2p.train.schedule import lr_factor, set_lr
 from p2p.train.step import Nets, Precision, train_step
-from p2p.train.wrap import averaged_buffers, unwrap, wrap_models
+from p2p.train.wrap import (averaged_buffers, unwrap, uses_channels_last, uses_compile, uses_sync_batchnorm,
+                            wrap_models)
 
 
 @dataclass
@@ -39,7 +41,8 @@ class Run:
     state: TrainState
     ckpts: Checkpoints
     resumed: bool
-    notices: list[str]
+    notices: Notices
+    speedups: InEffect
 
     @property
     def rank(self) -> int:
@@ -56,11 +59,22 @@ class Run:
     def prepare(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         return prepare_batch(self.task, batch.images, self.cfg, self.rank, self.state.step)
 
-    def lr(self) -> float:
+    def scheduled_lr(self) -> float:
+        """The learning rate the schedule gives the next step."""
         return self.cfg.optim.lr * lr_factor(self.state.step, self.cfg)
 
+    def lr(self) -> float:
+        """The learning rate the optimizer holds (what the last step used), read back rather
+        than recomputed, so a log shows it when the two ever disagree. Note: a host read of a
+        device tensor with CUDA graphs; called at log steps only."""
+        return float(self.nets.opt_g.param_groups[0]["lr"])
+
+    def in_effect(self) -> dict:
+        """What ran since the last metrics row (p2p.train.in_effect.InEffect.row)."""
+        return self.speedups.row()
+
     def step(self, inp: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        lr = self.lr()
+        lr = self.scheduled_lr()
         set_lr(self.nets.opt_g, lr)
         set_lr(self.nets.opt_d, lr)
         return self.step_fn(inp, target)
@@ -116,11 +130,18 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def use_cuda_graphs(cfg: Config, device: torch.device, notice) -> bool:
+def use_cuda_graphs(cfg: Config, device: torch.device, notice, world: int = 1) -> bool:
     if not cfg.train.cuda_graphs:
         return False
     if device.type != "cuda":
         notice("train.cuda_graphs=true: CUDA graphs need a GPU; running eager steps")
+        return False
+    if world > 1:
+        # DDP in a graph needs DDP built on a side stream, NCCL's async error handling off and 11
+        # eager DDP iterations before capture (PyTorch's CUDA graphs notes), none of which has
+        # run on a GPU cluster yet: refuse rather than fail mid-run.
+        notice(f"train.cuda_graphs=true: CUDA graphs are used with one process only ({world} here); "
+               f"running eager steps")
         return False
     if cfg.train.precision == "fp16" or cfg.train.on_nonfinite == "skip":
         notice("train.cuda_graphs=true: fp16 loss scaling and on_nonfinite=skip read the gradient check on "
@@ -147,10 +168,11 @@ def build_run(cfg: Config) -> Run:
     configure_determinism(cfg.run.deterministic)
     accel = dist.start(cfg.train.device, cfg.train.timeout_s)
     rank, world, device = accel.process_index, accel.num_processes, accel.device
-    notices: list[str] = []
+    notices = Notices()
 
     seed_all(cfg.run.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     task = build_task(cfg.task)
+    task.notice = notices
     g_arch, d_arch = architectures(cfg, task)
     G, D = build_networks(cfg, task)
     seed_all(mix_seed(cfg.run.seed, rank))  # from here on each rank draws its own dropout masks
@@ -160,13 +182,18 @@ def build_run(cfg: Config) -> Run:
     if payload is not None:
         load_weights(payload, G, D, g_arch, d_arch, ckpts.last)
 
-    G, D, D_frozen = wrap_models(G, D, cfg, accel, notices.append)
-    graphs = use_cuda_graphs(cfg, device, notices.append)
+    G, D, D_frozen = wrap_models(G, D, cfg, accel, notices)
+    graphs = use_cuda_graphs(cfg, device, notices, world)
     precision = Precision(cfg.train.precision, device)
-    nets = build_nets(G, D, D_frozen, cfg, device, precision, capturable=graphs)
+    channels_last = uses_channels_last(cfg, device)
+    nets = build_nets(G, D, D_frozen, cfg, device, precision, capturable=graphs, channels_last=channels_last,
+                      notice=notices)
     state = TrainState()
     if payload is not None:
         state, resumed_notices = restore_training(payload, nets, rank, world, cfg.run.seed)
         notices += resumed_notices
-    step_fn = make_step_fn(nets, cfg, precision, graphs, notices.append)
-    return Run(cfg, accel, task, g_arch, d_arch, nets, precision, step_fn, state, ckpts, payload is not None, notices)
+    step_fn = make_step_fn(nets, cfg, precision, graphs, notices)
+    speedups = InEffect(precision.name, channels_last, uses_compile(cfg, device), adam_kind(nets.opt_g),
+                        uses_sync_batchnorm(cfg, device, world), step_fn, notices)
+    return Run(cfg, accel, task, g_arch, d_arch, nets, precision, step_fn, state, ckpts, payload is not None, notices,
+               speedups)

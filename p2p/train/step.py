@@ -34,6 +34,9 @@ class Nets:
     opt_d: torch.optim.Optimizer
     scaler_g: torch.amp.GradScaler
     scaler_d: torch.amp.GradScaler
+    # the networks' memory format; the step's inputs and D's input pairs are put in it too, or
+    # every convolution that meets a mismatched input converts it first
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
 class Precision:
@@ -68,8 +71,18 @@ def set_requires_grad(net: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
+def _in_format(fmt: torch.memory_format):
+    """x -> x in the networks' memory format (a no-op when it already is). The default format
+    leaves tensors as they are: colorization's strided L/ab views go in unchanged."""
+    if fmt == torch.contiguous_format:
+        return lambda x: x
+    return lambda x: x.contiguous(memory_format=fmt)
+
+
 def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossConfig,
                precision: Precision) -> dict[str, torch.Tensor]:
+    layout = _in_format(nets.memory_format)
+    inp, target = layout(inp), layout(target)
     with precision.autocast():
         fake = nets.G(inp)
     fake = fake.float()
@@ -77,8 +90,8 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     # Discriminator: real pairs -> 1, fake pairs -> 0; its loss is halved as in the paper.
     set_requires_grad(nets.D_frozen, True)
     nets.opt_d.zero_grad(set_to_none=True)
-    fake_pair = torch.cat([inp, fake.detach()], 1)
-    real_pair = torch.cat([inp, target], 1)
+    fake_pair = layout(torch.cat([inp, fake.detach()], 1))
+    real_pair = layout(torch.cat([inp, target], 1))
     with precision.autocast():
         pred_fake = nets.D(fake_pair)
         pred_real = nets.D(real_pair)
@@ -99,7 +112,7 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     set_requires_grad(nets.D_frozen, False)
     nets.opt_g.zero_grad(set_to_none=True)
     with precision.autocast():
-        pred = nets.D_frozen(torch.cat([inp, fake], 1))
+        pred = nets.D_frozen(layout(torch.cat([inp, fake], 1)))
     g_gan = gan_loss(pred, True, loss.gan_mode)
     g_l1 = F.l1_loss(fake, target) * loss.lambda_l1
     nets.scaler_g.scale(g_gan + g_l1).backward()

@@ -24,26 +24,40 @@ def unwrap(net: nn.Module) -> nn.Module:
             return net
 
 
+def uses_channels_last(cfg, device: torch.device) -> bool:
+    """train.channels_last means "on GPU": on a CPU it is slower or equal (benchmarks/RESULTS.md)."""
+    return device.type == "cuda" and cfg.train.channels_last
+
+
+def uses_compile(cfg, device: torch.device) -> bool:
+    return device.type == "cuda" and cfg.train.compile
+
+
+def uses_sync_batchnorm(cfg, device: torch.device, world: int) -> bool | None:
+    """None when model.norm is not syncbatch; else whether SyncBatchNorm really runs."""
+    if cfg.model.norm != "syncbatch":
+        return None
+    return world > 1 and device.type == "cuda"
+
+
 def wrap_models(G: nn.Module, D: nn.Module, cfg, accel, notice) -> tuple[nn.Module, nn.Module, nn.Module]:
     """-> (G for training, D for its own update, D without DDP for the frozen-critic pass)."""
-    t, cuda = cfg.train, accel.device.type == "cuda"
-    if cfg.model.norm == "syncbatch":
-        if accel.num_processes > 1 and cuda:
-            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-            D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
-        elif accel.num_processes > 1:
-            notice("model.norm=syncbatch needs CUDA (SyncBatchNorm has no CPU kernel): using per-rank "
-                   "batch norm with running stats averaged at checkpoints")
-    G, D = G.to(accel.device), D.to(accel.device)
-    if cuda and t.channels_last:
+    device = accel.device
+    if uses_sync_batchnorm(cfg, device, accel.num_processes):
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    elif cfg.model.norm == "syncbatch" and accel.num_processes > 1:
+        notice("model.norm=syncbatch needs CUDA (SyncBatchNorm has no CPU kernel): using per-rank "
+               "batch norm with running stats averaged at checkpoints")
+    G, D = G.to(device), D.to(device)
+    if uses_channels_last(cfg, device):
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G, D = accel.prepare(G, D)
     D_frozen = unwrap(D)
-    if t.compile:
-        if cuda:
-            G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_frozen)
-        else:
-            notice("train.compile=true: torch.compile is used on GPU only; running eager on CPU")
+    if uses_compile(cfg, device):
+        G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_frozen)
+    elif cfg.train.compile:
+        notice("train.compile=true: torch.compile is used on GPU only; running eager on CPU")
     return G, D, D_frozen
 
 
@@ -80,14 +94,19 @@ def averaged_buffers(accel, *nets: nn.Module):
             b.copy_(mine)
 
 
-def make_optimizer(params, cfg, device: torch.device, capturable: bool = False) -> torch.optim.Adam:
-    """Adam with the fused kernel where it exists (CUDA, and CPU in recent PyTorch) else foreach."""
+def make_optimizer(params, cfg, device: torch.device, capturable: bool = False, notice=None) -> torch.optim.Adam:
+    """Adam with the fused kernel where it exists (CUDA, and CPU in recent PyTorch) else foreach
+    (with a notice: fused is what p2p asks for)."""
     o = cfg.optim
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2))
     if capturable:  # CUDA graphs: state and lr live on the device, no host reads in step()
         return torch.optim.Adam(params, lr=torch.tensor(o.lr, device=device), betas=(o.beta1, o.beta2),
                                 capturable=True, foreach=True)
+    params = list(params)
     try:
         return torch.optim.Adam(params, fused=True, **kw)
-    except (RuntimeError, TypeError):
+    except (RuntimeError, TypeError) as e:
+        if notice is not None:
+            notice(f"fused Adam is not available on {device.type} in this PyTorch ({str(e).splitlines()[0]}); "
+                   f"using the foreach kernel")
         return torch.optim.Adam(params, foreach=True, **kw)

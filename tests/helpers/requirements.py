@@ -64,3 +64,17 @@ def require_module(name: str, required_by: str = SLURM_REQUIRE_ENV):
         return importlib.import_module(name)
     except ImportError as e:
         _require(f"{name} is not importable ({e}); pip install -e '.[dev]'", required_by)
+
+
+def hide_dali(monkeypatch) -> None:
+    """Make `import nvidia.dali` fail for the rest of a test, as on a machine without the extra."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dali(name, *a, **kw):
+        if name.startswith("nvidia.dali") or name == "nvidia":
+            raise ImportError("No module named 'nvidia.dali'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_dali)
