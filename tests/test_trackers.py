@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from helpers.runs import ROOT, TINY, run_p2p
+from helpers.runs import ROOT, TINY, run_p2p, torchrun
 
 
 def _rows(path):
@@ -64,6 +64,25 @@ def test_every_tracker_gets_the_rows_validations_grids_and_config(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("G_L1")] == [(r["step"], pytest.approx(r["G_L1"])) for r in train]
     assert [e.step for e in events.Scalars("val/psnr")] == [2, 4]
     assert [e.step for e in events.Images("samples")] == [2, 4]
+
+
+@pytest.mark.slow
+def test_two_processes_make_one_tracker_run(tmp_path, monkeypatch):
+    """2 gloo processes (torchrun, about a minute on 2 CPU cores): rank 0 alone starts the
+    trackers, so the run has one MLflow run and one W&B offline run, not one per rank."""
+    from mlflow.tracking import MlflowClient
+
+    torchrun("-m", "p2p", "train", f"run.out_dir={tmp_path}", "run.name=dd", *TINY, "train.max_steps=2",
+             "run.trackers=wandb,mlflow", timeout=600, WANDB_MODE="offline", MLFLOW_TRACKING_URI="",
+             WANDB_SILENT="true")
+    run = tmp_path / "dd"
+    assert [r["step"] for r in _rows(run / "metrics.jsonl")] == [2]
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading the file store back
+    client = MlflowClient(tracking_uri=(run / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "p2p"]
+    (mlrun,) = client.search_runs([experiment.experiment_id])
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "G_L1")] == [2]
 
 
 def test_a_tracker_that_is_not_installed_is_one_line_at_start_up(tmp_path):
