@@ -52,6 +52,8 @@ def _eval(setup, out: Path, *extra, **env) -> dict:
 
 @pytest.mark.slow
 def test_fid_kid_lpips_agree_with_the_reference_packages(setup, tmp_path, monkeypatch):
+    """Several minutes on a loaded 2-core CPU: two `p2p eval` and one `p2p predict` processes,
+    then pytorch-fid (twice), torchmetrics' KID and lpips, each running Inception or AlexNet on CPU."""
     from pytorch_fid.fid_score import calculate_fid_given_paths
     from pytorch_fid.inception import InceptionV3
 
@@ -135,6 +137,8 @@ def test_delta_colorfulness_is_the_gap_of_the_set_means(setup, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_give_the_numbers_of_one(setup, tmp_path):
+    """About 2 minutes on 2 CPU cores: one `p2p eval` and one under torchrun (2 gloo processes),
+    each loading and running the FID Inception and LPIPS networks."""
     # KID on random subsets of 4 of the 6 images: which images a subset holds depends on the
     # order of the gathered features, so this also checks they are put back in image order
     kid = ("--kid-subset-size", "4", "--kid-subsets", "20")
@@ -151,6 +155,7 @@ def test_two_processes_give_the_numbers_of_one(setup, tmp_path):
 
 
 def test_bad_weights_files_are_one_line_errors(setup, tmp_path):
+    """Six `p2p eval` processes (about a minute on a loaded CPU: each imports torch)."""
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     for flags, needle in ((["--fid-weights", tmp_path / "missing.pth"], "no such file"),
                           (["--fid-weights", tmp_path / "junk.pth"], "not a readable PyTorch weights file"),
