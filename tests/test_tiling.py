@@ -99,7 +99,7 @@ def test_real_unet_tiled_within_tolerance_and_one_tile_is_untiled():
 
 
 def test_predict_cli_tiles_a_folder_of_mixed_sizes(tmp_path):
-    """About a minute on a loaded CPU: a 2-step training and three `p2p predict` processes."""
+    """About a minute on a loaded CPU: a 2-step training and five `p2p predict` processes."""
     run_p2p("train", f"run.out_dir={tmp_path}", "run.name=t", *TINY, "train.max_steps=2")
     ckpt = tmp_path / "t" / "checkpoints" / "last.pt"
     src = tmp_path / "in"
