@@ -320,6 +320,10 @@ def test_train_command_on_gpu_with_every_speedup(tmp_path):
 
 def test_eval_on_gpu_gives_the_cpu_numbers(tmp_path):
     """FID/KID/LPIPS on CUDA (float32, TF32 off) equal the CPU's; a bf16 generator stays close."""
+    from helpers.requirements import require_module
+
+    for name in ("pytorch_fid", "lpips", "torchmetrics"):  # the [metrics] extra
+        require_module(name)
     import json
 
     import numpy as np
