@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -102,10 +103,14 @@ def _onnx(G, tmp: Path, metadata: dict) -> Callable:
 
 def _torchscript(G, tmp: Path, metadata: dict) -> Callable:
     s, c = G.stride, G.down[0].conv.in_channels
-    with torch.no_grad():
-        traced = torch.jit.trace(G, torch.zeros(1, c, s, s), check_trace=False)
-    torch.jit.save(traced, str(tmp), _extra_files={"p2p.json": json.dumps(metadata)})
-    loaded = torch.jit.load(str(tmp), map_location="cpu")
+    # this torch (2.14) marks trace/save/load deprecated (FutureWarning, one per call): the user asked
+    # for this format, so four warnings on stderr only hide the one line that matters
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(G, torch.zeros(1, c, s, s), check_trace=False)
+        torch.jit.save(traced, str(tmp), _extra_files={"p2p.json": json.dumps(metadata)})
+        loaded = torch.jit.load(str(tmp), map_location="cpu")
     return lambda x: loaded(x)
 
 
