@@ -10,7 +10,9 @@ values, and sample grids at matched steps. What `p2p compare` writes:
   for (else each run's grids nearest to the last run's steps), captioned with the step.
 
 Runs are labelled by the config keys whose values differ between them (`train.batch_size=32`),
-read from each folder's resolved `config.yaml`; folder names where nothing differs.
+read from each folder's resolved `config.yaml`; folder names where nothing differs. A step
+logged twice (a run resumed from a checkpoint older than its last rows) counts once, as the
+rows written after the resume have it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ def _jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _last_per_step(rows: list[dict]) -> list[dict]:
+    """One row per step, the last written, in step order: a run resumed from a checkpoint older
+    than its last log step logs those steps again, and the second time is the run that went on."""
+    by_step = {}
+    for r in rows:
+        if "step" in r:
+            by_step[r["step"]] = r
+    return [by_step[k] for k in sorted(by_step)]
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
@@ -72,7 +84,7 @@ def load_run(path: str | Path) -> RunRecord:
     if not cfg_path.is_file():
         raise UsageError(f"{path}: not a run folder (no config.yaml)")
     config = _flatten(yaml.safe_load(cfg_path.read_text()) or {})
-    train, val = _jsonl(path / "metrics.jsonl"), _jsonl(path / "val.jsonl")
+    train, val = _last_per_step(_jsonl(path / "metrics.jsonl")), _last_per_step(_jsonl(path / "val.jsonl"))
     if not train and not val:
         raise UsageError(f"{path}: no metrics.jsonl or val.jsonl rows yet")
     samples = {int(p.stem.split("-")[1]): p for p in sorted((path / "samples").glob("step-*.png"))}

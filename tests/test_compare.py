@@ -37,3 +37,24 @@ def test_compare_two_runs(tmp_path):
         assert strip.width >= 2 * grid.width  # steps 3 and 6, side by side
     bad = run_p2p("compare", tmp_path / "nothing", "--out", tmp_path / "x", check=False)
     assert bad.returncode == 2 and "not a run folder" in bad.stderr
+
+
+def test_a_resumed_run_counts_each_step_once(tmp_path):
+    """Steps logged twice (a run resumed from a checkpoint older than its last log row): the rows
+    written after the resume are the run's; the abandoned ones count for neither best nor final."""
+    import yaml
+
+    from p2p.compare import compare
+    from p2p.config import Config
+
+    run = tmp_path / "r"
+    (run / "samples").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(Config().to_dict()))
+    steps_val = [(2, 20.0), (4, 30.0), (6, 31.0), (4, 21.0), (6, 22.0), (8, 23.0)]  # resumed at 2
+    (run / "val.jsonl").write_text("".join(json.dumps({"step": s, "psnr": p, "ssim": 0.5}) + "\n"
+                                           for s, p in steps_val))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "G_L1": float(s)}) + "\n"
+                                               for s in (2, 4, 6, 4, 6, 8)))
+    (row,) = compare([run], tmp_path / "cmp").rows
+    assert (row["best_psnr"], row["best_psnr_step"]) == (23.0, 8) and row["final_psnr"] == 23.0
+    assert row["final_step"] == 8 and row["final_G_L1"] == 8.0
