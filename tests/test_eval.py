@@ -184,3 +184,15 @@ def test_training_logs_fid_when_weights_are_configured(setup, tmp_path):
     assert val[0]["fid"] != val[1]["fid"]  # the model changed between the validations; the targets did not
     stats = FidReference.load(ref)
     assert stats.features.shape == (val[0]["count"], 2048)
+
+
+def test_weights_come_from_the_flag_then_the_config_then_the_environment(monkeypatch):
+    from p2p.evaluation import FID_WEIGHTS_ENV, LPIPS_WEIGHTS_ENV, weights_path
+
+    for env in (FID_WEIGHTS_ENV, LPIPS_WEIGHTS_ENV):
+        monkeypatch.setenv(env, "env.pth")
+        assert weights_path("flag.pth", "cfg.pth", env) == "flag.pth"
+        assert weights_path(None, "cfg.pth", env) == "cfg.pth"
+        assert weights_path(None, "", env) == "env.pth"
+        monkeypatch.delenv(env)
+        assert weights_path(None, "", env) == ""  # nothing configured: the metric is not computed
