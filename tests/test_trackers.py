@@ -17,7 +17,7 @@ def _rows(path):
 
 
 @pytest.mark.slow
-def test_every_tracker_gets_the_rows_validations_grids_and_config(tmp_path):
+def test_every_tracker_gets_the_rows_validations_grids_and_config(tmp_path, monkeypatch):
     run_p2p("train", f"run.out_dir={tmp_path}", "run.name=tr", *TINY, "train.max_steps=4", "train.eval_every=2",
             "train.sample_every=2", "run.trackers=tensorboard,wandb,mlflow", timeout=600, WANDB_MODE="offline",
             MLFLOW_TRACKING_URI="", WANDB_SILENT="true")
@@ -26,11 +26,9 @@ def test_every_tracker_gets_the_rows_validations_grids_and_config(tmp_path):
     assert [r["step"] for r in train] == [2, 4] and [r["step"] for r in val] == [2, 4]
 
     # MLflow: the whole history of each metric, the config as parameters, the grids as artifacts
-    import os
-
     from mlflow.tracking import MlflowClient
 
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # reading the file store back, as p2p writes it
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading the file store back, as p2p writes it
 
     client = MlflowClient(tracking_uri=(run / "mlruns").resolve().as_uri())
     (experiment,) = [e for e in client.search_experiments() if e.name == "p2p"]
