@@ -1,6 +1,7 @@
 """GPU paths (skipped without CUDA; run on the device machine): Lab on the device, AMP, CUDA
-graphs and channels_last training steps, and the nvjpeg backend (nvJPEG's pixels against
-libjpeg-turbo's, resume, training, its `p2p bench data` row)."""
+graphs and channels_last training steps, the nvjpeg backend (nvJPEG's pixels against
+libjpeg-turbo's, resume, training, its `p2p bench data` row), p2p eval's FID/KID/LPIPS on the
+GPU, tiled predict."""
 
 import copy
 import io
@@ -374,6 +375,55 @@ def test_fused_lab_bench_row_on_cuda():
     row = next(r for r in rows if r["name"] == FUSED_ROW)
     assert row["implementation"] == "torch.compile" and row["img_per_s"] > 0 and row["compile_s"] > 0
     assert row["max_abs_diff_vs_skimage"] < 2e-3
+
+
+def test_eval_on_gpu_gives_the_cpu_numbers(tmp_path):
+    """FID/KID/LPIPS on CUDA (float32, TF32 off) equal the CPU's; a bf16 generator stays close."""
+    from helpers.requirements import require_module
+
+    for name in ("pytorch_fid", "lpips", "torchmetrics"):  # the [metrics] extra
+        require_module(name)
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from helpers.image_folders import photo
+    from helpers.reference_weights import alexnet_file, fid_inception_file
+    from helpers.runs import TINY, run_p2p
+
+    run_p2p("train", f"run.out_dir={tmp_path}", "run.name=t", *TINY, "train.max_steps=2", "train.device=cpu")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(np.ascontiguousarray(photo(i)[::4, ::4])).save(src / f"{i}.png")
+    fid, alex = fid_inception_file(tmp_path / "fid.pth"), alexnet_file(tmp_path / "alex.pth")
+    got = {}
+    for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "bf16")):
+        out = tmp_path / f"{device}-{precision}.json"
+        run_p2p("eval", tmp_path / "t" / "checkpoints" / "last.pt", "--data", src, "--fid-weights", fid,
+                "--lpips-weights", alex, "--device", device, "--precision", precision, "--json", out, timeout=600)
+        got[device, precision] = json.loads(out.read_text())
+    cpu, gpu, bf16 = got["cpu", "fp32"], got["cuda", "fp32"], got["cuda", "bf16"]
+    for k in ("psnr", "ssim", "lpips", "fid"):
+        assert gpu[k] == pytest.approx(cpu[k], rel=1e-3), k
+    assert gpu["kid"] == pytest.approx(cpu["kid"], rel=1e-2, abs=1e-5)
+    assert bf16["psnr"] == pytest.approx(cpu["psnr"], abs=0.5) and bf16["fid"] == pytest.approx(cpu["fid"], rel=0.1)
+
+
+def test_tiled_predict_on_gpu_matches_cpu():
+    from p2p.config import TaskConfig
+    from p2p.inference import Geometry, predict
+    from p2p.tasks import build_task
+    from p2p.tiling import Tiling
+
+    torch.manual_seed(0)
+    G = init_weights(build_generator(GeneratorArch(1, 2, 5, 8))).eval()
+    task = build_task(TaskConfig(name="colorize"))
+    rgb = torch.rand(2, 3, 160, 224)
+    cpu = predict(G, task, rgb, Geometry("full", 0), tiling=Tiling(64, 16))
+    gpu = predict(G.cuda(), task, rgb.cuda(), Geometry("full", 0), tiling=Tiling(64, 16)).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=2e-3, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,9 +60,14 @@ def test_train_then_predict_then_eval(tmp_path):
 
     run_p2p("eval", run / "checkpoints" / "last.pt", "--data", src, "--json", tmp_path / "eval.json")
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["metrics"]["count"] == result["count"] == 2
-    assert {"psnr", "ssim", "l1", "colorfulness"} <= result["metrics"].keys()
-    assert result["psnr"] == result["metrics"]["psnr"] and result["ssim"] <= 1.0
+    assert result["count"] == 2 and result["ssim"] <= 1.0
+    # exactly the metric keys; without weights files FID, KID and LPIPS are not computed (null)
+    assert list(result) == ["psnr", "ssim", "l1", "colorfulness", "delta_colorfulness", "fid", "kid", "lpips",
+                            "count"]
+    assert result["fid"] is None and result["kid"] is None and result["lpips"] is None
+    meta = json.loads((tmp_path / "eval.meta.json").read_text())
+    assert meta["checkpoint"] == str(run / "checkpoints" / "last.pt") and meta["task"] == "colorize"
+    assert meta["geometry"] == {"mode": "scale", "size": 40} and meta["source"] == str(src)
 
 
 def lightness_error(inp, out):

@@ -82,6 +82,13 @@ class RunConfig(Section):
     seed: int = _f(0, "seed for weights, data order and augmentation")
     deterministic: bool = _f(False, "deterministic kernels (bit-exact resume on CPU); slower")
     resume: bool = _f(True, "resume from <run>/checkpoints/last.pt when it exists")
+    trackers: str = _f("tensorboard", "experiment trackers on rank 0, comma-separated: tensorboard, wandb (offline "
+                       "unless WANDB_MODE), mlflow (<run>/mlruns unless MLFLOW_TRACKING_URI); '' = none")
+
+    def check(self):
+        known = ("tensorboard", "wandb", "mlflow", "none")
+        for name in (n.strip() for n in self.trackers.split(",") if n.strip()):
+            self.need(name in known, "trackers", f"{name!r} is not a tracker; choose from tensorboard, wandb, mlflow")
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,26 @@ class TrainConfig(Section):
 
 
 @dataclass(frozen=True)
+class EvalConfig(Section):
+    SECTION: ClassVar[str] = "eval"
+
+    fid_weights: str = _f("", "FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) for "
+                          "FID/KID in validation and p2p eval; empty = $P2P_FID_WEIGHTS, unset = no FID")
+    lpips_weights: str = _f("", "LPIPS backbone (torchvision's alexnet-owt-7be5be79.pth, vgg16 or squeezenet1_1 "
+                            "weights); empty = $P2P_LPIPS_WEIGHTS, unset = no LPIPS")
+    fid_ref: str = _f("", "validation: .npz of the held-out targets' FID statistics (pytorch-fid's mu/sigma, plus "
+                      "features for KID), read when present, written when missing; empty = computed in memory")
+    batch_size: int = _f(16, "images of one size per generator / feature batch when scoring")
+    kid_subsets: int = _f(100, "KID: random subsets averaged")
+    kid_subset_size: int = _f(1000, "KID: images per subset (fewer images: all of them)")
+
+    def check(self):
+        self.at_least(1, "batch_size", "kid_subsets")
+        self.at_least(2, "kid_subset_size")
+        self.need(not self.fid_ref or self.fid_ref.endswith(".npz"), "fid_ref", "must be a .npz file")
+
+
+@dataclass(frozen=True)
 class SlurmConfig(Section):
     SECTION: ClassVar[str] = "slurm"
 
@@ -250,6 +277,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self):
