@@ -32,6 +32,7 @@ from torch import Tensor
 
 __all__ = [
     "rgb_to_lab",
+    "rgb_to_lightness",
     "lab_to_rgb",
     "normalize_l",
     "normalize_ab",
@@ -191,6 +192,25 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
         fz.sub_(fy).mul_(-200.0)
         fy.mul_(116.0).sub_(16.0)
     return lab.squeeze(0) if unbatch else lab
+
+
+def rgb_to_lightness(rgb: Tensor) -> Tensor:
+    """sRGB (float in [0, 1], or uint8) -> CIE L in [0, 100], N x 1 x H x W (or 1 x H x W):
+    `rgb_to_lab(rgb)[:, :1]` for a third of the matrix and transfer-function work (only Y is
+    needed), what inference computes for a colourising model's input."""
+    batch, unbatch = _as_batch(rgb, "rgb")
+    with torch.autocast(device_type=batch.device.type, enabled=False):
+        if batch.dtype == torch.uint8:
+            linear = _gamma_table(batch.device).index_select(0, batch.reshape(-1).to(torch.int32)).view(batch.shape)
+        elif batch.is_floating_point():
+            linear = _srgb_to_linear(batch.float())
+        else:
+            raise TypeError(f"rgb must be uint8 or floating point, got {batch.dtype}")
+        r, g, b = linear.unbind(1)
+        row = _WHITE_XYZ_FROM_RGB[1]
+        y = torch.mul(r, row[0]).add_(g, alpha=row[1]).add_(b, alpha=row[2]).unsqueeze(1)
+        lightness = _lab_f_(y, scratch=torch.empty_like(y)).mul_(116.0).sub_(16.0)
+    return lightness.squeeze(0) if unbatch else lightness
 
 
 def lab_to_rgb(lab: Tensor) -> Tensor:

@@ -127,9 +127,17 @@ def scaled_size(h: int, w: int, short: int) -> tuple[int, int]:
     return max(short, round(h * s)), max(short, round(w * s))
 
 
+def _forward(G, x: torch.Tensor, precision=None) -> torch.Tensor:
+    if precision is None:
+        return G(x)
+    with precision.autocast():
+        return G(x)
+
+
 @torch.no_grad()
-def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None) -> torch.Tensor:
-    """RGB in [0, 1] (N x 3 x H x W) -> the task's output RGB in [0, 1] at H x W."""
+def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None, tiling=None) -> torch.Tensor:
+    """RGB in [0, 1] (N x 3 x H x W) -> the task's output RGB in [0, 1] at H x W. `tiling`
+    (p2p.tiling.Tiling) runs the model input in overlapping tiles."""
     h, w = rgb.shape[-2:]
     if geometry.mode == "full":
         seen = rgb
@@ -139,11 +147,12 @@ def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None
         seen = resize(rgb, scaled_size(h, w, geometry.size)).clamp_(0, 1)
     x = task.model_input(seen)
     sh, sw = x.shape[-2:]
-    if precision is not None:
-        with precision.autocast():
-            out = G(pad_to(x, G.stride))
+    if tiling is None:
+        out = _forward(G, pad_to(x, G.stride), precision)
     else:
-        out = G(pad_to(x, G.stride))
+        from p2p.tiling import run_tiled
+
+        out = run_tiled(G, pad_to(x, G.stride), tiling, lambda net, t: _forward(net, t, precision))
     out = out[..., :sh, :sw].float()
     if task.name == "colorize":  # ab at the model's scale, L at full resolution
         ab = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False) if (sh, sw) != (h, w) else out

@@ -12,6 +12,7 @@ import types
 import pytest
 import torch
 
+from helpers.requirements import require_c_compiler
 from helpers.runs import TINY, run_p2p
 from p2p.errors import UsageError
 
@@ -122,6 +123,7 @@ def test_step_options_are_checked():
 
 
 def test_profile_writes_a_chrome_trace(tmp_path):
+    require_c_compiler()
     from p2p.bench.profile import run_profile
 
     payload = run_profile(overrides=TINY + [f"run.out_dir={tmp_path}"], steps=2, warmup=1, out_dir=tmp_path,
@@ -134,6 +136,8 @@ def test_profile_writes_a_chrome_trace(tmp_path):
     assert 0.0 <= s["data_wait_fraction"] <= 1.0 and s["img_per_s"] > 0
     assert s["bottleneck"].startswith(("data-bound", "compute-bound"))
     assert s["top_ops_cpu"] and all(not o["name"].startswith("p2p.") for o in s["top_ops_cpu"])
+    assert s["device_step"] == "c-kernel" and 0.0 < s["device_step_share"] < 1.0 and s["device_step_ms"] > 0
+    assert s["device_step_share"] + s["data_wait_fraction"] <= 1.0
     check_environment(payload["environment"])
 
 

@@ -78,7 +78,8 @@ def test_predict_and_eval_use_the_ema_unless_told_otherwise(ema_run, tmp_path):
         run_p2p("eval", ckpt, "--data", src, "--json", tmp_path / f"{name}.json", *flags)
     assert np.abs(outs["ema"] - outs["raw"]).max() > 0
     scored = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in outs}
-    assert scored["ema"]["weights"] == "ema" and scored["raw"]["weights"] == "raw"
+    meta = {n: json.loads((tmp_path / f"{n}.meta.json").read_text()) for n in outs}
+    assert meta["ema"]["weights"] == "ema" and meta["raw"]["weights"] == "raw"
     assert scored["ema"]["psnr"] != scored["raw"]["psnr"]
 
 

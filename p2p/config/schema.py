@@ -30,6 +30,7 @@ INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_STEPS = ("fused", "eager")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw):
@@ -83,6 +84,13 @@ class RunConfig(Section):
     seed: int = _f(0, "seed for weights, data order and augmentation")
     deterministic: bool = _f(False, "deterministic kernels (bit-exact resume on CPU); slower")
     resume: bool = _f(True, "resume from <run>/checkpoints/last.pt when it exists")
+    trackers: str = _f("tensorboard", "experiment trackers on rank 0, comma-separated: tensorboard, wandb (offline "
+                       "unless WANDB_MODE), mlflow (<run>/mlruns unless MLFLOW_TRACKING_URI); '' = none")
+
+    def check(self):
+        known = ("tensorboard", "wandb", "mlflow", "none")
+        for name in (n.strip() for n in self.trackers.split(",") if n.strip()):
+            self.need(name in known, "trackers", f"{name!r} is not a tracker; choose from tensorboard, wandb, mlflow")
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,9 @@ class DataConfig(Section):
     val_fraction: float = _f(0.05, "folder sources without train/ and val/ subfolders: share held out")
     val_images: int = _f(16, "how many fixed held-out images each validation uses")
     epoch_size: int = _f(512, "embedded source: random crops per epoch")
+    device_step: str = _f("fused", "crop+flip+Lab/luma+normalise on the device: fused (one kernel: C on CPU, "
+                          "torch.compile on GPU; eager with a notice where it cannot build) or eager (torch ops)",
+                          DEVICE_STEPS)
 
     def check(self):
         self.need(self.image_size > 0, "image_size", "must be positive")
@@ -237,6 +248,26 @@ class TrainConfig(Section):
 
 
 @dataclass(frozen=True)
+class EvalConfig(Section):
+    SECTION: ClassVar[str] = "eval"
+
+    fid_weights: str = _f("", "FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) for "
+                          "FID/KID in validation and p2p eval; empty = $P2P_FID_WEIGHTS, unset = no FID")
+    lpips_weights: str = _f("", "LPIPS backbone (torchvision's alexnet-owt-7be5be79.pth, vgg16 or squeezenet1_1 "
+                            "weights); empty = $P2P_LPIPS_WEIGHTS, unset = no LPIPS")
+    fid_ref: str = _f("", "validation: .npz of the held-out targets' FID statistics (pytorch-fid's mu/sigma, plus "
+                      "features for KID), read when present, written when missing; empty = computed in memory")
+    batch_size: int = _f(16, "images of one size per generator / feature batch when scoring")
+    kid_subsets: int = _f(100, "KID: random subsets averaged")
+    kid_subset_size: int = _f(1000, "KID: images per subset (fewer images: all of them)")
+
+    def check(self):
+        self.at_least(1, "batch_size", "kid_subsets")
+        self.at_least(2, "kid_subset_size")
+        self.need(not self.fid_ref or self.fid_ref.endswith(".npz"), "fid_ref", "must be a .npz file")
+
+
+@dataclass(frozen=True)
 class SlurmConfig(Section):
     SECTION: ClassVar[str] = "slurm"
 
@@ -284,6 +315,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self):

@@ -57,7 +57,11 @@ class Run:
         return self.accel.device
 
     def prepare(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return prepare_batch(self.task, batch.images, self.cfg, self.rank, self.state.step)
+        return self.prepare_for(batch, self.state.step)
+
+    def prepare_for(self, batch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (input, target) of `batch` as step `step` sees it (p2p.data.prefetch runs it ahead)."""
+        return prepare_batch(self.task, batch.images, self.cfg, self.rank, step)
 
     def scheduled_lr(self) -> float:
         """The learning rate the schedule gives the next step (official policy: of the epoch its
@@ -173,8 +177,10 @@ def build_run(cfg: Config) -> Run:
     notices = Notices()
 
     seed_all(cfg.run.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    task = build_task(cfg.task)
-    task.notice = notices
+    task = build_task(cfg.task, cfg.data.device_step)
+    task.notice = task.device_step.report = notices  # fallbacks found mid-run are printed and logged
+    if task.fused_device_step and (why := task.device_step.notice(device)):
+        notices.append(why)
     g_arch, d_arch = architectures(cfg, task)
     G, D = build_networks(cfg, task)
     seed_all(mix_seed(cfg.run.seed, rank))  # from here on each rank draws its own dropout masks

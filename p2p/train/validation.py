@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from p2p.augment import step_generator
 from p2p.data.held_out import HeldOut, held_out
-from p2p.evaluation import means, score_images
+from p2p.evaluation import Scorer, build_scorer, evaluate, load_reference
 from p2p.inference import predict, scaled_size, training_geometry
 from p2p.train.wrap import averaged_buffers, unwrap
 
@@ -42,16 +42,28 @@ class _EvalMode:
         self.net.train(self.was_training)
 
 
-def validate(run, images: list[HeldOut]) -> dict:
-    """Mean metrics over every rank's held-out images (collective: every rank calls it)."""
+def validation_scorer(cfg, device) -> Scorer:
+    """FID/KID and LPIPS when `eval.*` (or the environment) names their weights; the targets' FID
+    statistics from `eval.fid_ref` when that file exists (else from the first validation)."""
+    scorer = build_scorer(cfg.eval).to(device)
+    if scorer.fid is not None:
+        scorer.reference = load_reference(cfg.eval.fid_ref)
+    return scorer
+
+
+def validate(run, images: list[HeldOut], scorer: Scorer) -> dict:
+    """The metrics of `p2p.evaluation` over every rank's held-out images, the ones not computed
+    left out (collective: every rank calls it)."""
     cfg, accel = run.cfg, run.accel
     geometry = training_geometry(run.task, cfg.data.load_size)
+    first = scorer.fid is not None and scorer.reference is None
     G = shown_generator(run)
     with averaged_buffers(accel, G), _EvalMode(G) as net:
-        sums = score_images(net, run.task, images, geometry, cfg.run.seed, accel.device, run.precision)
-        if accel.num_processes > 1:
-            torch.distributed.all_reduce(sums)
-    return means(run.task, sums)
+        metrics = evaluate(net, run.task, images, geometry, cfg.run.seed, accel.device, scorer, run.precision,
+                           accel.num_processes)
+    if first and cfg.eval.fid_ref and accel.is_main_process:
+        scorer.reference.save(cfg.eval.fid_ref)
+    return {k: v for k, v in metrics.items() if v is not None}
 
 
 def _letterbox(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
