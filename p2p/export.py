@@ -9,7 +9,7 @@ of it. Height and width must be multiples of the network's stride (2**num_downs)
 
 - onnx: dynamic batch, height and width (height = stride x a free integer), one self-contained
   file (no external data); p2p's task, stride and channel meaning in its metadata.
-- torchscript: `torch.jit.trace` (the U-Net has no shape-dependent Python, so the trace holds for
+- torchscript: `torch.jit.trace` (neither generator has shape-dependent Python, so the trace holds for
   every size; the check below proves it on two). `torch.jit.script` cannot compile
   `UNetGenerator.stride`, whose `2 ** n` TorchScript types as float.
 - official: the state dict under the official `UnetGenerator` names (`latest_net_G.pth`), which
@@ -49,9 +49,16 @@ class ExportReport:
     sizes: list[tuple[int, ...]]
 
 
+def base_side(G) -> int:
+    """The smallest side the checks use: a multiple of the stride and at least 16, because a
+    ResNet's residual blocks reflect-pad by 1 at a quarter of the input's size (a 4-pixel input
+    would leave 1 pixel there, which reflection padding refuses)."""
+    return G.stride * -(-16 // G.stride)
+
+
 def check_shapes(G) -> list[tuple[int, ...]]:
     """The two input shapes the check runs: different batch, height and width, both legal."""
-    s, c = G.stride, G.in_channels
+    s, c = base_side(G), G.in_channels
     return [(2, c, s, 2 * s), (1, c, 2 * s, s)]
 
 
@@ -85,12 +92,13 @@ def _onnx(G, tmp: Path, metadata: dict) -> Callable:
     import onnxruntime as ort
 
     s, c = G.stride, G.in_channels
+    b = base_side(G)
     dim = torch.export.Dim
     shapes = {"x": {0: dim("batch", min=1, max=65536), 2: s * dim("height_blocks", min=1, max=4096),
                     3: s * dim("width_blocks", min=1, max=4096)}}
     # the example must not be 1 anywhere (batch 1, or one block where the innermost level is 1x1):
     # torch.export specialises such sizes to constants
-    torch.onnx.export(G, (torch.zeros(2, c, 2 * s, 3 * s),), str(tmp), input_names=["input"], output_names=["output"],
+    torch.onnx.export(G, (torch.zeros(2, c, 2 * b, 3 * b),), str(tmp), input_names=["input"], output_names=["output"],
                       dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
     model = onnx.load(str(tmp))
     for k, v in metadata.items():
@@ -102,7 +110,7 @@ def _onnx(G, tmp: Path, metadata: dict) -> Callable:
 
 
 def _torchscript(G, tmp: Path, metadata: dict) -> Callable:
-    s, c = G.stride, G.in_channels
+    s, c = base_side(G), G.in_channels
     # this torch (2.14) marks trace/save/load deprecated (FutureWarning, one per call): the user asked
     # for this format, so four warnings on stderr only hide the one line that matters
     with warnings.catch_warnings():
@@ -116,7 +124,7 @@ def _torchscript(G, tmp: Path, metadata: dict) -> Callable:
 
 def export_generator(G, fmt: str, out: str | os.PathLike, metadata: dict | None = None,
                      tolerance: float = TOLERANCE) -> ExportReport:
-    """Write `G` (a p2p U-Net, on the CPU, eval mode) as `fmt` to `out`, atomically: the file
+    """Write `G` (a p2p U-Net or ResNet generator, on the CPU, eval mode) as `fmt` to `out`, atomically: the file
     appears only once the check passed. Raises ExportMismatch above `tolerance`."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -124,7 +132,7 @@ def export_generator(G, fmt: str, out: str | os.PathLike, metadata: dict | None 
     _writable(out)
     G = G.cpu().eval()
     metadata = {"stride": G.stride, "in_channels": G.in_channels,
-                "out_channels": G.up[0].conv.out_channels, **(metadata or {})}
+                "out_channels": G.out_channels, **(metadata or {})}
     if fmt == "official":
         from p2p.atomic import replace_with
         from p2p.models.official import generator_to_official

@@ -10,6 +10,7 @@ import torch
 
 from helpers.official_layout import OfficialUnet
 from helpers.runs import TINY, run_p2p
+from p2p.export import base_side
 from p2p.models import load_generator
 
 
@@ -22,7 +23,7 @@ def ckpt(tmp_path_factory):
 
 def _inputs(G):
     """Sizes the export check does not use: another batch, and non-square multiples of the stride."""
-    s, gen = G.stride, torch.Generator().manual_seed(1)
+    s, gen = base_side(G), torch.Generator().manual_seed(1)
     return [torch.rand(3, 1, 3 * s, s, generator=gen) * 2 - 1, torch.rand(1, 1, s, 4 * s, generator=gen) * 2 - 1]
 
 
@@ -91,3 +92,25 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, tmp_path):
     for path, needle in ((tmp_path / "junk.pt", "not a readable"), (tmp_path / "missing.pt", "not found")):
         proc = run_p2p("export", path, "--format", "onnx", "--out", tmp_path / "g.onnx", check=False)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_a_resnet_with_ema_exports_its_moving_average(tmp_path):
+    """A ResNet generator trained with train.ema_decay: onnx and torchscript hold the EMA weights
+    (what `p2p predict` runs by default), not the raw ones, at sizes the check did not use."""
+    import onnxruntime as ort
+
+    run_p2p("train", f"run.out_dir={tmp_path}", "run.name=r", *TINY, "model.generator=resnet", "model.n_blocks=2",
+            "train.max_steps=3", "train.ema_decay=0.5")
+    ckpt = tmp_path / "r" / "checkpoints" / "last.pt"
+    ema, raw = load_generator(ckpt).eval(), load_generator(ckpt, weights="raw").eval()
+    run_p2p("export", ckpt, "--format", "onnx", "--out", tmp_path / "g.onnx", timeout=600)
+    run_p2p("export", ckpt, "--format", "torchscript", "--out", tmp_path / "g.pt")
+    session = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(tmp_path / "g.pt"))
+    for x in _inputs(ema):
+        with torch.no_grad():
+            want, other = ema(x), raw(x)
+            assert (want - other).abs().max() > 1e-4  # so the comparison below tells them apart
+            np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], want.numpy(), atol=1e-4)
+            torch.testing.assert_close(scripted(x), want, atol=1e-5, rtol=0)
