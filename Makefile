@@ -1,14 +1,16 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv when missing.
 # torch/torchvision are pinned to the pair that the development machines hold on local disk
 # (a CUDA build that also runs on CPU); override with `make TORCH_PINS="torch torchvision"`.
-# The venv gets the [dali] extra (DALI's CUDA 13 build, whose CPU pipelines the tests run);
-# `make EXTRAS=dev` leaves DALI out (its tests then skip, unless P2P_REQUIRE_DALI=1).
+# The venv gets the [dali] extra (DALI's CUDA 13 build, whose CPU pipelines the tests run) and
+# [metrics,export,trackers] (the reference packages that eval, export and tracker tests run against);
+# `make EXTRAS=dev` leaves them out (DALI's tests then skip unless P2P_REQUIRE_DALI=1; the eval,
+# export and tracker tests need their extras).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev,dali
+EXTRAS ?= dev,dali,metrics,export,trackers
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean bench

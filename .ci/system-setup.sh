@@ -16,5 +16,6 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # One apt-get update + install for everything missing: the cluster's packages plus these.
-"$root/slurm/local-cluster" install python3-venv
+# gcc + libc6-dev: p2p.fused compiles its CPU kernel on first use (tests/test_fused.py needs it).
+"$root/slurm/local-cluster" install python3-venv gcc libc6-dev
 "$root/slurm/local-cluster" up

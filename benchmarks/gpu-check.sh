@@ -76,6 +76,9 @@ install_wheels() {
     for pkg in webdataset submitit pytest pytest-timeout; do
         "$PY" -m pip install --no-index --find-links "$WHEELS" --quiet "$pkg" || { echo "not installed: $pkg"; rc=1; }
     done
+    if ls "$WHEELS"/pytorch_fid-*.whl > /dev/null 2>&1; then  # gpu-check-wheels.sh --with-metrics
+        "$PY" -m pip install --no-index --find-links "$WHEELS" --quiet pytorch-fid lpips torchmetrics || rc=1
+    fi
     if ls "$WHEELS"/nvidia_dali_cuda130-*.whl > /dev/null 2>&1; then
         "$PY" -m pip install --no-index --find-links "$WHEELS" --quiet nvidia-dali-cuda130 || rc=1
     else

@@ -8,6 +8,8 @@ no device RNG is touched. Only a few integers per sample cross to the device.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -19,6 +21,30 @@ def step_generator(seed: int, rank: int, step: int, stream: int = 0) -> torch.Ge
     return g
 
 
+class Windows(NamedTuple):
+    """Per-sample crop windows of a batch: top and left corners (int64) and whether each is
+    mirrored (bool), N each, on the CPU."""
+
+    top: torch.Tensor
+    left: torch.Tensor
+    mirror: torch.Tensor
+
+
+def draw_windows(n: int, h: int, w: int, size: int, gen: torch.Generator | None, flip: bool = True) -> Windows:
+    """The size x size windows of a batch of n H x W images: with `gen`, a random window per sample
+    and (if `flip`) a coin-flip mirror, drawn in that order; without, the centre and no flip.
+    Every device step (eager or fused) crops by these, so one generator gives one set of windows."""
+    if h < size or w < size:
+        raise ValueError(f"cannot crop {h}x{w} images to {size}x{size}")
+    if gen is None:
+        return Windows(torch.full((n,), (h - size) // 2), torch.full((n,), (w - size) // 2),
+                       torch.zeros(n, dtype=torch.bool))
+    top = torch.randint(0, h - size + 1, (n,), generator=gen)
+    left = torch.randint(0, w - size + 1, (n,), generator=gen)
+    mirror = torch.rand(n, generator=gen) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return Windows(top, left, mirror)
+
+
 def crop_flip(images: torch.Tensor, size: int, gen: torch.Generator | None, flip: bool = True) -> torch.Tensor:
     """Crop every image of an N x C x H x W batch to size x size.
 
@@ -26,19 +52,17 @@ def crop_flip(images: torch.Tensor, size: int, gen: torch.Generator | None, flip
     mirror; without, the centre window and no flip (validation). Works for any dtype and device.
     """
     n, c, h, w = images.shape
-    if h < size or w < size:
-        raise ValueError(f"cannot crop {h}x{w} images to {size}x{size}")
-    dev = images.device
-    if gen is None:
-        if h == size and w == size:
-            return images
+    windows = draw_windows(n, h, w, size, gen, flip)
+    if gen is None:  # the centre: one slice (a view) for the whole batch
         top, left = (h - size) // 2, (w - size) // 2
-        return images[:, :, top:top + size, left:left + size]
-    top = torch.randint(0, h - size + 1, (n,), generator=gen)
-    left = torch.randint(0, w - size + 1, (n,), generator=gen)
-    mirror = torch.rand(n, generator=gen) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    windows = slice_windows if dev.type == "cpu" else gather_windows
-    return windows(images, top, left, mirror, size)
+        return images if h == w == size else images[:, :, top:top + size, left:left + size]
+    return apply_windows(images, windows, size)
+
+
+def apply_windows(images: torch.Tensor, windows: Windows, size: int) -> torch.Tensor:
+    """The windows cut out of the batch (mirrored where asked), N x C x size x size."""
+    crop = slice_windows if images.device.type == "cpu" else gather_windows
+    return crop(images, *windows, size)
 
 
 def slice_windows(images, top, left, mirror, size: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 __all__ = [
     "rgb_to_lab",
+    "rgb_to_lightness",
     "lab_to_rgb",
     "normalize_l",
     "normalize_ab",
@@ -39,6 +40,7 @@ __all__ = [
     "denormalize_ab",
     "lab_to_model",
     "model_to_rgb",
+    "lab_to_rgb_autograd",
 ]
 
 # skimage.color.colorconv.xyz_from_rgb (sRGB specification) and the D65 / 2-degree white.
@@ -192,6 +194,25 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     return lab.squeeze(0) if unbatch else lab
 
 
+def rgb_to_lightness(rgb: Tensor) -> Tensor:
+    """sRGB (float in [0, 1], or uint8) -> CIE L in [0, 100], N x 1 x H x W (or 1 x H x W):
+    `rgb_to_lab(rgb)[:, :1]` for a third of the matrix and transfer-function work (only Y is
+    needed), what inference computes for a colourising model's input."""
+    batch, unbatch = _as_batch(rgb, "rgb")
+    with torch.autocast(device_type=batch.device.type, enabled=False):
+        if batch.dtype == torch.uint8:
+            linear = _gamma_table(batch.device).index_select(0, batch.reshape(-1).to(torch.int32)).view(batch.shape)
+        elif batch.is_floating_point():
+            linear = _srgb_to_linear(batch.float())
+        else:
+            raise TypeError(f"rgb must be uint8 or floating point, got {batch.dtype}")
+        r, g, b = linear.unbind(1)
+        row = _WHITE_XYZ_FROM_RGB[1]
+        y = torch.mul(r, row[0]).add_(g, alpha=row[1]).add_(b, alpha=row[2]).unsqueeze(1)
+        lightness = _lab_f_(y, scratch=torch.empty_like(y)).mul_(116.0).sub_(16.0)
+    return lightness.squeeze(0) if unbatch else lightness
+
+
 def lab_to_rgb(lab: Tensor) -> Tensor:
     """CIELAB -> float32 sRGB in [0, 1], as `skimage.color.lab2rgb` (out-of-gamut included).
 
@@ -243,3 +264,19 @@ def model_to_rgb(l_norm: Tensor, ab_norm: Tensor) -> Tensor:
     any size) end up as skimage.color.lab2rgb puts them."""
     lab = torch.cat([denormalize_l(l_norm.float()), denormalize_ab(ab_norm.float())], dim=-3)
     return lab_to_rgb(lab)
+
+
+def lab_to_rgb_autograd(lab: Tensor) -> Tensor:
+    """`lab_to_rgb` that autograd can differentiate (a loss on a colourised image, e.g. the
+    perceptual loss), equal to it to float32 rounding. The fast version works in place and
+    through `out=` buffers, which autograd does not follow. Float32, autocast off."""
+    with torch.autocast(device_type=lab.device.type, enabled=False):
+        lightness, a, b = lab.float().unbind(-3)
+        fy = (lightness + 16.0) / 116.0
+        f = torch.stack([fy + a / 500.0, fy, (fy - b / 200.0).clamp(min=0.0)], dim=-3)
+        white_xyz = torch.where(f > _LAB_F_KNEE, f ** 3, (f - _LAB_OFFSET) / _LAB_SLOPE)
+        x, y, z = white_xyz.unbind(-3)
+        linear = torch.stack([row[0] * x + row[1] * y + row[2] * z for row in _RGB_FROM_WHITE_XYZ], dim=-3)
+        # the power's argument is kept above the knee, so its gradient is finite everywhere
+        curve = 1.055 * linear.clamp(min=_LINEAR_KNEE) ** (1 / 2.4) - 0.055
+        return torch.where(linear > _LINEAR_KNEE, curve, 12.92 * linear).clamp(0.0, 1.0)

@@ -1,6 +1,7 @@
 """Errors meant for the user, each one line: `UsageError` (bad command line, config key, value,
-path or input file; the CLI exits 2) and `TrainingError` (a run that cannot go on: non-finite
-loss, out of memory, a lost peer; `p2p train` exits 1).
+path or input file; the CLI exits 2), `WeightsError` (a weights file that is not one of the
+supported networks; a `UsageError` too) and `TrainingError` (a run that cannot go on:
+non-finite loss, out of memory, a lost peer; `p2p train` exits 1).
 
 The faults a cluster throws have their own classes, so that callers can tell them apart:
 `CheckpointError` (a checkpoint that is missing, unreadable, corrupt or not a checkpoint; a
@@ -44,3 +45,7 @@ class PeerLostError(TrainingError):
     """Another process of a multi-process job died or stopped answering in a collective: the run
     can continue from its last checkpoint once the job is restarted (a Slurm job may requeue)."""
 
+
+class WeightsError(CheckpointError):
+    """Weights that fit none of the supported networks (or not the one they claim to be): a
+    CheckpointError, so one `except CheckpointError` answers every file p2p cannot load."""

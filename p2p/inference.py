@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from p2p.config import Config, from_tree, load_config, with_values
 from p2p.errors import UsageError
-from p2p.models import load_generator, read_checkpoint
+from p2p.models import load_generator, read_checkpoint, select_generator_weights
 from p2p.tasks import Task, build_task
 
 OFFICIAL_TEST_SIZE = 256  # official pix2pix test.py: load_size = crop_size = 256
@@ -42,12 +42,14 @@ class Geometry:
 
 @dataclass
 class Predictor:
-    """A generator in eval mode with the task and config it was trained with."""
+    """A generator (in eval mode, or train mode when asked) with the task and config it was
+    trained with."""
 
     G: torch.nn.Module
     task: Task
     cfg: Config
     official: bool  # official pix2pix weights: no config of their own
+    weights: str = "raw"  # which of a checkpoint's generators: "ema" or "raw"
 
     def geometry(self, size: int | None = None, full_res: bool = False, squash: bool = False) -> Geometry:
         """The default geometry for this model, or the one the flags ask for."""
@@ -76,21 +78,29 @@ def infer_task(in_ch: int, out_ch: int) -> str:
     return {(1, 2): "colorize", (1, 3): "gray2rgb"}.get((in_ch, out_ch), "paired")
 
 
-def load_predictor(path: str, task_name: str | None = None, direction: str | None = None) -> Predictor:
+def load_predictor(path: str, task_name: str | None = None, direction: str | None = None, weights: str = "auto",
+                   train_mode: bool = False) -> Predictor:
     """A predictor from any supported checkpoint. For official weights the task is inferred from
-    the channel counts (1->2 colorize, 1->3 gray2rgb, else paired)."""
+    the channel counts (1->2 colorize, 1->3 gray2rgb, else paired). `weights`: a checkpoint's
+    EMA or raw generator (p2p.models.load_generator). `train_mode`: the paper's test-time
+    behaviour, the official test.py default without --eval: dropout on and BatchNorm with the
+    statistics of the batch it sees (each image, here); the global torch RNG that dropout draws
+    from is seeded, so two runs give the same images."""
     obj = read_checkpoint(path)
-    G = load_generator(obj, name=str(path))
+    G = load_generator(obj, weights=weights, name=str(path))
+    _, used = select_generator_weights(obj, weights)
     tree = obj.get("config") if isinstance(obj, dict) and obj.get("format") == "p2p" else None
     cfg = load_config() if tree is None else from_tree(tree)
-    channels = (G.down[0].conv.in_channels, G.up[0].conv.out_channels)
+    channels = (G.in_channels, G.out_channels)
     name = task_name or (cfg.task.name if tree is not None else infer_task(*channels))
     cfg = with_values(cfg, {"task.name": name, "task.direction": direction or cfg.task.direction})
     task = build_task(cfg.task)
     if (task.in_channels, task.out_channels) != channels:
         raise UsageError(f"task {name} needs a {task.in_channels}->{task.out_channels} channel generator; "
                          f"{path} maps {channels[0]}->{channels[1]}")
-    return Predictor(G.eval(), task, cfg, tree is None)
+    if train_mode:
+        torch.manual_seed(cfg.run.seed)
+    return Predictor(G.train(train_mode), task, cfg, tree is None, used)
 
 
 def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -114,9 +124,17 @@ def scaled_size(h: int, w: int, short: int) -> tuple[int, int]:
     return max(short, round(h * s)), max(short, round(w * s))
 
 
+def _forward(G, x: torch.Tensor, precision=None) -> torch.Tensor:
+    if precision is None:
+        return G(x)
+    with precision.autocast():
+        return G(x)
+
+
 @torch.no_grad()
-def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None) -> torch.Tensor:
-    """RGB in [0, 1] (N x 3 x H x W) -> the task's output RGB in [0, 1] at H x W."""
+def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None, tiling=None) -> torch.Tensor:
+    """RGB in [0, 1] (N x 3 x H x W) -> the task's output RGB in [0, 1] at H x W. `tiling`
+    (p2p.tiling.Tiling) runs the model input in overlapping tiles."""
     h, w = rgb.shape[-2:]
     if geometry.mode == "full":
         seen = rgb
@@ -126,11 +144,12 @@ def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None
         seen = resize(rgb, scaled_size(h, w, geometry.size)).clamp_(0, 1)
     x = task.model_input(seen)
     sh, sw = x.shape[-2:]
-    if precision is not None:
-        with precision.autocast():
-            out = G(pad_to(x, G.stride))
+    if tiling is None:
+        out = _forward(G, pad_to(x, G.stride), precision)
     else:
-        out = G(pad_to(x, G.stride))
+        from p2p.tiling import run_tiled
+
+        out = run_tiled(G, pad_to(x, G.stride), tiling, lambda net, t: _forward(net, t, precision))
     out = out[..., :sh, :sw].float()
     if task.name == "colorize":  # ab at the model's scale, L at full resolution
         ab = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False) if (sh, sw) != (h, w) else out

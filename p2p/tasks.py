@@ -20,8 +20,9 @@ import torch
 from torch.nn import functional as F
 
 from p2p import color
-from p2p.augment import crop_flip
+from p2p.augment import apply_windows, crop_flip, draw_windows
 from p2p.config import TaskConfig
+from p2p.fused import DeviceStep
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -50,9 +51,11 @@ class Task:
     name = "task"
     in_channels = 3
     out_channels = 3
+    fused_device_step = False  # True: prepare() runs through p2p.fused where it can
 
-    def __init__(self, cfg: TaskConfig):
+    def __init__(self, cfg: TaskConfig, device_step: str = "fused"):
         self.cfg = cfg
+        self.device_step = DeviceStep(device_step)  # colorize, gray2rgb: crop..normalise in one kernel
         self.notice = None  # where a fallback is reported (the run's notices); None: a Python warning
 
     def prepare(self, images: torch.Tensor, size: int, gen: torch.Generator | None, flip: bool = True,
@@ -78,12 +81,31 @@ class Task:
     def output_rgb(self, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return _unsigned(out)
 
+    def output_rgb_autograd(self, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`output_rgb` through operations autograd follows (for losses on the RGB image)."""
+        return self.output_rgb(inp, out)
+
     def input_rgb(self, inp: torch.Tensor) -> torch.Tensor:
         x = _unsigned(inp)
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-class Colorize(Task):
+class FusedColour(Task):
+    """A task whose whole device step has a fused kernel (p2p.fused): crop, flip and `convert`
+    in one pass; the eager crop + `convert` where it cannot run. Both crop by the same windows."""
+
+    fused_device_step = True
+
+    def prepare(self, images, size, gen, flip=True, crop_gen=None):
+        n, _, h, w = images.shape
+        windows = draw_windows(n, h, w, size, crop_gen, flip)
+        fused = getattr(self.device_step, self.name)(images, windows, size)
+        if fused is not None:
+            return fused
+        return self.convert(apply_windows(images, windows, size), gen)
+
+
+class Colorize(FusedColour):
     name, in_channels, out_channels = "colorize", 1, 2
 
     def convert(self, images, gen):
@@ -97,14 +119,18 @@ class Colorize(Task):
     def output_rgb(self, inp, out):
         return color.model_to_rgb(inp.float(), out.float())
 
+    def output_rgb_autograd(self, inp, out):
+        lab = torch.cat([color.denormalize_l(inp.float()), color.denormalize_ab(out.float())], dim=1)
+        return color.lab_to_rgb_autograd(lab)
+
     def input_rgb(self, inp):
         return color.model_to_rgb(inp.float(), torch.zeros_like(inp.float()).expand(-1, 2, -1, -1))
 
     def model_input(self, rgb01):
-        return color.normalize_l(color.rgb_to_lab(rgb01)[:, :1])
+        return color.normalize_l(color.rgb_to_lightness(rgb01))
 
 
-class Gray2RGB(Task):
+class Gray2RGB(FusedColour):
     name, in_channels, out_channels = "gray2rgb", 1, 3
 
     def convert(self, images, gen):
@@ -237,5 +263,6 @@ def jpeg_round_trip(u8: torch.Tensor, qualities: list[int], notice=None) -> torc
 TASKS = {t.name: t for t in (Colorize, Gray2RGB, Paired, Restore)}
 
 
-def build_task(cfg: TaskConfig) -> Task:
-    return TASKS[cfg.name](cfg)
+def build_task(cfg: TaskConfig, device_step: str = "fused") -> Task:
+    """The task of `cfg`; `device_step` (data.device_step) picks the fused or eager device step."""
+    return TASKS[cfg.name](cfg, device_step)

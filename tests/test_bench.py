@@ -12,6 +12,7 @@ import types
 import pytest
 import torch
 
+from helpers.requirements import require_c_compiler
 from helpers.runs import TINY, run_p2p
 from p2p.errors import UsageError
 
@@ -64,6 +65,39 @@ def test_step_rows_and_skips(tmp_path):
     assert any("no GPU" in n for n in payload["notes"])
 
 
+def test_step_prices_the_model_choices_with_their_own_flops():
+    from p2p.bench.step import MODEL_CHOICES, StepOptions, run_step
+    from p2p.bench.workload import model_sizes, workload_config
+    from p2p.config import with_values
+    from p2p.tasks import build_task
+    from p2p.train.flops import step_flops_per_image
+    from p2p.train.nets import architectures
+
+    step = {**TOY_STEP, "image_size": 64}
+    payload = run_step(StepOptions(device="cpu", **step, modes=("resnet_9blocks", "multiscale_feat")),
+                       progress=lambda s: None)
+    rows = payload["results"]
+    check_rows(rows, "baseline")
+    by = {r["name"]: r for r in rows}
+    assert list(by) == ["baseline", "p2p_default", "resnet_9blocks", "multiscale_feat"]  # the default is added
+    cfg = workload_config(model_sizes("small", 8, 8, 5), 64, 2)
+    task = build_task(cfg.task)
+    for name, row in by.items():
+        c = with_values(cfg, MODEL_CHOICES.get(name, {}))
+        assert row["flops_per_image"] == step_flops_per_image(*architectures(c, task), 64, c.loss), name
+    assert by["resnet_9blocks"]["model_changes"] == {"model.generator": "resnet", "model.n_blocks": 9}
+    # a second scale and the extra D pass of feature matching cost FLOPs on top of the default
+    assert by["multiscale_feat"]["flops_per_image"] > by["p2p_default"]["flops_per_image"]
+    assert by["resnet_9blocks"]["flops_per_image"] != by["p2p_default"]["flops_per_image"]
+    for name in MODEL_CHOICES:
+        assert by[name]["vs_p2p_default"] == pytest.approx(by[name]["img_per_s"] / by["p2p_default"]["img_per_s"])
+        assert by[name]["adam"] == by["p2p_default"]["adam"]  # the default's setup, other networks
+    # a choice that does not fit the image size is kept, skipped, with the reason
+    small = run_step(StepOptions(device="cpu", **TOY_STEP, modes=("multiscale_feat",)), progress=lambda s: None)
+    row = next(r for r in small["results"] if r["name"] == "multiscale_feat")
+    assert "does not fit this size" in row["skipped"] and row["img_per_s"] is None
+
+
 def test_step_command_writes_json(tmp_path):
     out = tmp_path / "step.json"
     proc = run_p2p("bench", "step", *TOY_FLAGS, "--batch-size", 2, "--steps", 1, "--repeats", 1,
@@ -89,6 +123,7 @@ def test_step_options_are_checked():
 
 
 def test_profile_writes_a_chrome_trace(tmp_path):
+    require_c_compiler()
     from p2p.bench.profile import run_profile
 
     payload = run_profile(overrides=TINY + [f"run.out_dir={tmp_path}"], steps=2, warmup=1, out_dir=tmp_path,
@@ -101,6 +136,8 @@ def test_profile_writes_a_chrome_trace(tmp_path):
     assert 0.0 <= s["data_wait_fraction"] <= 1.0 and s["img_per_s"] > 0
     assert s["bottleneck"].startswith(("data-bound", "compute-bound"))
     assert s["top_ops_cpu"] and all(not o["name"].startswith("p2p.") for o in s["top_ops_cpu"])
+    assert s["device_step"] == "c-kernel" and 0.0 < s["device_step_share"] < 1.0 and s["device_step_ms"] > 0
+    assert s["device_step_share"] + s["data_wait_fraction"] <= 1.0
     check_environment(payload["environment"])
 
 
@@ -221,3 +258,21 @@ def test_bench_suites_are_registered():
         args = parser.parse_args([suite])
         assert args.suite == suite and callable(args.run_suite)
     assert torch.get_num_threads() >= 1
+
+
+def test_step_flops_count_each_new_term():
+    from p2p.config import LossConfig
+    from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
+    from p2p.perceptual import vgg19_features
+    from p2p.train.flops import forward_flops, step_flops_per_image
+
+    g, d1, d2 = GeneratorArch(1, 2, 5, 8), DiscriminatorArch(3, 8, 3), DiscriminatorArch(3, 8, 3, "batch", 2)
+    with torch.device("meta"):
+        G, D, vgg = build_generator(g), build_discriminator(d1), vgg19_features()
+    gf, df = forward_flops(G, (1, 1, 64, 64)), forward_flops(D, (1, 3, 64, 64))
+    half = forward_flops(D, (1, 3, 32, 32))  # the second scale sees the pair pooled to half size
+    assert step_flops_per_image(g, d1, 64) == 3 * gf + 8 * df
+    assert step_flops_per_image(g, d2, 64) == 3 * gf + 8 * (df + half)
+    assert step_flops_per_image(g, d2, 64, LossConfig(lambda_feat=10)) == 3 * gf + 9 * (df + half)
+    vf = forward_flops(vgg, (1, 3, 64, 64))
+    assert step_flops_per_image(g, d1, 64, LossConfig(lambda_vgg=1, vgg_weights="v")) == 3 * gf + 8 * df + 3 * vf

@@ -10,6 +10,8 @@ import torch
 from skimage import color as skcolor
 from skimage import data as skdata
 
+from helpers.requirements import require_c_compiler
+
 from p2p.color import (
     denormalize_ab,
     denormalize_l,
@@ -186,13 +188,16 @@ def test_model_form_round_trip():
 
 
 def test_bench_rows_are_well_formed():
+    require_c_compiler()
     from p2p.bench.lab import run_lab
 
     rows = run_lab(quick=True, size=32, images=2, repeats=1)
     names = [row["name"] for row in rows]
-    assert len(rows) == 3 and len(set(names)) == 3
+    assert len(rows) == 4 and len(set(names)) == 4
     assert sum("baseline" in name for name in names) == 1
     assert any("float" in name for name in names) and any("uint8" in name for name in names)
+    fused = next(row for row in rows if "fused" in row["name"])
+    assert fused["implementation"] == "c-kernel" and fused["compile_s"] > 0 and fused["load_s"] >= 0
     for row in rows:
         assert row["img_per_s"] > 0
         assert "ratio" in row and row["ratio"] > 0

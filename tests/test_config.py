@@ -50,7 +50,7 @@ def test_override_beats_preset(tmp_path):
     ("task.name=segment", "colorize"),
     ("train.batch_size=big", "expected int"),
     ("data.image_size=100", "image_size"),
-    ("loss.gan_mode=hinge", "vanilla, lsgan, wgangp"),
+    ("loss.gan_mode=softplus", "vanilla, lsgan, wgangp, hinge"),
 ])
 def test_bad_override_is_one_line_exit_2(capsys, override, needle):
     assert main(["train", override]) == 2
@@ -83,6 +83,41 @@ def test_base_loop_is_detected(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(UsageError, match="loops"):
         load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("model.generator=vit", "unet, resnet"),
+    ("model.num_d=0", "model.num_d"),
+    ("model.num_d=3", "coarsest scale sees 16 px"),
+    ("model.n_blocks=0", "model.n_blocks"),
+    ("loss.lambda_feat=-1", "loss.lambda_feat"),
+    ("loss.lambda_vgg=10", "needs loss.vgg_weights"),
+    ("train.ema_decay=1.0", "must be in [0, 1)"),
+    ("optim.impl=apex", "fused, foreach, plain"),
+    ("optim.lr_policy=onecycle", "official"),
+    ("optim.n_epochs_decay=-1", "optim.n_epochs_decay"),
+])
+def test_bad_values_of_the_new_keys_are_one_line_exit_2(capsys, override, needle):
+    # through `p2p config`, which only resolves: a value wrongly accepted fails here at once
+    # (through `p2p train` it would start a training run first)
+    assert main(["config", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_new_model_keys_default_to_todays_behaviour():
+    """Keys added for the anchors (issue 11): each one typed, shown by `p2p config --keys`, and at
+    its default the pix2pix model and step of before."""
+    defaults = {k: d for k, d, _ in help_table()}
+    assert {k: defaults[k] for k in ("model.generator", "model.n_blocks", "model.num_d", "loss.lambda_feat",
+                                     "loss.lambda_vgg", "loss.vgg_weights", "train.ema_decay", "optim.impl",
+                                     "optim.n_epochs", "optim.n_epochs_decay")} == {
+        "model.generator": "'unet'", "model.n_blocks": "9", "model.num_d": "1", "loss.lambda_feat": "0.0",
+        "loss.lambda_vgg": "0.0", "loss.vgg_weights": "''", "train.ema_decay": "0.0", "optim.impl": "'fused'",
+        "optim.n_epochs": "100", "optim.n_epochs_decay": "100"}
+    cfg = load_config(None, ["model.generator=resnet", "data.image_size=36", "data.load_size=40",
+                             "loss.lambda_vgg=1", "loss.vgg_weights=vgg19.pth"])
+    assert cfg.model.stride == 4  # a ResNet needs multiples of 4 only, whatever model.num_downs says
 
 
 def test_every_key_has_help():

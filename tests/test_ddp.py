@@ -140,3 +140,28 @@ def test_syncbatch_on_cpu_falls_back_with_a_notice(tmp_path):
     # what ran is per-rank batch norm: the saved generator holds ordinary BatchNorm statistics
     ck = load_ckpt(tmp_path / "sync" / "checkpoints" / "last.pt")
     assert "down.1.norm.running_mean" in ck["generator"]
+
+
+def test_two_ranks_with_multiscale_d_feature_matching_and_ema(tmp_path):
+    torchrun("tests/helpers/train_worker.py", tmp_path, f"run.out_dir={tmp_path}", "run.name=hd", *TINY,
+             "train.max_steps=4", "model.num_d=2", "model.n_layers_d=2", "loss.lambda_feat=10", "train.ema_decay=0.9")
+    r0, r1 = load_ckpt(tmp_path / "rank0.pt"), load_ckpt(tmp_path / "rank1.pt")
+    ck = load_ckpt(tmp_path / "hd" / "checkpoints" / "last.pt")
+    assert "scales.1.model.0.weight" in ck["discriminator"]
+    stats = ("running_mean", "running_var")
+    for k, v in r0["G_ema"].items():
+        if k.endswith(stats):
+            # each rank's EMA carries its own G's statistics; the checkpoint their mean
+            assert torch.equal(v, r0["G"][k]) and torch.equal(r1["G_ema"][k], r1["G"][k]), k
+            torch.testing.assert_close(ck["generator_ema"][k], (v + r1["G_ema"][k]) / 2, rtol=1e-6, atol=1e-7)
+        elif v.is_floating_point():
+            # the average of weights that DDP keeps identical is identical on every rank, and saved as it is
+            assert torch.equal(v, r1["G_ema"][k]) and torch.equal(ck["generator_ema"][k], v), k
+    for net in ("G", "D"):
+        for k in r0[net]:
+            if not k.endswith(stats + ("num_batches_tracked",)):
+                assert torch.equal(r0[net][k], r1[net][k]), f"{net}.{k} differs between ranks"
+    moved = [k for k in r0["G"] if not k.endswith(stats) and not torch.equal(r0["G"][k], r0["G_ema"][k])]
+    assert moved, "the EMA should lag behind G"
+    rows = [json.loads(x) for x in (tmp_path / "hd" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["world_size"] == 2 and rows[-1]["G_feat"] > 0

@@ -1,6 +1,7 @@
 """GPU paths (skipped without CUDA; run on the device machine): Lab on the device, AMP, CUDA
-graphs and channels_last training steps, and the nvjpeg backend (nvJPEG's pixels against
-libjpeg-turbo's, resume, training, its `p2p bench data` row)."""
+graphs and channels_last training steps, the nvjpeg backend (nvJPEG's pixels against
+libjpeg-turbo's, resume, training, its `p2p bench data` row), p2p eval's FID/KID/LPIPS on the
+GPU, tiled predict."""
 
 import copy
 import io
@@ -315,6 +316,174 @@ def test_train_command_on_gpu_with_every_speedup(tmp_path):
 
     run_p2p("train", f"run.out_dir={tmp_path}", *TINY, "train.max_steps=8", "train.precision=bf16",
             "train.cuda_graphs=true", "train.channels_last=true")
+
+
+def _nets_with_every_term(tmp_path, precision="fp32"):
+    import torchvision
+
+    from p2p.tasks import build_task
+    from p2p.train.nets import build_nets, build_networks
+
+    vgg = tmp_path / "vgg19.pth"
+    if not vgg.exists():
+        torch.manual_seed(0)
+        state = torchvision.models.vgg19(weights=None).state_dict()
+        torch.save({k: v for k, v in state.items() if k.startswith("features.")}, vgg)
+    cfg = load_config(None, ["data.image_size=64", "data.load_size=72", "model.ngf=16", "model.ndf=16",
+                             "model.dropout=false", "model.num_d=2", "loss.lambda_feat=10", "loss.gan_mode=hinge",
+                             "loss.lambda_vgg=1", f"loss.vgg_weights={vgg}", "train.ema_decay=0.9"])
+    task, dev = build_task(cfg.task), torch.device("cuda")
+    p = Precision(precision, dev)
+    torch.manual_seed(0)
+    G, D = (n.to(dev) for n in build_networks(cfg, task))
+    return build_nets(G, D, D, cfg, dev, p, capturable=precision != "fp16", task=task), cfg, p
+
+
+def test_cuda_graph_step_with_every_new_term_matches_eager(tmp_path):
+    """Multi-scale D, feature matching, hinge, the VGG loss and the EMA update are all inside
+    the captured step: no host syncs, replays equal eager steps."""
+    from p2p.train.graphs import GraphedStep
+
+    torch.backends.cudnn.deterministic = True
+    eager, cfg, p = _nets_with_every_term(tmp_path)
+    graphed, _, _ = _nets_with_every_term(tmp_path)
+    step = GraphedStep(lambda a, b: train_step(graphed, a, b, cfg.loss, p), warmup=2)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(5):
+        x = torch.rand(4, 1, 64, 64, device="cuda", generator=g) * 2 - 1
+        y = torch.rand(4, 2, 64, 64, device="cuda", generator=g) * 2 - 1
+        a, b = train_step(eager, x, y, cfg.loss, p), step(x, y)
+        for k in ("G_L1", "G_feat", "G_VGG", "D_real"):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-3)
+    assert step.graph is not None and not step.failed
+    for pa, pb in zip(eager.ema.module.parameters(), graphed.ema.module.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_amp_steps_with_every_new_term_are_finite(tmp_path, precision):
+    nets, cfg, p = _nets_with_every_term(tmp_path, precision)
+    x, y = torch.rand(8, 1, 64, 64, device="cuda") * 2 - 1, torch.rand(8, 2, 64, 64, device="cuda") * 2 - 1
+    for _ in range(3):
+        out = train_step(nets, x, y, cfg.loss, p)
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in out.values())
+
+
+def test_train_command_on_gpu_with_resnet_multiscale_and_ema(tmp_path):
+    from helpers.runs import TINY, run_p2p
+
+    proc = run_p2p("train", f"run.out_dir={tmp_path}", *TINY, "train.max_steps=8", "train.precision=bf16",
+                   "train.cuda_graphs=true", "model.generator=resnet", "model.n_blocks=3", "model.num_d=2",
+                   "model.n_layers_d=2", "loss.lambda_feat=10", "train.ema_decay=0.99")
+    assert "capture failed" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_fused_device_step_compiles_on_cuda_and_matches_the_cpu_kernel():
+    """torch.compile (Triton) of p2p.fused.cuda against the C kernel and the eager path."""
+    from p2p.augment import step_generator
+    from p2p.config import TaskConfig
+    from p2p.tasks import build_task
+
+    x = torch.randint(0, 256, (8, 3, 286, 286), dtype=torch.uint8)
+    for name in ("colorize", "gray2rgb"):
+        fused, eager = build_task(TaskConfig(name=name), "fused"), build_task(TaskConfig(name=name), "eager")
+        assert fused.device_step.implementation(torch.device("cuda")) == "torch.compile"
+        for step in range(3):
+            on_cpu = fused.prepare(x, 256, None, crop_gen=step_generator(0, 0, step))
+            on_gpu = fused.prepare(x.cuda(), 256, None, crop_gen=step_generator(0, 0, step))
+            eager_gpu = eager.prepare(x.cuda(), 256, None, crop_gen=step_generator(0, 0, step))
+            assert "cuda" not in fused.device_step.unavailable, fused.device_step.unavailable
+            for a, b, c in zip(on_gpu, on_cpu, eager_gpu):
+                assert a.device.type == "cuda" and a.dtype == torch.float32
+                torch.testing.assert_close(a.cpu(), b, atol=1e-5, rtol=0)
+                torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert fused.prepare(x.cuda(), 256, None)[0].dtype == torch.float32
+        assert fused.device_step.compile_s[name] > 0
+
+
+def test_a_failed_gpu_compile_is_one_run_notice_and_the_eager_numbers(monkeypatch):
+    """A Triton/Inductor failure of the fused step mid-run (stood in for by a torch.compile that
+    raises: no GPU here can be made to fail compiling on demand) goes to the run's notices once,
+    and the batch and every later one come from the eager path."""
+    from p2p.augment import step_generator
+    from p2p.config import TaskConfig
+    from p2p.tasks import build_task
+
+    def failing_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("triton: out of resources\nsecond line")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    x = torch.randint(0, 256, (4, 3, 72, 72), dtype=torch.uint8, device="cuda")
+    fused, eager = build_task(TaskConfig(name="colorize"), "fused"), build_task(TaskConfig(name="colorize"), "eager")
+    notices: list[str] = []
+    fused.device_step.report = notices.append
+    for step in range(2):
+        got = fused.prepare(x, 64, None, crop_gen=step_generator(0, 0, step))
+        want = eager.prepare(x, 64, None, crop_gen=step_generator(0, 0, step))
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert len(notices) == 1 and "out of resources" in notices[0] and "\n" not in notices[0], notices
+    assert fused.device_step.implementation(x.device).startswith("eager (torch.compile of the fused colorize")
+
+
+def test_fused_lab_bench_row_on_cuda():
+    from p2p.bench.lab import FUSED_ROW, run_lab
+
+    rows = run_lab(device="cuda", size=256, images=64, repeats=3)
+    row = next(r for r in rows if r["name"] == FUSED_ROW)
+    assert row["implementation"] == "torch.compile" and row["img_per_s"] > 0 and row["compile_s"] > 0
+    assert row["max_abs_diff_vs_skimage"] < 2e-3
+
+
+def test_eval_on_gpu_gives_the_cpu_numbers(tmp_path):
+    """FID/KID/LPIPS on CUDA (float32, TF32 off) equal the CPU's; a bf16 generator stays close."""
+    from helpers.requirements import require_module
+
+    for name in ("pytorch_fid", "lpips", "torchmetrics"):  # the [metrics] extra
+        require_module(name)
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from helpers.image_folders import photo
+    from helpers.reference_weights import alexnet_file, fid_inception_file
+    from helpers.runs import TINY, run_p2p
+
+    run_p2p("train", f"run.out_dir={tmp_path}", "run.name=t", *TINY, "train.max_steps=2", "train.device=cpu")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(np.ascontiguousarray(photo(i)[::4, ::4])).save(src / f"{i}.png")
+    fid, alex = fid_inception_file(tmp_path / "fid.pth"), alexnet_file(tmp_path / "alex.pth")
+    got = {}
+    for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "bf16")):
+        out = tmp_path / f"{device}-{precision}.json"
+        run_p2p("eval", tmp_path / "t" / "checkpoints" / "last.pt", "--data", src, "--fid-weights", fid,
+                "--lpips-weights", alex, "--device", device, "--precision", precision, "--json", out, timeout=600)
+        got[device, precision] = json.loads(out.read_text())
+    cpu, gpu, bf16 = got["cpu", "fp32"], got["cuda", "fp32"], got["cuda", "bf16"]
+    for k in ("psnr", "ssim", "lpips", "fid"):
+        assert gpu[k] == pytest.approx(cpu[k], rel=1e-3), k
+    assert gpu["kid"] == pytest.approx(cpu["kid"], rel=1e-2, abs=1e-5)
+    assert bf16["psnr"] == pytest.approx(cpu["psnr"], abs=0.5) and bf16["fid"] == pytest.approx(cpu["fid"], rel=0.1)
+
+
+def test_tiled_predict_on_gpu_matches_cpu():
+    from p2p.config import TaskConfig
+    from p2p.inference import Geometry, predict
+    from p2p.tasks import build_task
+    from p2p.tiling import Tiling
+
+    torch.manual_seed(0)
+    G = init_weights(build_generator(GeneratorArch(1, 2, 5, 8))).eval()
+    task = build_task(TaskConfig(name="colorize"))
+    rgb = torch.rand(2, 3, 160, 224)
+    cpu = predict(G, task, rgb, Geometry("full", 0), tiling=Tiling(64, 16))
+    gpu = predict(G.cuda(), task, rgb.cuda(), Geometry("full", 0), tiling=Tiling(64, 16)).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=2e-3, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,12 +34,12 @@ def tiny_nets(precision="fp32", skip=False, capturable=False, channels_last=Fals
                 fmt), p
 
 
-def colorize_batch(n=2, size=32):
+def colorize_batch(n=2, size=32, device_step="fused"):
     from helpers.image_folders import photo_batch
     from p2p.config import TaskConfig
     from p2p.tasks import build_task
 
-    return build_task(TaskConfig(name="colorize")).prepare(photo_batch()[:n], size, None)
+    return build_task(TaskConfig(name="colorize"), device_step).prepare(photo_batch()[:n], size, None)
 
 
 def checkpoint_of(nets: Nets, lr: float, tmp_path) -> dict:
@@ -151,12 +151,14 @@ def test_train_resumes_with_on_nonfinite_skip_from_a_stop_checkpoint(tmp_path):
 def test_graph_buffers_keep_the_strides_the_compiled_networks_were_warmed_up_with():
     """GraphedStep copies every input into `static_like` buffers. Colorization's L is a strided
     view of a Lab tensor; a contiguous copy would fail torch.compile's stride guard, and the
-    recompile inside a CUDA graph capture cannot be captured (the run fell back to eager)."""
+    recompile inside a CUDA graph capture cannot be captured (the run fell back to eager). The
+    eager device step makes that view (data.device_step=eager, or where the fused one cannot
+    run); the fused one writes L contiguous."""
     import torch._dynamo
 
     from p2p.train.graphs import static_like
 
-    inp, target = colorize_batch()
+    inp, target = colorize_batch(device_step="eager")
     assert not inp.is_contiguous()
     net = torch.compile(torch.nn.Conv2d(1, 4, 3), backend="eager")  # dynamo's guards without inductor
     net(inp)

@@ -15,7 +15,7 @@ import torch
 
 from helpers import image_folders as F
 from helpers.runs import TINY, run_p2p
-from helpers.requirements import dali_problem, hide_dali, require_dali
+from helpers.requirements import dali_problem, hide_dali, require_c_compiler, require_dali
 from p2p.config import Config, with_values
 from p2p.data import build_loader
 from p2p.data.shard import make_shards, read_manifest, shard_files
@@ -308,6 +308,7 @@ def test_train_a_few_steps(data, backend, tmp_path):
 
 @pytest.mark.slow
 def test_bench_data_quick(data, tmp_path):
+    require_c_compiler()
     out = tmp_path / "bench.json"
     have_dali = dali_problem() is None
     backends = "wds,dali,folder" if have_dali else "wds,folder"
@@ -323,5 +324,20 @@ def test_bench_data_quick(data, tmp_path):
     assert set(backends.split(",")) <= names
     for r in rows:
         assert r["img_per_s"] > 0 and r["ratio"] > 0 and r["baseline"] == base[0]["name"]
+    assert res["config"]["device_step"] == "c-kernel" and res["config"]["decoder"] == "simplejpeg"
+    pipelines = [r for r in rows if r["stage"] == "model-ready" and r["backend"] != "baseline"]
+    assert pipelines and all(r["device_step"] == "c-kernel" and r["prepare_ahead"] for r in pipelines)
     if not have_dali:
         require_dali()  # the dali part did not run: record a skip (a failure under P2P_REQUIRE_DALI=1)
+
+
+@pytest.mark.slow
+def test_bench_decode_compares_pixels(data):
+    from p2p.bench.decode import BASELINE, run_decode
+
+    rows = {r["name"]: r for r in run_decode(str(data["shards"]), images=8, repeats=1)["results"]}
+    assert rows[BASELINE]["max_abs_diff"] == 0 and rows[BASELINE]["ratio"] == pytest.approx(1.0)
+    accurate, fast = rows["simplejpeg (accurate)"], rows["simplejpeg fastdct"]
+    assert accurate["max_abs_diff"] == 0 and accurate["keeps_pixels"] and accurate["used_by_loaders"]
+    assert fast["max_abs_diff"] > 1 and not fast["keeps_pixels"] and not fast["used_by_loaders"]
+    assert all(r["img_per_s"] > 0 for r in rows.values())

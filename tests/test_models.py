@@ -7,7 +7,7 @@ from p2p.models import (DiscriminatorArch, GeneratorArch, build_discriminator, b
                         load_discriminator, load_generator)
 from p2p.models.official import generator_from_official, generator_to_official
 
-from helpers.official_layout import OfficialNLayerD, OfficialPixelD, OfficialUnet, randomize
+from helpers.official_layout import OfficialNLayerD, OfficialPixelD, OfficialUnet, assert_same_outputs, randomize
 
 
 def count(net):
@@ -56,16 +56,21 @@ def test_official_generator_weights_give_official_outputs(tmp_path, norm, num_do
     assert "model.model.1.model.1.weight" in keys and "model.model.1.model.3.model.1.weight" in keys
     ours = load_generator(tmp_path / "latest_net_G.pth")
     assert (ours.num_downs, ours.down[0].conv.out_channels) == (num_downs, 8)
-    x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
-        # train mode without dropout: batch statistics, the official in-place skip activations
-        official.train()
-        ours.train()
-        for m in list(official.modules()) + list(ours.modules()):
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-6)
+    # train mode too: batch statistics, the official in-place skip activations
+    assert_same_outputs(ours, official, torch.randn(2, 3, size, size))
+
+
+@pytest.mark.parametrize("which", ["G", "D"])
+def test_old_official_instance_norm_files_with_running_stats_load(which):
+    # before PyTorch 0.4 InstanceNorm tracked statistics; they are no batch norm's
+    official = randomize(OfficialUnet(1, 2, 6, 8, "instance") if which == "G" else OfficialNLayerD(6, 8, 3, "instance"))
+    state = dict(official.state_dict())
+    norms = {"model.model.1.model.2": 16, "model.model.1.model.6": 8} if which == "G" else {"model.3": 16}
+    for norm, ch in norms.items():
+        state[f"{norm}.running_mean"], state[f"{norm}.running_var"] = torch.zeros(ch), torch.ones(ch)
+    net = load_generator(state) if which == "G" else load_discriminator(state)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
 
 
 def test_official_state_without_num_batches_tracked_loads():

@@ -52,6 +52,10 @@ def assert_same_run(a_dir, b_dir) -> None:
         for pid, st in a[opt]["state"].items():
             assert torch.equal(st["exp_avg"], b[opt]["state"][pid]["exp_avg"]), f"{opt} state {pid}"
             assert torch.equal(st["exp_avg_sq"], b[opt]["state"][pid]["exp_avg_sq"]), f"{opt} state {pid}"
+    assert ("generator_ema" in a) == ("generator_ema" in b)
+    if "generator_ema" in a:
+        differ = [k for k in a["generator_ema"] if not torch.equal(a["generator_ema"][k], b["generator_ema"][k])]
+        assert not differ, f"EMA: {len(differ)} tensors differ after resume, e.g. {differ[:3]}"
     ra, rb = training_rows(a_dir), training_rows(b_dir)
     assert sorted(ra) == sorted(rb) == list(range(1, a["step"] + 1)), "every step logged exactly once"
     for step in ra:
@@ -79,6 +83,29 @@ def test_two_ranks_cut_and_resumed_equal_two_ranks_uninterrupted(tmp_path):
     torchrun(*common, "run.name=cut")
     assert_same_run(tmp_path / "straight", tmp_path / "cut")
     assert all(r["world_size"] == 2 for r in rows(tmp_path / "cut"))
+
+
+def test_two_ranks_with_ema_multiscale_d_and_feature_matching_resume_exactly_on_every_rank(tmp_path):
+    """Issue 11's terms under DDP and resume. Each rank keeps its own EMA, whose batch-norm
+    statistics are its own G's and differ between ranks, while the checkpoint holds one EMA
+    (their mean): so every rank has to rebuild its EMA on resume, parameters from the checkpoint
+    and statistics from its own restored G. Compared rank by rank with an uninterrupted run."""
+    common = [f"run.out_dir={tmp_path}", *EXACT, "train.max_steps=8", "data.epoch_size=32",
+              "train.ema_decay=0.8", "model.num_d=2", "loss.lambda_feat=10"]
+    for leg, extra in (("straight", []), ("cut", ["train.stop_after=3"]), ("resumed", [])):
+        (tmp_path / leg).mkdir()
+        run = "straight" if leg == "straight" else "cut"
+        torchrun("tests/helpers/train_worker.py", tmp_path / leg, *common, f"run.name={run}", *extra)
+    assert load_ckpt(tmp_path / "cut" / "rank0.pt")["step"] == 3
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")  # the saved EMA included
+    stats = ("running_mean", "running_var")
+    for rank in (0, 1):
+        a, b = (load_ckpt(tmp_path / leg / f"rank{rank}.pt") for leg in ("straight", "resumed"))
+        differ = [k for k in a["G_ema"] if not torch.equal(a["G_ema"][k], b["G_ema"][k])]
+        assert not differ, f"rank {rank}: {len(differ)} EMA tensors differ after resume, e.g. {differ[:3]}"
+    r0, r1 = (load_ckpt(tmp_path / "resumed" / f"rank{r}.pt")["G_ema"] for r in (0, 1))
+    assert any(not torch.equal(r0[k], r1[k]) for k in r0 if k.endswith(stats)), "ranks' statistics should differ"
+    assert all(torch.equal(r0[k], r1[k]) for k in r0 if not k.endswith(stats + ("num_batches_tracked",)))
 
 
 def test_signalled_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
@@ -132,3 +159,20 @@ def test_resume_mid_epoch_from_shards(tmp_path, shards, backend):
     assert ck["step"] == 4 and ck["epoch"] == 0 and 0 < ck["batch_in_epoch"] < 9
     run_p2p("train", *common, "run.name=cut")
     assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_cut_and_resumed_run_with_every_new_term_equals_the_uninterrupted_one(tmp_path):
+    """The generator's EMA (saved, its buffers this rank's G's), the multi-scale discriminator,
+    feature matching, hinge and the official per-epoch lr (6 batches per epoch: the cut at 5
+    is mid-epoch, before the lr's first change) resume bit-exactly too."""
+    common = [f"run.out_dir={tmp_path}", *EXACT, "train.max_steps=10", "train.ema_decay=0.8", "model.num_d=2",
+              "loss.lambda_feat=10", "loss.gan_mode=hinge", "optim.lr_policy=official", "optim.n_epochs=1",
+              "optim.n_epochs_decay=1"]
+    run_p2p("train", *common, "run.name=straight")
+    assert run_p2p("train", *common, "run.name=cut", "train.stop_after=5", check=False).returncode == STOPPED_ON_SIGNAL
+    run_p2p("train", *common, "run.name=cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")  # the EMA's tensors included
+    a = load_ckpt(tmp_path / "straight" / "checkpoints" / "last.pt")
+    assert "generator_ema" in a
+    assert "scales.1.model.0.weight" in a["discriminator"]
+    assert {r["lr"] for r in rows(tmp_path / "cut")} == {2e-4, 1e-4}

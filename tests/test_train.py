@@ -60,9 +60,14 @@ def test_train_then_predict_then_eval(tmp_path):
 
     run_p2p("eval", run / "checkpoints" / "last.pt", "--data", src, "--json", tmp_path / "eval.json")
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["metrics"]["count"] == result["count"] == 2
-    assert {"psnr", "ssim", "l1", "colorfulness"} <= result["metrics"].keys()
-    assert result["psnr"] == result["metrics"]["psnr"] and result["ssim"] <= 1.0
+    assert result["count"] == 2 and result["ssim"] <= 1.0
+    # exactly the metric keys; without weights files FID, KID and LPIPS are not computed (null)
+    assert list(result) == ["psnr", "ssim", "l1", "colorfulness", "delta_colorfulness", "fid", "kid", "lpips",
+                            "count"]
+    assert result["fid"] is None and result["kid"] is None and result["lpips"] is None
+    meta = json.loads((tmp_path / "eval.meta.json").read_text())
+    assert meta["checkpoint"] == str(run / "checkpoints" / "last.pt") and meta["task"] == "colorize"
+    assert meta["geometry"] == {"mode": "scale", "size": 40} and meta["source"] == str(src)
 
 
 def lightness_error(inp, out):
@@ -173,14 +178,14 @@ def test_kill_9_never_leaves_an_unloadable_checkpoint(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import p2p.tasks as tasks
 
-    real, calls = tasks.Colorize.convert, [0]
+    real, calls = tasks.Colorize.prepare, [0]
 
-    def poisoned(self, images, gen):
+    def poisoned(self, *args, **kwargs):  # prepare() runs once per step, in step order
         calls[0] += 1
-        inp, target = real(self, images, gen)
+        inp, target = real(self, *args, **kwargs)
         return inp, target * float("nan") if calls[0] >= 4 else target  # the 4th step goes bad
 
-    monkeypatch.setattr(tasks.Colorize, "convert", poisoned)
+    monkeypatch.setattr(tasks.Colorize, "prepare", poisoned)
     cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=nan", *TINY, "train.max_steps=10",
                              "train.log_every=1", "train.ckpt_every=2"])
     with pytest.raises(TrainingError, match=r"non-finite loss \w+=nan in the steps up to 4"):

@@ -62,7 +62,7 @@ def with_ratios(rows: list[dict], baseline: str) -> list[dict]:
     base = next(r for r in rows if r["name"] == baseline)
     for r in rows:
         r["baseline"] = baseline
-        if r.get("img_per_s") is None:
+        if r.get("img_per_s") is None:  # a skipped row
             r["ratio"] = None
         else:
             r["ratio"] = r["img_per_s"] / base["img_per_s"] if base["img_per_s"] else float("nan")

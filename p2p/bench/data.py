@@ -14,8 +14,9 @@ Rows, all on the same images, measured one after another in this process:
   batch_size=16). The originals are found through the shard folder's manifest (`source`) and
   each sample's json (`path`); when they are gone, the baseline decodes the shard's JPEGs.
 * device step only: `Task.prepare` on one fixed batch, no loading, at 1 thread and at the core
-  count: the ceiling of every p2p row on a CPU-only machine, where this step shares the cores
-  with decoding (on a GPU it runs on the GPU);
+  count, fused (p2p.fused: the C kernel) and eager (torch ops), with ms per image per core:
+  the ceiling of every p2p row on a CPU-only machine, where this step shares the cores with
+  decoding (on a GPU it runs on the GPU);
 * wds at several worker counts (default 0, 1, 2 and the core count), plus the loader alone
   (uint8 batches, no device step) at the most workers;
 * dali on the CPU at several thread counts (default 1 and 2), plus the loader alone, when DALI
@@ -35,7 +36,9 @@ the loader alone (`dali_mixed_rows`).
 Each row: one untimed warm-up round (worker start-up, first batches), then `repeats` timed
 rounds of `images` images each from one continuing stream of batches (epochs follow each other
 as in training, so small sets loop over epochs and an epoch's worker start-up is counted);
-img_per_s is the median round. The device step runs with `main_threads` torch threads
+img_per_s is the median round. In the pipeline rows the device step runs as `p2p train` runs it
+on a CPU, one batch ahead in a background thread (p2p.data.prefetch), so decoding (in the
+workers) and converting overlap. The device step runs with `main_threads` torch threads
 (default: the cores the loader's workers or DALI threads leave, at least 1). The result has the
 environment, the config and the rows with their ratio to the baseline.
 """
@@ -216,7 +219,9 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     """Measure every row on the shards in `source`; returns {environment, config, results}."""
     from p2p.augment import step_generator
     from p2p.config import load_config, with_values
+    from p2p.data.prefetch import PreparedBatches, prepares_ahead
     from p2p.data.shard import read_manifest
+    from p2p.data import decode as decode_module
     from p2p.data.wds import WdsLoader
     from p2p.tasks import build_task
 
@@ -245,34 +250,44 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     cfg = with_values(defaults, {
         "data.source": source, "data.load_size": load, "data.image_size": size, "data.val_fraction": 0.0,
         "train.batch_size": bs, "model.num_downs": _fitting_depth(size, defaults.model.num_downs)})
-    task = build_task(cfg.task)
+    task = build_task(cfg.task)  # the fused device step (cfg.data.device_step), eager where it cannot build
+    eager_task = build_task(cfg.task, "eager")
+    device_step = task.device_step.implementation(torch.device("cpu"))  # builds (or loads) the kernel now
     default_threads = torch.get_num_threads()
     timing = {"warmup": 1, "repeats": repeats}
     rows: list[dict] = []
 
     def timed(name: str, backend: str, workers: int | None, stream, prepare: bool, threads: int, device=None,
-              **extra) -> None:
-        """Time one row; `device` is where its batches arrive (None: the CPU), synchronised on
-        and, for a GPU, its memory recorded."""
-        step = [0]
-        cuda = device is not None and torch.device(device).type == "cuda"
+              row_task=None, ahead: bool = True, **extra) -> None:
+        """One row. `device` is where its batches arrive (None: the CPU), synchronised on and, for
+        a GPU, its memory recorded. With `prepare`, the device step runs as `p2p train` runs it:
+        on a CPU one batch ahead in a background thread (p2p.data.prefetch), unless `ahead` is
+        False."""
+        row_task = row_task or task
+        where = torch.device(device) if device is not None else torch.device("cpu")
+        cuda = where.type == "cuda"
         if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.reset_peak_memory_stats(where)
+
+        def prep(batch, s: int):
+            return row_task.prepare(batch.images, size, step_generator(0, 0, s), flip=True,
+                                    crop_gen=step_generator(0, 0, s, 1))
+
+        ahead = ahead and prepares_ahead(row_task, where)
+        source = PreparedBatches(((0, 0, b) for b in stream), prep, 0, ahead=ahead) if prepare else None
+        ran_ahead = source is not None and source.pool is not None  # what the row records: what ran
 
         def one_round() -> int:
             n = 0
             for _ in range(rounds):
+                if source is not None:
+                    n += next(source)[2][0].shape[0]
+                    continue
                 batch = next(stream)
-                if prepare:
-                    g = step_generator(0, 0, step[0])
-                    inp, target = task.prepare(batch.images, size, g, flip=True,
-                                               crop_gen=step_generator(0, 0, step[0], 1))
-                    n += inp.shape[0]
-                elif isinstance(batch, (tuple, list)):  # the baseline's (L, ab)
+                if isinstance(batch, (tuple, list)):  # the baseline's (L, ab)
                     n += batch[0].shape[0]
                 else:  # loader only: uint8 load_size batches
                     n += batch.images.shape[0]
-                step[0] += 1
             return n
 
         torch.set_num_threads(threads)
@@ -281,11 +296,17 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
             if cuda:
                 r.update(device=str(device), **gpu_memory_mb(device))
         finally:
+            if source is not None:
+                source.close()
             torch.set_num_threads(default_threads)
             if hasattr(stream, "close"):  # stop its workers / pipeline before the next row
                 stream.close()
         row = {"name": name, "backend": backend, "workers": workers, "main_threads": threads,
-               "stage": "model-ready" if prepare or backend == "baseline" else "loader only", **extra, **r}
+               "stage": "model-ready" if prepare or backend == "baseline" else "loader only",
+               "device_step": row_task.device_step.implementation(where) if prepare else None,
+               **extra, **r}
+        if prepare and backend != "device-step":
+            row["prepare_ahead"] = ran_ahead
         rows.append(row)
         progress(f"  {name}: {r['img_per_s']:.1f} img/s")
 
@@ -312,8 +333,10 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     if not quick:
         fixed = next(wds_stream(0))
         for t in sorted({1, cores}):
-            timed(f"device step only (crop + Lab, {t} thread{'s' if t > 1 else ''})", "device-step", None,
-                  _repeat(fixed), True, t, stage="device step only")
+            for which, row_task in (("fused", task), ("eager", eager_task)):
+                timed(f"device step only, {which} (crop + Lab, {t} thread{'s' if t > 1 else ''})", "device-step",
+                      None, _repeat(fixed), True, t, row_task=row_task, ahead=False, stage="device step only")
+                rows[-1]["ms_per_image_per_core"] = 1000 * t / rows[-1]["img_per_s"]
 
     if "wds" in o.backends:
         for w in worker_counts:
@@ -355,7 +378,10 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     config = {"source": os.path.abspath(source), "stored_size": stored, "load_size": load, "image_size": size,
               "batch_size": bs, "images_per_round": rounds * bs, "repeats": repeats, "quick": quick,
               "baseline_reads": what, "train_samples": int(sum(s["count"] for s in manifest["train"]["shards"])),
-              "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg}
+              "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg,
+              "load_avg_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+              "device_step": device_step, "kernel_compile_s": task.device_step.compile_s.get("cpu"),
+              "decoder": "simplejpeg" if decode_module.simplejpeg is not None else "torchvision"}
     return {"environment": environment(), "config": config, "results": rows}
 
 

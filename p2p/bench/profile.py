@@ -13,8 +13,12 @@ run under torch.profiler. Outputs in `out_dir`:
 * trace.json: a Chrome trace (chrome://tracing, https://ui.perfetto.dev or TensorBoard), with
   the phases of each step marked `p2p.data_wait`, `p2p.prepare`, `p2p.train_step`, `p2p.log_read`;
 * the returned summary: top operators by self CPU time (and self CUDA time on GPU), the
-  data-wait fraction (time blocked on the next batch / wall time of the profiled steps) and a
-  one-line verdict naming the bottleneck.
+  data-wait fraction (time blocked on the next batch / wall time of the profiled steps), the
+  device-step share (crop + task conversion, `p2p.prepare`, / wall time) with what ran it
+  (the fused C kernel, torch.compile or eager) and a one-line verdict naming the bottleneck.
+
+On a CPU `p2p train` runs the device step one batch ahead in a background thread
+(p2p.data.prefetch); here it runs in the main thread, where the profiler sees its operators.
 
 Times are measured with the profiler on, which adds some per-op overhead to every phase.
 """
@@ -80,7 +84,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
 
     from p2p.config import load_config, with_values
     from p2p.data import build_loader
-    from p2p.data.prefetch import device_batches
+    from p2p.data.prefetch import PreparedBatches, device_batches
     from p2p.train.graphs import GraphedStep
     from p2p.train.meter import LogInterval
     from p2p.train.run import build_run
@@ -99,7 +103,13 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         raise UsageError("bench profile runs one process; start it without torchrun")
     device, task, state, bs = run.device, run.task, run.state, cfg.train.batch_size
     loader = build_loader(cfg, "train", run.rank, run.world, device)
-    stream = device_batches(loader, state.epoch, state.batch_in_epoch, device)
+    def prepare(batch, step):
+        with record_function("p2p.prepare"):
+            return run.prepare_for(batch, step)
+
+    # the device step in this thread (see the module docstring)
+    stream = PreparedBatches(device_batches(loader, state.epoch, state.batch_in_epoch, device), prepare, state.step,
+                             ahead=False)
     interval = LogInterval(device)
     progress(f"bench profile: {task.name} on {cfg.data.source} ({cfg.data.backend} backend, "
              f"{cfg.data.workers} workers), batch {bs}, {cfg.data.image_size}px, "
@@ -109,10 +119,14 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         """The loop's per-step calls; returns the seconds spent waiting for the batch."""
         waited_before = interval.data_wait
         with record_function("p2p.data_wait"):
-            epoch, index, batch = interval.timed_next(stream)
+            t0 = time.perf_counter()
+            prepared_before = stream.prepare_s
+            epoch, index, (inp, target) = next(stream)
+            prepare_s = stream.prepare_s - prepared_before
+            # waiting = the time in next() minus the device step it ran
+            interval.data_wait += time.perf_counter() - t0 - prepare_s
         waited = interval.data_wait - waited_before
-        with record_function("p2p.prepare"):
-            inp, target = run.prepare(batch)
+        prepares.append(prepare_s)
         with record_function("p2p.train_step"):
             interval.add(run.step(inp, target))
         run.advance(epoch, index, loader.batches_per_epoch)
@@ -121,6 +135,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
                 interval.row(state.step, state.epoch, bs, run.world, run.lr(), run.nets)
         return waited
 
+    prepares: list[float] = []
     t_warm = time.perf_counter()
     for _ in range(warmup):
         one_step()
@@ -129,6 +144,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     waits = []
+    prepares.clear()
     with profile(activities=activities, record_shapes=False, with_stack=False) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -152,6 +168,9 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     summary = {
         "bottleneck": verdict(wait_fraction, ranked, kind),
         "data_wait_fraction": wait_fraction,
+        "device_step_share": sum(prepares) / wall if wall > 0 else 0.0,
+        "device_step_ms": 1000 * sum(prepares) / steps,  # on a GPU: the time to queue it
+        "device_step": task.device_step.implementation(device) if task.fused_device_step else "eager",
         "data_wait_s": sum(waits), "wall_s": wall, "steps": steps, "warmup_steps": warmup, "warmup_s": warmup_s,
         "img_per_s": bs * steps / wall, "step_ms": 1000 * wall / steps,
         "regions": regions, "top_ops_cpu": ops_cpu, "top_ops_cuda": ops_cuda, "trace": str(trace),

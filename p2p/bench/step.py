@@ -14,7 +14,12 @@ only in how the step is run:
   `make_step_fn` with capturable Adam);
 * all: every optimisation that runs on this device, combined;
 * p2p default: what `p2p train` does with the default config on this device (the config
-  defaults through the trainer's own choices: channels_last on GPU only, fused Adam, no sync).
+  defaults through the trainer's own choices: channels_last on GPU only, fused Adam, no sync);
+* model choices, run as p2p default with other networks or losses, to price each choice
+  (`vs_p2p_default`, and FLOPs per image from p2p.train.flops for each row): resnet_9blocks
+  (the official ResNet generator instead of the U-Net) and multiscale_feat (pix2pixHD's
+  2-scale discriminator with feature matching, lambda_feat 10). A choice that does not fit the
+  image size (a scale too small for the PatchGAN) is kept as skipped with the reason.
 
 The batch is what `p2p train` feeds (p2p.bench.workload.trainer_batch): uint8 photographs
 through the task's own `prepare` on the device, which for colorization gives L and ab as
@@ -42,6 +47,7 @@ import torch
 
 from p2p.bench.common import environment, measure, sync
 from p2p.bench.workload import WorkloadOptions, WorkloadPlan, trainer_batch, workload_config
+from p2p.config import with_values
 from p2p.errors import UsageError
 
 BASELINE = "baseline"
@@ -72,6 +78,14 @@ MODES = {
                     Setup(adam="capturable", sync_every_step=False, cuda_graphs=True)),
     "all": ("every optimisation that runs on this device", Setup()),  # filled in by all_setup()
     "p2p_default": ("what `p2p train` does with the default config here", Setup()),  # default_setup()
+    "resnet_9blocks": ("p2p default with the official resnet_9blocks generator", Setup()),  # + MODEL_CHOICES
+    "multiscale_feat": ("p2p default with a 2-scale discriminator and feature matching (pix2pixHD)", Setup()),
+}
+DEFAULT = "p2p_default"
+# Rows that change the networks or losses (config overrides), each run with the p2p default setup.
+MODEL_CHOICES = {
+    "resnet_9blocks": {"model.generator": "resnet", "model.n_blocks": 9},
+    "multiscale_feat": {"model.num_d": 2, "loss.lambda_feat": 10.0},
 }
 
 
@@ -140,7 +154,7 @@ class Runner:
         # channels_last: the step puts its inputs and D's pairs in that format too, as in training
         self.nets = build_nets(G, D, D_frozen, cfg, device, self.precision, capturable=setup.adam == "capturable",
                                adam="for-loop" if setup.adam == "for-loop" else "auto",
-                               channels_last=setup.channels_last, notice=self.notices.append)
+                               channels_last=setup.channels_last, notice=self.notices.append, task=task)
         self.adam_kind = adam_kind(self.nets.opt_g)
         self.step_fn = make_step_fn(self.nets, cfg, self.precision, setup.cuda_graphs, self.notices.append)
         self.graphed = self.step_fn if isinstance(self.step_fn, GraphedStep) else None
@@ -217,6 +231,8 @@ def plan_step(o: StepOptions) -> StepPlan:
         raise UsageError(f"--modes: unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
     if BASELINE not in modes:
         modes.insert(0, BASELINE)  # every ratio needs the baseline of the same run
+    if any(m in MODEL_CHOICES for m in modes) and DEFAULT not in modes:
+        modes.insert(1, DEFAULT)  # a model choice is priced against the default of the same run
     return StepPlan(
         device=device, sizes=o.model_sizes(cuda), batch_size=o.batch_size or (64 if cuda else 8),
         image_size=o.image_size or (128 if quick and not cuda else 256),
@@ -238,7 +254,11 @@ def run_step(options: StepOptions, progress=print) -> dict:
     configure_determinism(False)  # as the training loop: cuDNN autotune, TF32 matmuls on GPU
     cfg = workload_config(p.sizes, p.image_size, p.batch_size)
     task = build_task(cfg.task)
-    flops = step_flops_per_image(*architectures(cfg, task), p.image_size)
+
+    def flops_of(c):
+        return step_flops_per_image(*architectures(c, task), p.image_size, c.loss)
+
+    flops = flops_of(cfg)
     batch = trainer_batch(cfg, task, dev)
     notes = []
     if not cuda:
@@ -247,22 +267,31 @@ def run_step(options: StepOptions, progress=print) -> dict:
 
     rows: dict[str, dict] = {}
     runners: dict[str, Runner] = {}
+    row_flops: dict[str, float] = {}
     for name in p.modes:
         desc, setup = MODES[name]
+        row_cfg, reason = cfg, why_not(name, dev, p.cpu_compile)
         if name == "all":
             setup = all_setup(dev, p.cpu_compile)
-        elif name == "p2p_default":
+        elif name == DEFAULT or name in MODEL_CHOICES:
             setup = default_setup(cfg, dev)
         row = {"name": name, "description": desc, "device": str(dev), **asdict(setup)}
+        if name in MODEL_CHOICES:
+            row["model_changes"] = MODEL_CHOICES[name]
+            try:
+                row_cfg = with_values(cfg, MODEL_CHOICES[name])
+            except UsageError as e:
+                reason = f"does not fit this size: {e}"
         rows[name] = row
-        reason = why_not(name, dev, p.cpu_compile)
+        if reason is None:
+            row_flops[name] = row["flops_per_image"] = flops_of(row_cfg)
         if reason:
             row["skipped"] = reason
             progress(f"  {name}: skipped ({reason})")
             continue
         try:
             t0 = time.perf_counter()
-            r = Runner(setup, cfg, task, batch, dev, p.seed)
+            r = Runner(setup, row_cfg, task, batch, dev, p.seed)
             r.warm_up(p.warmup)
             row["adam"] = r.adam_kind
             row["warmup_s"] = time.perf_counter() - t0
@@ -299,14 +328,17 @@ def run_step(options: StepOptions, progress=print) -> dict:
         # MFU against the peak of the precision that ran (TF32 tensor cores for fp32 convolutions)
         peak = peak_flops(dev, r.setup.precision)
         if peak:
-            row["mfu"], row["peak_flops"] = flops * ips / peak, peak
+            row["mfu"], row["peak_flops"] = row_flops[name] * ips / peak, peak
         row["cuda_graphs_in_effect"] = r.graphs_in_effect
         if r.notices:
             row["notices"] = r.notices
     base = rows[BASELINE].get("img_per_s")
+    default = rows.get(DEFAULT, {}).get("img_per_s")
     for row in rows.values():
         row["baseline"] = BASELINE
         row["ratio"] = row["img_per_s"] / base if base and row.get("img_per_s") else None
+        if row["name"] in MODEL_CHOICES:
+            row["vs_p2p_default"] = row["img_per_s"] / default if default and row.get("img_per_s") else None
         row.setdefault("img_per_s", None)
     s = p.sizes
     config = {

@@ -18,7 +18,9 @@ from p2p.errors import UsageError, WriteError
 COMMANDS = {
     "train": ("p2p.cli.train", "train a model: p2p train [CONFIG.yaml] [section.key=value ...]"),
     "predict": ("p2p.cli.predict", "run a generator on images: p2p predict CKPT INPUT... --out DIR"),
-    "eval": ("p2p.cli.eval", "PSNR/SSIM/L1 (and colourfulness) of a checkpoint on a data source"),
+    "eval": ("p2p.cli.eval", "PSNR/SSIM/L1, colourfulness/ΔCF, FID/KID/LPIPS of a checkpoint on a data source"),
+    "compare": ("p2p.cli.compare", "plots and tables of several runs: p2p compare RUN_DIR... --out DIR"),
+    "export": ("p2p.cli.export", "write a generator as ONNX, TorchScript or official pix2pix weights"),
     "shard": ("p2p.cli.shard", "pack an image folder (e.g. COCO) into WebDataset shards"),
     "bench": ("p2p.cli.bench", "benchmarks with the baseline measured in the same run"),
     "submit": ("p2p.cli.submit", "submit training to Slurm (submitit): single, multi-node, sweeps"),

@@ -113,11 +113,36 @@ def run_data_suite(args) -> int:
     for r in rows:
         if r.get("skipped"):
             print(f"  skipped {r['name']}: {r['skipped']}")
+    build = c.get("kernel_compile_s")
+    print(f"device step: {c['device_step']}" + (f" (built or loaded in {build:.2f} s)" if build is not None else "")
+          + f"; JPEG decode: {c['decoder']}")
     pipelines = [r for r in rows if r["backend"] not in ("baseline", "device-step") and r["stage"] == "model-ready"
                  and r.get("img_per_s")]
     best = max(pipelines, key=lambda r: r["img_per_s"], default=None)
     if best is not None:
         print(f"best: {best['name']} at {best['img_per_s']:.0f} img/s = {best['ratio']:.2f}x the baseline")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# decode
+
+
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="shard folder made by 'p2p shard' (its JPEGs are decoded)")
+    p.add_argument("--images", type=int, default=200, help="JPEGs per round (default 200)")
+    p.add_argument("--repeats", type=int, default=5, help="rounds, median reported (default 5)")
+    p.add_argument("--json", metavar="PATH", help="also write {environment, config, results} to PATH")
+
+
+def run_decode_suite(args) -> int:
+    from p2p.bench.decode import run_decode
+
+    payload = run_decode(args.source, images=args.images, repeats=args.repeats)
+    c = payload["config"]
+    print_table(f"JPEG decode, one core, {c['images']} shard JPEGs of {c['mean_pixels'] / 1e3:.0f} kpixels",
+                payload["results"], ("name", "img_per_s", "ratio", "max_abs_diff", "keeps_pixels", "used_by_loaders"))
+    write_json_to(args.json, payload)
     return 0
 
 
@@ -143,6 +168,12 @@ def run_lab_suite(args) -> int:
     rows = run_lab(device=args.device, size=args.size, images=args.images, repeats=args.repeats, quick=args.quick)
     title = f"RGB -> Lab, {args.images} x {args.size}x{args.size} photos, {torch.get_num_threads()} threads"
     print_table(title, rows, columns=("name", "device", "img_per_s", "ratio", "max_abs_diff_vs_skimage"))
+    for r in rows:
+        if r.get("skipped"):
+            print(f"  skipped {r['name']}: {r['skipped']}")
+        elif "compile_s" in r:
+            print(f"  {r['name']}: {r.get('implementation')}, compiled once in {r['compile_s']:.2f} s"
+                  + (f", loaded from the cache in {r['load_s'] * 1000:.1f} ms" if "load_s" in r else ""))
     if args.json:
         write_json_to(args.json, {"environment": environment(), "results": rows})
     return 0
@@ -171,7 +202,7 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def step_summary(payload: dict) -> str:
-    rows = [r for r in payload["results"] if r.get("img_per_s")]
+    rows = [r for r in payload["results"] if r.get("img_per_s") and "model_changes" not in r]  # same model only
     best = max(rows, key=lambda r: r["img_per_s"])
     c = payload["config"]
     line = (f"best: {best['name']} {best['img_per_s']:.1f} img/s = {best['ratio']:.2f}x the baseline "
@@ -196,9 +227,12 @@ def run_step_suite(args) -> int:
     if p.device.type != "cuda":
         say("no GPU on this machine: GPU-only rows are recorded as skipped; no MFU")
     payload = run_step(options, say)
-    shown = [{**r, "skipped": "yes" if r.get("skipped") else ""} for r in payload["results"]]
+    shown = [{**r, "skipped": "yes" if r.get("skipped") else "",
+              "gflop_per_img": r["flops_per_image"] / 1e9 if r.get("flops_per_image") else None}
+             for r in payload["results"]]
     print_table(f"training step, {p.sizes.name} model, {p.image_size}px, batch {p.batch_size}, {p.device}",
-                shown, columns=("name", "precision", "adam", "img_per_s", "step_ms", "ratio", "mfu", "skipped"))
+                shown, columns=("name", "precision", "adam", "img_per_s", "step_ms", "ratio", "vs_p2p_default",
+                                "gflop_per_img", "mfu", "skipped"))
     for r in payload["results"]:
         if r.get("skipped"):
             print(f"  skipped {r['name']}: {r['skipped']}")
@@ -281,6 +315,8 @@ def run_profile_suite(args) -> int:
                 s[f"top_ops_{kind}"], columns=("name", "calls", f"self_{kind}_ms", f"self_{kind}_share"))
     print(f"{s['img_per_s']:.1f} img/s with the profiler on; data wait {100 * s['data_wait_fraction']:.0f}% of "
           f"{s['wall_s']:.2f} s; trace: {s['trace']}")
+    print(f"device step ({s['device_step']}): {s['device_step_ms']:.2f} ms a step, "
+          f"{100 * s['device_step_share']:.1f}% of the step time")
     print(s["bottleneck"])
     write_json_to(args.json or Path(args.out) / "profile.json", payload)
     return 0
@@ -407,6 +443,8 @@ def run_gpu_report(args) -> int:
 SUITES = {
     "data": ("input pipelines (wds, dali, nvjpeg, folder) vs the per-image PIL + skimage baseline",
              add_data_arguments, run_data_suite),
+    "decode": ("JPEG decoders on the shards, one core each: img/s and pixel differences", add_decode_arguments,
+               run_decode_suite),
     "lab": ("RGB->Lab: p2p batched vs skimage per image", add_lab_arguments, run_lab_suite),
     "step": ("training step img/s: baseline vs each optimisation (and MFU on GPU)", add_step_arguments,
              run_step_suite),

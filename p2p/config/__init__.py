@@ -19,14 +19,16 @@ from typing import Any
 
 import yaml
 
-from p2p.config.schema import (BACKENDS, DEVICES, GAN_MODES, INIT_TYPES, LR_POLICIES, NORMS, PRECISIONS, TASKS,
-                               Config, DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, SlurmConfig,
-                               TaskConfig, TrainConfig, sections)
+from p2p.config.schema import (BACKENDS, DEVICES, GAN_MODES, GENERATORS, INIT_TYPES, LR_POLICIES, NORMS, OPTIM_IMPLS,
+                               PRECISIONS, TASKS,
+                               Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, RunConfig,
+                               SlurmConfig, TaskConfig, TrainConfig, sections)
 from p2p.errors import UsageError
 
 __all__ = [
     "Config", "RunConfig", "TaskConfig", "DataConfig", "ModelConfig", "LossConfig", "OptimConfig", "TrainConfig",
-    "SlurmConfig", "TASKS", "NORMS", "GAN_MODES", "LR_POLICIES", "INIT_TYPES", "PRECISIONS", "BACKENDS", "DEVICES",
+    "EvalConfig", "SlurmConfig", "TASKS", "NORMS", "GAN_MODES", "LR_POLICIES", "INIT_TYPES", "PRECISIONS", "BACKENDS",
+    "DEVICES", "GENERATORS", "OPTIM_IMPLS",
     "load_config", "from_tree", "parse_override", "split_args", "config_from_args", "with_values", "help_table",
 ]
 

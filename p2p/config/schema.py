@@ -22,12 +22,15 @@ from p2p.errors import UsageError
 
 TASKS = ("colorize", "gray2rgb", "paired", "restore")
 NORMS = ("batch", "syncbatch", "instance", "none")
-GAN_MODES = ("vanilla", "lsgan", "wgangp")
-LR_POLICIES = ("linear", "step", "cosine", "constant")
+GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
+LR_POLICIES = ("linear", "step", "cosine", "constant", "official")
+GENERATORS = ("unet", "resnet")
+OPTIM_IMPLS = ("fused", "foreach", "plain")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_STEPS = ("fused", "eager")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw):
@@ -81,6 +84,13 @@ class RunConfig(Section):
     seed: int = _f(0, "seed for weights, data order and augmentation")
     deterministic: bool = _f(False, "deterministic kernels (bit-exact resume on CPU); slower")
     resume: bool = _f(True, "resume from <run>/checkpoints/last.pt when it exists")
+    trackers: str = _f("tensorboard", "experiment trackers on rank 0, comma-separated: tensorboard, wandb (offline "
+                       "unless WANDB_MODE), mlflow (<run>/mlruns unless MLFLOW_TRACKING_URI); '' = none")
+
+    def check(self):
+        known = ("tensorboard", "wandb", "mlflow", "none")
+        for name in (n.strip() for n in self.trackers.split(",") if n.strip()):
+            self.need(name in known, "trackers", f"{name!r} is not a tracker; choose from tensorboard, wandb, mlflow")
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,9 @@ class DataConfig(Section):
     val_fraction: float = _f(0.05, "folder sources without train/ and val/ subfolders: share held out")
     val_images: int = _f(16, "how many fixed held-out images each validation uses")
     epoch_size: int = _f(512, "embedded source: random crops per epoch")
+    device_step: str = _f("fused", "crop+flip+Lab/luma+normalise on the device: fused (one kernel: C on CPU, "
+                          "torch.compile on GPU; eager with a notice where it cannot build) or eager (torch ops)",
+                          DEVICE_STEPS)
 
     def check(self):
         self.need(self.image_size > 0, "image_size", "must be positive")
@@ -127,10 +140,15 @@ class DataConfig(Section):
 class ModelConfig(Section):
     SECTION: ClassVar[str] = "model"
 
+    generator: str = _f("unet", "unet (the official unet_256/unet_128) or resnet (the official resnet_9blocks/6blocks)",
+                        GENERATORS)
     ngf: int = _f(32, "generator width (official: 64)")
     ndf: int = _f(32, "discriminator width (official: 64)")
     num_downs: int = _f(6, "U-Net depth: 8 = unet_256, 7 = unet_128; image_size must be divisible by 2**num_downs")
+    n_blocks: int = _f(9, "resnet: residual blocks (9 = resnet_9blocks, 6 = resnet_6blocks)")
     n_layers_d: int = _f(3, "PatchGAN depth: 3 = 70x70 PatchGAN, 0 = PixelGAN (1x1)")
+    num_d: int = _f(1, "discriminator scales: 1 = pix2pix; 2-3 = pix2pixHD's multi-scale D (a PatchGAN per scale, "
+                       "each on the pair average-pooled once more)")
     norm: str = _f("batch", "normalisation layer", NORMS)
     dropout: bool = _f(True, "dropout 0.5 in the innermost 512-channel decoder blocks (official: on)")
     init_type: str = _f("normal", "weight init", INIT_TYPES)
@@ -140,18 +158,37 @@ class ModelConfig(Section):
         self.need(2 <= self.num_downs <= 12, "num_downs", "must be between 2 and 12")
         self.need(self.ngf > 0 and self.ndf > 0, "ngf", "widths must be positive")
         self.need(0 <= self.n_layers_d <= 8, "n_layers_d", "must be between 0 and 8")
+        self.need(1 <= self.n_blocks <= 64, "n_blocks", "must be between 1 and 64")
+        self.need(1 <= self.num_d <= 6, "num_d", "must be between 1 and 6")
+
+    @property
+    def stride(self) -> int:
+        """What image sides must be multiples of: the U-Net halves them num_downs times, the
+        ResNet twice."""
+        return 2 ** self.num_downs if self.generator == "unet" else 4
 
 
 @dataclass(frozen=True)
 class LossConfig(Section):
     SECTION: ClassVar[str] = "loss"
 
-    gan_mode: str = _f("vanilla", "adversarial loss", GAN_MODES)
+    gan_mode: str = _f("vanilla", "adversarial loss (hinge: SPADE/imaginaire's), averaged over discriminator scales",
+                       GAN_MODES)
     lambda_l1: float = _f(100.0, "weight of the L1 loss")
     lambda_gp: float = _f(10.0, "weight of the gradient penalty (wgangp only)")
+    lambda_feat: float = _f(0.0, "discriminator feature matching weight (pix2pixHD: 10): L1 between D's activations "
+                                 "on real and fake pairs, 4/layers per layer, 1/num_d per scale")
+    lambda_vgg: float = _f(0.0, "VGG19 perceptual loss weight (pix2pixHD: 10): L1 of relu1_1..relu5_1 features "
+                                "weighted 1/32..1; needs loss.vgg_weights")
+    vgg_weights: str = _f("", "local file holding torchvision's vgg19 state dict (ImageNet weights; nothing is "
+                              "downloaded)")
 
     def check(self):
-        self.at_least(0, "lambda_l1", "lambda_gp")
+        self.at_least(0, "lambda_l1", "lambda_gp", "lambda_feat", "lambda_vgg")
+        self.need(self.lambda_vgg == 0 or bool(self.vgg_weights), "lambda_vgg",
+                  "needs loss.vgg_weights: a file with torchvision's vgg19 state dict, e.g. saved with "
+                  "torch.save(torchvision.models.vgg19(weights='IMAGENET1K_V1').state_dict(), PATH) where "
+                  "there is internet")
 
 
 @dataclass(frozen=True)
@@ -161,15 +198,24 @@ class OptimConfig(Section):
     lr: float = _f(2e-4, "Adam learning rate (both networks)")
     beta1: float = _f(0.5, "Adam beta1")
     beta2: float = _f(0.999, "Adam beta2")
-    lr_policy: str = _f("linear", "linear: constant then linear to 0; step; cosine; constant", LR_POLICIES)
+    lr_policy: str = _f("linear", "linear: constant then linear to 0 (per step); official: pix2pix's per-epoch "
+                                  "rule (n_epochs, n_epochs_decay); step; cosine; constant", LR_POLICIES)
     decay_start: int = _f(-1, "linear: step where decay starts (-1 = half of train.max_steps)")
     step_size: int = _f(1000, "step policy: multiply lr by gamma every step_size steps")
     gamma: float = _f(0.1, "step policy: decay factor")
+    n_epochs: int = _f(100, "official policy: epochs at the initial lr")
+    n_epochs_decay: int = _f(100, "official policy: epochs of linear decay after them (lr never reaches 0)")
+    impl: str = _f("fused", "Adam kernel: fused (foreach where missing), foreach, or plain (torch.optim.Adam's own "
+                            "default, as the official code: bit-exact with its step on CPU). Fused rounds "
+                            "differently in the last bit, and Adam's g/(sqrt(v)+eps) magnifies such differences "
+                            "where gradients are small, so a fused run drifts off the official trajectory (the "
+                            "same algorithm, not a worse one)", OPTIM_IMPLS)
 
     def check(self):
         self.need(self.lr > 0, "lr", "must be positive")
         self.need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must be in [0, 1)")
         self.at_least(1, "step_size")
+        self.at_least(0, "n_epochs", "n_epochs_decay")
 
 
 @dataclass(frozen=True)
@@ -191,11 +237,34 @@ class TrainConfig(Section):
     on_nonfinite: str = _f("stop", "a NaN/inf loss: stop, or skip the update", ("stop", "skip"))
     timeout_s: int = _f(600, "collective timeout: a dead rank fails the job after this")
     device: str = _f("auto", "auto (cuda when present), cpu or cuda", DEVICES)
+    ema_decay: float = _f(0.0, "EMA of G's weights, updated after every G step (0 = off; e.g. 0.999); when on, "
+                               "validation, best.pt, predict, eval and export use it (--raw-weights: the raw G)")
 
     def check(self):
+        self.need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)")
         self.at_least(1, "batch_size", "max_steps", "log_every")
         self.at_least(0, "sample_every", "ckpt_every", "eval_every", "keep_last", "stop_after")
         self.need(self.timeout_s > 0, "timeout_s", "must be positive")
+
+
+@dataclass(frozen=True)
+class EvalConfig(Section):
+    SECTION: ClassVar[str] = "eval"
+
+    fid_weights: str = _f("", "FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) for "
+                          "FID/KID in validation and p2p eval; empty = $P2P_FID_WEIGHTS, unset = no FID")
+    lpips_weights: str = _f("", "LPIPS backbone (torchvision's alexnet-owt-7be5be79.pth, vgg16 or squeezenet1_1 "
+                            "weights); empty = $P2P_LPIPS_WEIGHTS, unset = no LPIPS")
+    fid_ref: str = _f("", "validation: .npz of the held-out targets' FID statistics (pytorch-fid's mu/sigma, plus "
+                      "features for KID), read when present, written when missing; empty = computed in memory")
+    batch_size: int = _f(16, "images of one size per generator / feature batch when scoring")
+    kid_subsets: int = _f(100, "KID: random subsets averaged")
+    kid_subset_size: int = _f(1000, "KID: images per subset (fewer images: all of them)")
+
+    def check(self):
+        self.at_least(1, "batch_size", "kid_subsets")
+        self.at_least(2, "kid_subset_size")
+        self.need(not self.fid_ref or self.fid_ref.endswith(".npz"), "fid_ref", "must be a .npz file")
 
 
 @dataclass(frozen=True)
@@ -246,14 +315,22 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self):
         """What spans sections (each section has checked itself already)."""
         d, m = self.data, self.model
-        _require(d.image_size % (2 ** m.num_downs) == 0, "data.image_size", d.image_size,
-                 f"must be divisible by 2**model.num_downs = {2 ** m.num_downs} "
-                 f"(lower model.num_downs or pick another size)")
+        why = (f"must be divisible by 2**model.num_downs = {m.stride} (lower model.num_downs or pick another size)"
+               if m.generator == "unet" else "must be divisible by 4: the ResNet generator downsamples twice")
+        _require(d.image_size % m.stride == 0, "data.image_size", d.image_size, why)
+        # A PatchGAN halves its input n_layers_d times, then two 4x4 stride-1 convs take a pixel
+        # off each: below 3 * 2**n_layers_d px no patch is left.
+        coarsest = -(-d.image_size // 2 ** (m.num_d - 1))
+        need = 1 if m.n_layers_d == 0 else 3 * 2 ** m.n_layers_d
+        _require(coarsest >= need, "model.num_d", m.num_d,
+                 f"its coarsest scale sees {coarsest} px of data.image_size={d.image_size}, fewer than the "
+                 f"{need} px a PatchGAN with model.n_layers_d={m.n_layers_d} needs; lower model.num_d")
 
     @property
     def run_dir(self) -> Path:

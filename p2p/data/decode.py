@@ -2,9 +2,12 @@
 sample, kept here so that every caller makes the same pixels (the nvjpeg backend cuts its
 GPU-decoded images with the same `sample_window`).
 
-Decode is libjpeg-turbo through `torchvision.io.decode_jpeg`, to a 3 x H x W uint8 view of
-H x W x 3 pixels (measured on a 286 x 381 shard JPEG, one core: 0.72 ms, and 0.18 ms more for
-the crop window's transposing copy into the batch; PIL's decode plus its copy took 1.0 ms). Shards made by `p2p shard` already have their short side at the load
+Decode is libjpeg-turbo's accurate (islow) IDCT through `simplejpeg`, to a 3 x H x W uint8
+view of H x W x 3 pixels: on the shards' JPEGs the same pixels as `torchvision.io.decode_jpeg`
+and PIL (both libjpeg-turbo islow too), with less overhead per call than either (`p2p bench
+decode` compares them, DALI's CPU decoder and the fast-IDCT options, which move pixels by more
+than one level and are not used). Without simplejpeg, or for a JPEG it refuses (CMYK),
+torchvision decodes. Shards made by `p2p shard` already have their short side at the load
 size, so the usual path is decode + one copy of the crop window into the batch; other stored
 sizes are resized (bilinear, antialiased, uint8) first. PIL is the fallback for data
 torchvision cannot read (e.g. a PNG someone packed by hand).
@@ -46,9 +49,20 @@ def is_jpeg(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8"
 
 
+try:
+    import simplejpeg
+except ImportError:  # an optional speed-up: torchvision decodes the same pixels
+    simplejpeg = None
+
+
 def decode_rgb(data) -> torch.Tensor:
     """JPEG (or any image PIL reads) bytes -> 3 x H x W uint8 RGB. Raises on corrupt data
     (RuntimeError from torchvision, OSError / ValueError from PIL)."""
+    if simplejpeg is not None and isinstance(data, (bytes, bytearray)) and is_jpeg(data):
+        try:
+            return torch.from_numpy(simplejpeg.decode_jpeg(data, "RGB")).permute(2, 0, 1)
+        except ValueError:  # corrupt, or a kind it does not convert: torchvision decides
+            pass
     buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if not isinstance(data, torch.Tensor) else data
     if buf.numel() >= 3 and is_jpeg(bytes(buf[:2].numpy())):
         return decode_jpeg(buf, mode=ImageReadMode.RGB)

@@ -16,10 +16,11 @@ Reading and decoding
 --------------------
 A member is read with one pread at the offset in the shard's DALI index (`.idx`, parsed once per
 process for the shards the rank's epoch touches), decoded by libjpeg-turbo
-(`torchvision.io.decode_jpeg`) and its load_size window copied straight into the batch. The
-window is random per (seed, epoch, key) in training and the centre in validation; paired A|B
-images are resized to load_size x 2*load_size. A sample that fails to decode is reported
-(shard and key) and replaced by the rank's next unused sample, so batch counts never change.
+(`p2p.data.decode`: simplejpeg, else `torchvision.io.decode_jpeg`) and its load_size window
+copied straight into the batch. The window is random per (seed, epoch, key) in training and the
+centre in validation; paired A|B images are resized to load_size x 2*load_size. A sample that
+fails to decode is reported (shard and key) and replaced by the rank's next unused sample, so
+batch counts never change.
 
 Workers write batches into a ring of shared-memory slots made once per epoch (`Ring`) and send
 only the slot's number; the main process copies the batch out (into pinned memory when the

@@ -5,13 +5,17 @@ named `model`. The next level sits at index 1 of the outermost block (after its 
 index 3 of a middle block (after LeakyReLU, conv, norm), so level k's layers live under
 `model.model.` + `1.model.` (k >= 1) + `3.model.` * (k - 1) + `<i>`; which <i> holds which
 layer depends on whether the level is the outermost, a middle or the innermost block. `p2p.models.unet` stores
-the same tensors flat as `down.<k>.conv|norm` and `up.<k>.conv|norm`. The discriminators use
-the official layout already, so only the generator needs renaming.
+the same tensors flat as `down.<k>.conv|norm` and `up.<k>.conv|norm`. The official
+`ResnetGenerator` and the discriminators have p2p's layout already (`p2p.models.resnet`,
+`p2p.models.patchgan`), so only the U-Net needs renaming; for a ResNet, `resnet_arch_of` reads
+the architecture off the tensors.
 """
 
 from __future__ import annotations
 
 import torch
+
+from p2p.errors import WeightsError
 
 
 def _layer_slots(k: int, inner: int) -> dict[int, str]:
@@ -35,11 +39,11 @@ def _parse(key: str) -> tuple[int, int, str]:
     """'model.model.1.model.3.model.5.weight' -> (level 2, index 5, 'weight')."""
     parts = key.split(".")
     if parts[:2] != ["model", "model"] or len(parts) < 4:
-        raise ValueError(f"unexpected key {key!r} in an official U-Net state dict")
+        raise WeightsError(f"unexpected key {key!r} in an official U-Net state dict")
     level, pos = 0, 2
     while len(parts) - pos > 2:  # more than "<index>.<field>" left: descend one level
         if parts[pos] != ("1" if level == 0 else "3") or parts[pos + 1] != "model":
-            raise ValueError(f"unexpected key {key!r} in an official U-Net state dict")
+            raise WeightsError(f"unexpected key {key!r} in an official U-Net state dict")
         level, pos = level + 1, pos + 2
     return level, int(parts[pos]), parts[pos + 1]
 
@@ -56,13 +60,16 @@ def generator_from_official(state: dict) -> dict[str, torch.Tensor]:
         k, index, field = _parse(key)
         slot = _layer_slots(k, inner).get(index)
         if slot is None:
-            raise ValueError(f"unexpected layer {key!r} at level {k} of an official U-Net")
+            raise WeightsError(f"unexpected layer {key!r} at level {k} of an official U-Net")
         out[f"{slot}.{field}"] = value
     return out
 
 
 def generator_to_official(state: dict) -> dict[str, torch.Tensor]:
-    """Inverse of `generator_from_official`: lets official code load p2p weights."""
+    """Inverse of `generator_from_official`: lets official code load p2p weights. A ResNet's
+    state dict is in the official layout already and comes back as it is."""
+    if not any(k.startswith("down.") for k in state):
+        return dict(state)
     inner = max(int(k.split(".")[1]) for k in state if k.startswith("down."))
     names = {}
     for k in range(inner + 1):
@@ -82,3 +89,48 @@ def drop_stale_norm_stats(state: dict, norm: str) -> dict:
         return state
     return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
+
+
+# --------------------------------------------------------------------------- ResnetGenerator
+
+
+def is_resnet_layout(state: dict) -> bool:
+    """The official ResnetGenerator's (and p2p's) first conv: `model.1`, 7x7, after a reflection pad."""
+    w = state.get("model.1.weight")
+    return isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[-2:]) == (7, 7)
+
+
+def _top_index(key: str) -> int:
+    return int(key.split(".")[1])
+
+
+def resnet_arch_of(state: dict):
+    """Channels, width, blocks, dropout and norm of a ResnetGenerator state dict in the official
+    layout: model.1 the 7x7 stem, stride-2 convs up to the first residual block, the blocks'
+    second conv at `conv_block.6` (not `.5`) when they have dropout, the last conv's output the
+    image channels. Anything
+    else that starts with a 7x7 conv (pix2pixHD's GlobalGenerator, with 4 downsamplings) is
+    refused in one line."""
+    from p2p.models.arch import resnet_arch
+    from p2p.models.resnet import DOWNSAMPLINGS
+
+    blocks = sorted({_top_index(k) for k in state if ".conv_block." in k})
+    if not blocks:
+        raise WeightsError("a generator that starts like a ResnetGenerator (7x7 conv at model.1) but has no "
+                           "residual blocks (model.<i>.conv_block.*): not a supported architecture")
+    convs = sorted(_top_index(k) for k, v in state.items() if k.startswith("model.") and k.count(".") == 2
+                   and k.endswith(".weight") and v.dim() == 4)
+    downs = [i for i in convs if 1 < i < blocks[0]]
+    if len(downs) != DOWNSAMPLINGS:
+        raise WeightsError(f"a ResNet generator with {len(downs)} stride-2 downsamplings before its residual "
+                           f"blocks (pix2pixHD's GlobalGenerator has 4): p2p supports the official "
+                           f"ResnetGenerator (resnet_9blocks / resnet_6blocks), which has {DOWNSAMPLINGS}")
+    stem, head = state["model.1.weight"], state[f"model.{convs[-1]}.weight"]
+    if "model.2.weight" in state:  # affine BatchNorm; the official InstanceNorm has no weights
+        norm = "batch"
+    else:
+        norm = "instance" if "model.1.bias" in state else "none"
+    # with dropout at index 4 the second conv moves from conv_block.5 to .6 (and .5 is a pad);
+    # a batch norm's weight sits at .6 without dropout, so look for the conv at .5
+    dropout = f"model.{blocks[0]}.conv_block.5.weight" not in state
+    return resnet_arch(stem.shape[1], head.shape[0], len(blocks), stem.shape[0], norm, dropout)

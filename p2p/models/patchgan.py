@@ -4,13 +4,32 @@
 
 The module layout (`model.<i>` / `net.<i>` sequentials) is the official one, so official
 state dicts load without renaming.
+
+`forward(x, features=True)` returns the activations after every LeakyReLU followed by the
+logits: what discriminator feature matching (pix2pixHD) compares between real and fake pairs.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from p2p.models.norm import norm_layer, uses_bias
+
+
+def run_with_features(seq: nn.Sequential, x: torch.Tensor, features: bool):
+    """The sequential's output, or [activation after each LeakyReLU ..., output]. The official
+    LeakyReLUs work in place on the norm's output, which nothing else keeps, so the kept
+    activations are never overwritten."""
+    if not features:
+        return seq(x)
+    out = []
+    for layer in seq:
+        x = layer(x)
+        if isinstance(layer, nn.LeakyReLU):
+            out.append(x)
+    out.append(x)
+    return out
 
 
 class PatchDiscriminator(nn.Module):
@@ -39,8 +58,8 @@ class PatchDiscriminator(nn.Module):
         layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x):
-        return self.model(x)
+    def forward(self, x, features: bool = False):
+        return run_with_features(self.model, x, features)
 
 
 class PixelDiscriminator(nn.Module):
@@ -58,5 +77,6 @@ class PixelDiscriminator(nn.Module):
             nn.Conv2d(ndf * 2, 1, kernel_size=1, bias=bias),
         )
 
-    def forward(self, x):
-        return self.net(x)
+    def forward(self, x, features: bool = False):
+        return run_with_features(self.net, x, features)
+

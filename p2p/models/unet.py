@@ -92,6 +92,14 @@ class UNetGenerator(nn.Module):
         """Input sides must be multiples of this."""
         return 2 ** self.num_downs
 
+    @property
+    def in_channels(self) -> int:
+        return self.down[0].conv.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.up[0].conv.out_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         h = self.down[0](x)

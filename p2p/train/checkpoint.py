@@ -18,6 +18,8 @@ named in a notice; with files present and none readable the run stops with one l
 Payload (format "p2p", version FORMAT_VERSION):
     arch                  generator / discriminator architecture (what `load_generator` rebuilds)
     generator, discriminator   state dicts; BatchNorm statistics are the mean over ranks
+    generator_ema         with train.ema_decay > 0: the moving average of the generator (what
+                          `load_generator` picks by default), statistics averaged the same way
     opt_g, opt_d, scaler_g, scaler_d   optimizer and loss-scaler states
     step, epoch, batch_in_epoch, best  the position (`TrainState`) and the best validation PSNR
     lr_factor             the schedule's factor at `step` (informative; the schedule is a function of the step)
@@ -43,7 +45,7 @@ from p2p.atomic import TMP_SUFFIX, fsync_dir, replace_with, write_error
 from p2p.checkpoint_file import read_checkpoint_file, sealed
 from p2p.data.plan import images_read, mix_seed
 from p2p.errors import CheckpointError, UsageError
-from p2p.models import arch_dict
+from p2p.models import arch_dict, same_arch
 from p2p.train.wrap import local_buffers, restore_buffers, unwrap
 
 FORMAT_VERSION = 2  # 2: payloads carry a checksum
@@ -230,7 +232,7 @@ def rank_state(G, D) -> dict:
 
 def make_payload(cfg, g_arch, d_arch, nets, state: TrainState, ranks: list[dict], lr_factor: float) -> dict:
     """The checkpoint of a run (see the module docstring); `ranks` holds every rank's `rank_state`."""
-    return {
+    payload = {
         "format": "p2p", "version": FORMAT_VERSION,
         "arch": arch_dict(g_arch, d_arch),
         "generator": unwrap(nets.G).state_dict(), "discriminator": unwrap(nets.D).state_dict(),
@@ -243,11 +245,14 @@ def make_payload(cfg, g_arch, d_arch, nets, state: TrainState, ranks: list[dict]
         "epoch_history": [list(h) for h in state.epoch_history],
         "images_in_epoch": images_read(state.epoch_history, len(ranks), cfg.train.batch_size, state.batch_in_epoch),
     }
+    if nets.ema is not None:
+        payload["generator_ema"] = nets.ema.state_dict()
+    return payload
 
 
 def load_weights(payload: dict, G, D, g_arch, d_arch, path) -> None:
     """The networks' weights, before they are wrapped for distribution."""
-    if payload.get("arch") != arch_dict(g_arch, d_arch):
+    if not same_arch(payload.get("arch"), g_arch, d_arch):
         raise UsageError(f"{path} holds a different model than this config; use another run.name "
                          f"or run.resume=false")
     G.load_state_dict(payload["generator"])

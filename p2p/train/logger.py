@@ -1,12 +1,12 @@
 """What rank 0 shows and records: a rich live line in a terminal (a plain line per log step
-in files such as Slurm logs), `metrics.jsonl` (one JSON object per log step), TensorBoard
-scalars and sample grids, `val.jsonl` (validation metrics). Other ranks get a logger that does nothing.
+in files such as Slurm logs), `metrics.jsonl` (one JSON object per log step), `val.jsonl`
+(validation metrics), sample grids, and the same to the trackers of `run.trackers`
+(p2p.train.trackers: TensorBoard, W&B, MLflow). Other ranks get a logger that does nothing.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -15,17 +15,19 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from p2p.atomic import append_text, replace_with
-from p2p.train.tensorboard import GuardedTensorBoard
+from p2p.train.trackers import Trackers, tracker_names
+from p2p.train.guarded import Guarded
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, max_steps: int, start_step: int, enabled: bool = True):
+    def __init__(self, run_dir: Path, max_steps: int, start_step: int, enabled: bool = True,
+                 trackers: str = "tensorboard", config: dict | None = None):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.max_steps = max_steps
         self.start_step = start_step
         self.t0 = time.perf_counter()
-        self._progress = self._task = self._tb = None
+        self._progress = self._task = self._trackers = None
         if not enabled:
             return
         from rich.console import Console
@@ -33,12 +35,10 @@ class RunLogger:
         self.console = Console(stderr=True, soft_wrap=True)  # long lines stay whole in log files
         self.metrics_path = self.run_dir / "metrics.jsonl"
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = GuardedTensorBoard(SummaryWriter(str(self.run_dir / "tb")), self.print)
-        except Exception as e:  # TensorBoard is a convenience: a broken install must not stop training
-            self.console.print(f"[yellow]TensorBoard disabled: {e}")
+        names = tracker_names(trackers)
+        if names:  # run.trackers (p2p.train.trackers): the same rows, validations and grids
+            self._trackers = Guarded(Trackers(names, self.run_dir, self.run_dir.name, config or {}),
+                                     "experiment trackers", self.print)
         if self.console.is_terminal:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -56,10 +56,8 @@ class RunLogger:
         if not self.enabled:
             return
         append_text(self.metrics_path, json.dumps(row) + "\n")  # a failed append leaves no half line
-        if self._tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
-                    self._tb.add_scalar(k.replace("val_", "val/"), v, row["step"])
+        if self._trackers is not None:
+            self._trackers.log(row, row["step"])
         losses = " ".join(f"{k}={row[k]:.3f}" for k in ("G_GAN", "G_L1", "D_real", "D_fake") if k in row)
         info = f"{losses} {row.get('img_per_s', 0):.1f} img/s"
         if self._progress is not None:
@@ -73,11 +71,11 @@ class RunLogger:
     def log_eval(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
+        metrics = {k: v for k, v in metrics.items() if v is not None}  # not computed (p2p.evaluation)
         # A file of its own: every metrics.jsonl row is a training row (step, losses, img_per_s, ...).
         append_text(self.run_dir / "val.jsonl", json.dumps({"step": step, **metrics}) + "\n")
-        if self._tb is not None:
-            for k, v in metrics.items():
-                self._tb.add_scalar(f"val/{k}", v, step)
+        if self._trackers is not None:
+            self._trackers.log(metrics, step, prefix="val/")
         self.print("validation step {}: {}".format(step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items())))
 
     def samples(self, step: int, inp: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> Path | None:
@@ -89,14 +87,15 @@ class RunLogger:
         grid = make_grid(rows, nrow=3, padding=2, pad_value=1.0)
         path = self.run_dir / "samples" / f"step-{step:08d}.png"
         replace_with(path, lambda f: save_image(grid, f, format="png"))  # never half a PNG
-        if self._tb is not None:
-            self._tb.add_image("samples", grid, step)
+        if self._trackers is not None:
+            self._trackers.log_images(grid, path, step)
         return path
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
-        if self._tb is not None:
-            self._tb.close()
+        if self._trackers is not None:
+            self._trackers.finish()
+            self._trackers = None
         if self.enabled:
             sys.stderr.flush()

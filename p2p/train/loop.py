@@ -22,7 +22,7 @@ from p2p import dist
 from p2p.atomic import write_text
 from p2p.config import Config
 from p2p.data import build_loader, resolve_backend
-from p2p.data.prefetch import device_batches
+from p2p.data.prefetch import device_batches, prepared_batches, prepares_ahead
 from p2p.data.workers import worker_failure
 from p2p.errors import PeerLostError, TrainingError, WriteError
 from p2p.train.flops import peak_flops, step_flops_per_image
@@ -30,9 +30,11 @@ from p2p.train.logger import RunLogger
 from p2p.train.meter import LogInterval
 from p2p.train.position import continue_loader, epoch_batches
 from p2p.train.run import Run, build_run
+from p2p.train.schedule import official_schedule_notice
 from p2p.train.signals import StopSignals
 from p2p.train.step import LOSS_NAMES
-from p2p.train.validation import held_out_images, sample_grid, validate
+from p2p.train.trackers import check_installed
+from p2p.train.validation import held_out_images, sample_grid, validate, validation_scorer
 from p2p.train.wrap import unwrap
 
 __all__ = ["train", "TrainResult", "TrainingError"]
@@ -53,25 +55,28 @@ class TrainResult:
 
 
 def train(cfg: Config) -> TrainResult:
+    check_installed(cfg.run.trackers)  # every rank, before any process group: one line, not a hang
     run = build_run(cfg)
     state, t = run.state, cfg.train
-    log = RunLogger(cfg.run_dir, t.max_steps, state.step, enabled=run.accel.is_main_process)
+    log = RunLogger(cfg.run_dir, t.max_steps, state.step, enabled=run.accel.is_main_process,
+                    trackers=cfg.run.trackers, config=cfg.to_dict())
     metrics: dict = {}
     try:
         start_run_folder(run, log)
         loader = build_loader(cfg, "train", run.rank, run.world, run.device)
         continue_loader(loader, state, cfg.data.backend)
         held_out = held_out_images(cfg, run.rank, run.world)
+        scorer = validation_scorer(cfg, run.device) if t.eval_every else None
         announce(run, loader, log)
         end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
-        interval = LogInterval(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size),
-                               peak_flops(run.device, t.precision))
-        with StopSignals() as stop:
-            stream = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
-                else iter(())
+        interval = LogInterval(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size,
+                                                                cfg.loss), peak_flops(run.device, t.precision))
+        batches = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
+            else iter(())
+        ahead = prepares_ahead(run.task, run.device)
+        with StopSignals() as stop, prepared_batches(batches, run.prepare_for, state.step, ahead, end) as stream:
             while state.step < end:
-                epoch, index, batch = interval.timed_next(stream)
-                inp, target = run.prepare(batch)
+                epoch, index, (inp, target) = interval.timed_next(stream)  # the device step done ahead on CPU
                 interval.add(run.step(inp, target))
                 run.advance(epoch, index, epoch_batches(loader, epoch))
 
@@ -84,7 +89,8 @@ def train(cfg: Config) -> TrainResult:
                     check_finite(metrics, run)
                 if t.sample_every and (state.step % t.sample_every == 0 or last):
                     sample_grid(run, held_out, log, state.step)
-                is_best = t.eval_every and (state.step % t.eval_every == 0 or last) and validated_best(run, held_out, log)
+                is_best = t.eval_every and (state.step % t.eval_every == 0 or last) and \
+                    validated_best(run, held_out, scorer, log)
                 if (t.ckpt_every and state.step % t.ckpt_every == 0) or last or stopping or is_best:
                     run.save(bool(is_best))
                 if stopping:
@@ -131,6 +137,9 @@ def announce(run: Run, loader, log: RunLogger) -> None:
               f"({backend} loader), "
               f"step {run.state.step} -> {cfg.train.max_steps}, run folder {cfg.run_dir}"
               + (" (resumed)" if run.resumed else ""))
+    schedule = official_schedule_notice(cfg, loader.batches_per_epoch)
+    if schedule:
+        log.print(f"[yellow]notice:[/] {schedule}")
 
 
 def last_good(run: Run) -> str:
@@ -148,9 +157,9 @@ def check_finite(metrics: dict, run: Run) -> None:
                             f"stopped without saving (last good checkpoint: {last_good(run)})")
 
 
-def validated_best(run: Run, held_out: torch.Tensor | None, log: RunLogger) -> bool:
+def validated_best(run: Run, held_out: list, scorer, log: RunLogger) -> bool:
     """Score the held-out images; True when this is the best PSNR so far (then best.pt is written)."""
-    val = validate(run, held_out)
+    val = validate(run, held_out, scorer)
     log.log_eval(run.state.step, val)
     if val["count"] > 0 and (run.state.best is None or val["psnr"] > run.state.best):
         run.state.best = val["psnr"]

@@ -58,11 +58,16 @@ class Run:
         return self.accel.device
 
     def prepare(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return prepare_batch(self.task, batch.images, self.cfg, self.rank, self.state.step)
+        return self.prepare_for(batch, self.state.step)
+
+    def prepare_for(self, batch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (input, target) of `batch` as step `step` sees it (p2p.data.prefetch runs it ahead)."""
+        return prepare_batch(self.task, batch.images, self.cfg, self.rank, step)
 
     def scheduled_lr(self) -> float:
-        """The learning rate the schedule gives the next step."""
-        return self.cfg.optim.lr * lr_factor(self.state.step, self.cfg)
+        """The learning rate the schedule gives the next step (official policy: of the epoch its
+        batch comes from)."""
+        return self.cfg.optim.lr * lr_factor(self.state.step, self.cfg, self.state.epoch)
 
     def lr(self) -> float:
         """The learning rate the optimizer holds (what the last step used), read back rather
@@ -105,10 +110,11 @@ class Run:
             ranks = [mine]
         # the saved networks get BatchNorm statistics averaged over ranks (what inference wants)
         failed = None
-        with averaged_buffers(accel, G, D):
+        ema = [self.nets.ema.module] if self.nets.ema is not None else []
+        with averaged_buffers(accel, G, D, *ema):
             if accel.is_main_process:
                 payload = make_payload(self.cfg, self.g_arch, self.d_arch, self.nets, self.state, ranks,
-                                       lr_factor(self.state.step, self.cfg))
+                                       lr_factor(self.state.step, self.cfg, self.state.epoch))
                 try:
                     self.ckpts.save(payload, self.state.step, is_best=is_best)
                 except WriteError as e:  # a full disk: every rank stops, none trains on unsaved
@@ -186,8 +192,10 @@ def build_run(cfg: Config) -> Run:
     notices = Notices()
 
     seed_all(cfg.run.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    task = build_task(cfg.task)
-    task.notice = notices
+    task = build_task(cfg.task, cfg.data.device_step)
+    task.notice = task.device_step.report = notices  # fallbacks found mid-run are printed and logged
+    if task.fused_device_step and (why := task.device_step.notice(device)):
+        notices.append(why)
     g_arch, d_arch = architectures(cfg, task)
     G, D = build_networks(cfg, task)
     seed_all(mix_seed(cfg.run.seed, rank))  # from here on each rank draws its own dropout masks
@@ -203,11 +211,13 @@ def build_run(cfg: Config) -> Run:
     precision = Precision(cfg.train.precision, device)
     channels_last = uses_channels_last(cfg, device)
     nets = build_nets(G, D, D_frozen, cfg, device, precision, capturable=graphs, channels_last=channels_last,
-                      notice=notices)
+                      notice=notices, task=task)
     state = TrainState()
     if payload is not None:
         state, resumed_notices = restore_training(payload, nets, rank, world, cfg.run.seed)
         notices += resumed_notices
+        if nets.ema is not None:  # after restore_training: the EMA's buffers are this rank's G's
+            notices += [n for n in [nets.ema.restore(payload)] if n]
         moved_on = continue_position(state, payload, world, cfg.train.batch_size)
         if moved_on:
             notices.append(moved_on)

@@ -1,9 +1,13 @@
 """One pix2pix training step, as the official `optimize_parameters()`: generator forward,
 discriminator update on (input, real) and (input, detached fake), generator update against the
-frozen discriminator (adversarial + lambda * L1).
+frozen discriminator (adversarial + lambda * L1), and the optional terms of pix2pixHD / SPADE:
+a multi-scale discriminator (losses averaged over scales), discriminator feature matching,
+the VGG19 perceptual loss, and after the G update the generator's moving average (EMA).
 
 The step only computes: it returns detached loss tensors and never calls `.item()`, logs or
 saves, so it can run many times without a host sync and can be captured in a CUDA graph.
+With none of the optional terms it is the official step operation for operation, which is
+what makes `optim.impl=plain` bit-exact with the official code on CPU.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from p2p.config import LossConfig
-from p2p.losses import gan_loss, gradient_penalty
+from p2p.losses import feature_matching, gan_loss_over_scales, gradient_penalty
 
-LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
+# Every loss a step can return (the optional ones only when their term is on).
+LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake", "G_feat", "G_VGG")
 
 
 @dataclass
 class Nets:
     """What a step updates. `D` may be DDP-wrapped (its gradients are all-reduced); `D_frozen`
     is the same module unwrapped, used as the frozen critic in the G update so that DDP does not
-    wait for gradients that frozen weights never produce."""
+    wait for gradients that frozen weights never produce. `perceptual` (a frozen VGG19 loss) and
+    `ema` (the generator's moving average, `p2p.train.ema`) are there when configured."""
 
     G: nn.Module
     D: nn.Module
@@ -37,6 +43,8 @@ class Nets:
     # the networks' memory format; the step's inputs and D's input pairs are put in it too, or
     # every convolution that meets a mismatched input converts it first
     memory_format: torch.memory_format = torch.contiguous_format
+    perceptual: nn.Module | None = None  # the VGG19 loss (loss.lambda_vgg > 0)
+    ema: object | None = None  # p2p.train.ema.GeneratorEMA (train.ema_decay > 0)
 
 
 class Precision:
@@ -71,6 +79,13 @@ def set_requires_grad(net: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
+def per_scale(out, features: bool = False) -> list:
+    """A discriminator's output as one entry per scale: a single PatchGAN gives a tensor (or,
+    with features, one list of tensors), a multi-scale one a list of those."""
+    single = isinstance(out, torch.Tensor) if not features else isinstance(out[0], torch.Tensor)
+    return [out] if single else list(out)
+
+
 def _in_format(fmt: torch.memory_format):
     """x -> x in the networks' memory format (a no-op when it already is). The default format
     leaves tensors as they are: colorization's strided L/ab views go in unchanged."""
@@ -93,10 +108,10 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     fake_pair = layout(torch.cat([inp, fake.detach()], 1))
     real_pair = layout(torch.cat([inp, target], 1))
     with precision.autocast():
-        pred_fake = nets.D(fake_pair)
-        pred_real = nets.D(real_pair)
-    d_fake = gan_loss(pred_fake, False, loss.gan_mode)
-    d_real = gan_loss(pred_real, True, loss.gan_mode)
+        pred_fake = per_scale(nets.D(fake_pair))
+        pred_real = per_scale(nets.D(real_pair))
+    d_fake = gan_loss_over_scales(pred_fake, False, loss.gan_mode)
+    d_real = gan_loss_over_scales(pred_real, True, loss.gan_mode)
     loss_d = 0.5 * (d_fake + d_real)
     out = {}
     if loss.gan_mode == "wgangp":
@@ -108,16 +123,35 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     nets.scaler_d.step(nets.opt_d)
     nets.scaler_d.update()
 
-    # Generator: fool the frozen discriminator and stay close to the target in L1.
+    # Generator: fool the frozen discriminator and stay close to the target in L1 (and, when
+    # configured, in the discriminator's and VGG19's features).
     set_requires_grad(nets.D_frozen, False)
     nets.opt_g.zero_grad(set_to_none=True)
+    fake_pair = layout(torch.cat([inp, fake], 1))
+    feat = loss.lambda_feat > 0
     with precision.autocast():
-        pred = nets.D_frozen(layout(torch.cat([inp, fake], 1)))
-    g_gan = gan_loss(pred, True, loss.gan_mode)
+        pred = per_scale(nets.D_frozen(fake_pair, features=True) if feat else nets.D_frozen(fake_pair), feat)
+        if feat:  # the real pair's features under the same (just updated) discriminator: constants
+            with torch.no_grad():
+                real_features = per_scale(nets.D_frozen(real_pair, features=True), True)
+    g_gan = gan_loss_over_scales([p[-1] for p in pred] if feat else pred, True, loss.gan_mode,
+                                 for_discriminator=False)
     g_l1 = F.l1_loss(fake, target) * loss.lambda_l1
-    nets.scaler_g.scale(g_gan + g_l1).backward()
+    loss_g = g_gan + g_l1
+    if feat:
+        g_feat = feature_matching(pred, real_features, loss.lambda_feat)
+        loss_g = loss_g + g_feat
+        out["G_feat"] = g_feat.detach()
+    if nets.perceptual is not None:
+        with precision.autocast():
+            g_vgg = nets.perceptual(inp, fake, target)
+        loss_g = loss_g + g_vgg
+        out["G_VGG"] = g_vgg.detach()
+    nets.scaler_g.scale(loss_g).backward()
     nets.scaler_g.step(nets.opt_g)
     nets.scaler_g.update()
+    if nets.ema is not None:
+        nets.ema.update()
 
     out.update(G_GAN=g_gan.detach(), G_L1=g_l1.detach(), D_real=d_real.detach(), D_fake=d_fake.detach())
     return out

@@ -2,7 +2,8 @@
 whole held-out images through the geometry of `p2p predict` (p2p.inference.training_geometry),
 so a validation score is the score a user gets from `p2p predict`. Every rank scores its share
 (the sums are all-reduced) with BatchNorm statistics averaged over ranks; rank 0 draws the
-grids. Both run in eval mode."""
+grids. Both run in eval mode, on the generator's moving average when the run keeps one
+(train.ema_decay > 0: what best.pt is then chosen by and what `p2p predict` uses)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch.nn import functional as F
 
 from p2p.augment import step_generator
 from p2p.data.held_out import HeldOut, held_out
-from p2p.evaluation import means, score_images
+from p2p.evaluation import Scorer, build_scorer, evaluate, load_reference
 from p2p.inference import predict, scaled_size, training_geometry
 from p2p.train.wrap import averaged_buffers, unwrap
 
@@ -21,6 +22,11 @@ GRID_IMAGES = 8
 def held_out_images(cfg, rank: int, world: int) -> list[HeldOut]:
     """This rank's share of the fixed held-out images, loaded once (kept on the CPU)."""
     return held_out(cfg, rank, world)
+
+
+def shown_generator(run):
+    """The generator that held-out images are scored and drawn with: the EMA when there is one."""
+    return run.nets.ema.module if run.nets.ema is not None else run.nets.G
 
 
 class _EvalMode:
@@ -36,15 +42,28 @@ class _EvalMode:
         self.net.train(self.was_training)
 
 
-def validate(run, images: list[HeldOut]) -> dict:
-    """Mean metrics over every rank's held-out images (collective: every rank calls it)."""
+def validation_scorer(cfg, device) -> Scorer:
+    """FID/KID and LPIPS when `eval.*` (or the environment) names their weights; the targets' FID
+    statistics from `eval.fid_ref` when that file exists (else from the first validation)."""
+    scorer = build_scorer(cfg.eval).to(device)
+    if scorer.fid is not None:
+        scorer.reference = load_reference(cfg.eval.fid_ref)
+    return scorer
+
+
+def validate(run, images: list[HeldOut], scorer: Scorer) -> dict:
+    """The metrics of `p2p.evaluation` over every rank's held-out images, the ones not computed
+    left out (collective: every rank calls it)."""
     cfg, accel = run.cfg, run.accel
     geometry = training_geometry(run.task, cfg.data.load_size)
-    with averaged_buffers(accel, run.nets.G), _EvalMode(run.nets.G) as net:
-        sums = score_images(net, run.task, images, geometry, cfg.run.seed, accel.device, run.precision)
-        if accel.num_processes > 1:
-            torch.distributed.all_reduce(sums)
-    return means(run.task, sums)
+    first = scorer.fid is not None and scorer.reference is None
+    G = shown_generator(run)
+    with averaged_buffers(accel, G), _EvalMode(G) as net:
+        metrics = evaluate(net, run.task, images, geometry, cfg.run.seed, accel.device, scorer, run.precision,
+                           accel.num_processes)
+    if first and cfg.eval.fid_ref and accel.is_main_process:
+        scorer.reference.save(cfg.eval.fid_ref)
+    return {k: v for k, v in metrics.items() if v is not None}
 
 
 def _letterbox(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -62,7 +81,7 @@ def sample_grid(run, images: list[HeldOut], log, step: int) -> None:
     cfg, task, device = run.cfg, run.task, run.device
     geometry = training_geometry(task, cfg.data.load_size)
     rows = []
-    with _EvalMode(run.nets.G) as net:
+    with _EvalMode(shown_generator(run)) as net:
         for item in images[:GRID_IMAGES]:
             inp, target = task.eval_pair(item.image[None].to(device), step_generator(cfg.run.seed, 0, item.index,
                                                                                      stream=99))

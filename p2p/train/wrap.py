@@ -95,13 +95,19 @@ def averaged_buffers(accel, *nets: nn.Module):
 
 
 def make_optimizer(params, cfg, device: torch.device, capturable: bool = False, notice=None) -> torch.optim.Adam:
-    """Adam with the fused kernel where it exists (CUDA, and CPU in recent PyTorch) else foreach
-    (with a notice: fused is what p2p asks for)."""
+    """Adam as `optim.impl` asks: `fused` (one kernel; foreach, with a notice, where this PyTorch
+    has no fused Adam for the device), `foreach` (multi-tensor), or `plain`: `torch.optim.Adam`
+    with nothing chosen, i.e. PyTorch's own default, which is what the official code runs (on CPU
+    the per-tensor loop), so the step is bit-exact with it there."""
     o = cfg.optim
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2))
     if capturable:  # CUDA graphs: state and lr live on the device, no host reads in step()
         return torch.optim.Adam(params, lr=torch.tensor(o.lr, device=device), betas=(o.beta1, o.beta2),
                                 capturable=True, foreach=True)
+    if o.impl == "plain":
+        return torch.optim.Adam(params, **kw)
+    if o.impl == "foreach":
+        return torch.optim.Adam(params, foreach=True, **kw)
     params = list(params)
     try:
         return torch.optim.Adam(params, fused=True, **kw)

@@ -1,7 +1,8 @@
 """Components a test needs. Missing, the test is skipped with the reason, unless CI declared the
 component required (P2P_REQUIRE_SLURM=1 for the local Slurm cluster and the packages its tests
-use, P2P_REQUIRE_DALI=1 for DALI, P2P_REQUIRE_TMPFS=1 for mounting a small real filesystem):
-then it fails, so a broken install never passes as skipped."""
+use, P2P_REQUIRE_DALI=1 for DALI, P2P_REQUIRE_TMPFS=1 for mounting a small real filesystem,
+P2P_REQUIRE_CC=1 for the C compiler p2p.fused builds its CPU kernel with): then it fails, so a
+broken install never passes as skipped."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 SLURM_REQUIRE_ENV = "P2P_REQUIRE_SLURM"
 DALI_REQUIRE_ENV = "P2P_REQUIRE_DALI"
 TMPFS_REQUIRE_ENV = "P2P_REQUIRE_TMPFS"
+CC_REQUIRE_ENV = "P2P_REQUIRE_CC"
 
 
 def _require(problem: str | None, required_by: str) -> None:
@@ -58,6 +60,18 @@ def require_slurm() -> None:
 
 def require_dali() -> None:
     _require(dali_problem(), DALI_REQUIRE_ENV)
+
+
+def require_c_compiler() -> None:
+    """For tests of the compiled CPU kernel itself (without a compiler p2p runs the eager step)."""
+    from p2p.fused.build import KernelUnavailable, find_compiler
+
+    try:
+        find_compiler()
+        problem = None
+    except KernelUnavailable as e:
+        problem = f"{e}: the fused CPU kernel cannot be built here"
+    _require(problem, CC_REQUIRE_ENV)
 
 
 def require_module(name: str, required_by: str = SLURM_REQUIRE_ENV):

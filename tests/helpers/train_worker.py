@@ -1,5 +1,5 @@
 """Runs p2p's training entry in-process for the tests (under torchrun too), then saves each
-rank's final weights to OUT/rank<R>.pt so tests can compare ranks.
+rank's final weights (and its generator EMA, when on) to OUT/rank<R>.pt so tests can compare ranks.
 
     python tests/helpers/train_worker.py OUT [--die-at-step N | --hang-at-step N] [--die-rank R] section.key=value ...
 
@@ -47,9 +47,14 @@ def main() -> int:
         run.train_step = faulty_step
     if args.hang_at_step:
         return p2p_main(["train", *args.overrides])
+    built = []
+    real_build = loop.build_run
+    loop.build_run = lambda cfg: built.append(real_build(cfg)) or built[-1]  # to read this rank's EMA after
     result = loop.train(load_config(None, args.overrides))
-    torch.save({"G": result.generator.state_dict(), "D": result.discriminator.state_dict(), "step": result.step},
-               os.path.join(args.out, f"rank{rank}.pt"))
+    saved = {"G": result.generator.state_dict(), "D": result.discriminator.state_dict(), "step": result.step}
+    if built[-1].nets.ema is not None:
+        saved["G_ema"] = built[-1].nets.ema.state_dict()
+    torch.save(saved, os.path.join(args.out, f"rank{rank}.pt"))
     return 0
 
 

@@ -1,0 +1,106 @@
+"""What a network is, as plain data (`GeneratorArch`, `DiscriminatorArch`: what a p2p checkpoint
+records under `arch`), and the one place that turns it into a module, plus the official init."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+from torch.nn import init
+
+from p2p.models.multiscale import MultiscaleDiscriminator
+from p2p.models.patchgan import PatchDiscriminator, PixelDiscriminator
+from p2p.models.resnet import DOWNSAMPLINGS, ResnetGenerator
+from p2p.models.unet import UNetGenerator
+
+GENERATORS = ("unet", "resnet")
+
+
+@dataclass
+class GeneratorArch:
+    """A U-Net (`num_downs` levels) or the official ResnetGenerator (`n_blocks` residual blocks;
+    its `num_downs` is its two downsamplings). Checkpoints from before `kind` existed hold
+    U-Nets, which the defaults describe."""
+
+    in_channels: int
+    out_channels: int
+    num_downs: int = 8
+    ngf: int = 64
+    norm: str = "batch"
+    dropout: bool = True
+    kind: str = "unet"
+    n_blocks: int = 0
+
+    @property
+    def stride(self) -> int:
+        """Input sides must be multiples of this."""
+        return 2 ** self.num_downs
+
+
+def resnet_arch(in_channels: int, out_channels: int, n_blocks: int, ngf: int, norm: str,
+                dropout: bool) -> GeneratorArch:
+    return GeneratorArch(in_channels, out_channels, DOWNSAMPLINGS, ngf, norm, dropout, "resnet", n_blocks)
+
+
+@dataclass
+class DiscriminatorArch:
+    in_channels: int
+    ndf: int = 64
+    n_layers: int = 3
+    norm: str = "batch"
+    num_d: int = 1  # > 1: pix2pixHD's multi-scale discriminator of num_d PatchGANs
+
+
+def build_generator(arch: GeneratorArch) -> nn.Module:
+    if arch.kind == "resnet":
+        return ResnetGenerator(arch.in_channels, arch.out_channels, arch.n_blocks, arch.ngf, arch.norm, arch.dropout)
+    if arch.kind == "unet":
+        return UNetGenerator(arch.in_channels, arch.out_channels, arch.num_downs, arch.ngf, arch.norm, arch.dropout)
+    raise ValueError(f"unknown generator kind {arch.kind!r}; choose {', '.join(GENERATORS)}")
+
+
+def build_discriminator(arch: DiscriminatorArch) -> nn.Module:
+    if arch.num_d > 1:
+        return MultiscaleDiscriminator(arch.in_channels, arch.ndf, arch.n_layers, arch.norm, arch.num_d)
+    if arch.n_layers == 0:
+        return PixelDiscriminator(arch.in_channels, arch.ndf, arch.norm)
+    return PatchDiscriminator(arch.in_channels, arch.ndf, arch.n_layers, arch.norm)
+
+
+def arch_dict(g: GeneratorArch, d: DiscriminatorArch) -> dict:
+    """What a p2p checkpoint records so `load_*` needs no config."""
+    return {"generator": asdict(g), "discriminator": asdict(d)}
+
+
+def same_arch(saved: dict | None, g: GeneratorArch, d: DiscriminatorArch) -> bool:
+    """Whether a checkpoint's `arch` describes these networks (fields it predates take their
+    defaults, so older checkpoints of the same networks match)."""
+    if not saved:
+        return False
+    try:
+        return GeneratorArch(**saved["generator"]) == g and DiscriminatorArch(**saved["discriminator"]) == d
+    except (KeyError, TypeError):
+        return False
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
+    """The official init: conv weights N(0, gain) (or xavier/kaiming/orthogonal), biases 0,
+    BatchNorm weights N(1, gain) and biases 0. Draws from the global torch RNG in module order."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if init_type == "normal":
+                init.normal_(m.weight, 0.0, gain)
+            elif init_type == "xavier":
+                init.xavier_normal_(m.weight, gain=gain)
+            elif init_type == "kaiming":
+                init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            elif init_type == "orthogonal":
+                init.orthogonal_(m.weight, gain=gain)
+            else:
+                raise ValueError(f"unknown init_type {init_type!r}")
+            if m.bias is not None:
+                init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            init.normal_(m.weight, 1.0, gain)
+            init.zeros_(m.bias)
+    return net
