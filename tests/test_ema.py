@@ -42,7 +42,7 @@ def test_checkpoint_holds_both_generators_and_load_generator_picks(ema_run):
 def test_validation_and_best_pt_score_the_ema(ema_run):
     from p2p.config import load_config
     from p2p.data.held_out import held_out
-    from p2p.evaluation import means, score_images
+    from p2p.evaluation import build_scorer, evaluate
     from p2p.inference import training_geometry
     from p2p.tasks import build_task
 
@@ -54,8 +54,8 @@ def test_validation_and_best_pt_score_the_ema(ema_run):
     psnr = {}
     for weights in ("ema", "raw"):
         G = load_generator(run / "checkpoints" / "last.pt", weights=weights)
-        psnr[weights] = means(task, score_images(G, task, images, training_geometry(task, cfg.data.load_size),
-                                                 cfg.run.seed, torch.device("cpu")))["psnr"]
+        psnr[weights] = evaluate(G, task, images, training_geometry(task, cfg.data.load_size), cfg.run.seed,
+                                 torch.device("cpu"), build_scorer(cfg.eval))["psnr"]
     assert logged[-1]["psnr"] == pytest.approx(psnr["ema"], rel=1e-6)
     assert abs(psnr["ema"] - psnr["raw"]) > 1e-3  # so the assertion above tells them apart
     best = load_ckpt(run / "checkpoints" / "best.pt")
