@@ -74,7 +74,7 @@ def test_checkpoint_save_keeps_last_pt_and_leaves_no_temporary(disk):
 def test_metrics_append_and_sample_png_leave_no_partial_record(disk):
     from p2p.train.logger import RunLogger
 
-    log = RunLogger(disk / "run", max_steps=10, start_step=0)
+    log = RunLogger(disk / "run", max_steps=10, start_step=0, trackers="")  # the files only: no tracker thread
     log.log({"step": 1, "G_L1": 1.0})
     before = (disk / "run" / "metrics.jsonl").read_bytes()
     img = torch.rand(2, 3, 256, 256)
@@ -129,8 +129,13 @@ def test_training_that_cannot_checkpoint_stops_with_one_line(disk):
     try:
         last = run_dir / "checkpoints" / "last.pt"
         wait_for(lambda: last.exists(), 120, "the first checkpoint")
-        proc.send_signal(signal.SIGSTOP)  # between two checkpoints: fill the disk under it
-        time.sleep(0.5)
+        while True:  # stopped between two checkpoints, not inside one (a written .tmp not yet renamed)
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.5)
+            if not any(p.name.endswith(".tmp") for p in last.parent.iterdir()):
+                break
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
         saved = load_ckpt(last)["step"]
         fill_disk(disk, leave=last.stat().st_size // 2)
         t0 = time.monotonic()

@@ -24,20 +24,19 @@ from p2p.cli import main as p2p_main  # noqa: E402
 def main() -> int:
     out, overrides = sys.argv[1], sys.argv[2:]
     os.makedirs(out, exist_ok=True)
-    real_batches, real_prepare = loop.device_batches, run.Run.prepare
+    real_batches, real_prepare = loop.device_batches, run.Run.prepare_for
 
     def batches(*args, **kwargs):
         for epoch, index, batch in real_batches(*args, **kwargs):
             batch.recorded_epoch = epoch
             yield epoch, index, batch
 
-    def prepare(self, batch):
+    def prepare_for(self, batch, step):  # the loop's device step, for `step` (0-based), maybe a batch ahead
         with open(os.path.join(out, f"keys-rank{self.rank}.jsonl"), "a") as f:
-            f.write(json.dumps({"step": self.state.step + 1, "epoch": batch.recorded_epoch,
-                                "keys": list(batch.keys)}) + "\n")
-        return real_prepare(self, batch)
+            f.write(json.dumps({"step": step + 1, "epoch": batch.recorded_epoch, "keys": list(batch.keys)}) + "\n")
+        return real_prepare(self, batch, step)
 
-    loop.device_batches, run.Run.prepare = batches, prepare
+    loop.device_batches, run.Run.prepare_for = batches, prepare_for
     return p2p_main(["train", *overrides])
 
 
