@@ -44,7 +44,8 @@ def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None) -> li
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    # a copy: decoded and cached photos are read-only arrays, which torch.from_numpy warns about
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1).contiguous()
 
 
 def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
