@@ -65,7 +65,7 @@ def train(cfg: Config) -> TrainResult:
         start_run_folder(run, log)
         loader = build_loader(cfg, "train", run.rank, run.world, run.device)
         continue_loader(loader, state, cfg.data.backend)
-        held_out = held_out_images(cfg, run.rank, run.world)
+        held_out = held_out_images(cfg, run.rank, run.world) if t.eval_every or t.sample_every else []
         scorer = validation_scorer(cfg, run.device) if t.eval_every else None
         announce(run, loader, log)
         end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
