@@ -127,7 +127,9 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
     except pickle.UnpicklingError as e:
         # a class or a function (torch words it "Unsupported global" or, for a blocked module such
         # as os, "unsupported GLOBAL ... is blocked"): anything but tensors and containers
-        if "Weights only load failed" in str(e) or "unsupported global" in str(e).lower():
+        # (junk bytes fail the same way, as "Unsupported operand": those are not pickled objects)
+        if "unsupported global" in str(e).lower() or (
+                "Weights only load failed" in str(e) and "unsupported operand" not in str(e).lower()):
             raise CheckpointError(f"{path} holds pickled Python objects, not only tensors ({_reason(e)}): not a "
                                   f"p2p checkpoint or official pix2pix weights (torch.load weights_only refused "
                                   f"it)", path) from None
