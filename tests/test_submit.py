@@ -422,3 +422,26 @@ def test_plain_sbatch_script_two_nodes_with_requeue(senv):
     saved = saved_steps(text)
     assert len(saved) == 1 and 0 < saved[0] < max_steps // 2, text[-3000:]  # the signal landed mid-run
     assert "requeueing job" in text and "restart 1" in text and "(resumed)" in text and "p2p: run complete" in text
+
+
+def test_the_requeue_outlives_the_sigterm_that_ends_the_step(tmp_path):
+    """When a task dies, srun SIGTERMs every process of the step, the requeueing task's
+    `scontrol requeue` child included (it failed a requeue on the local cluster). Here a stand-in
+    `scontrol` on PATH takes 1 s and the whole process group gets SIGTERM meanwhile: the requeue
+    must still finish. No cluster needed: the signal is the real one, only scontrol is stood in."""
+    import os
+    import signal
+
+    bin_dir, started, marker = tmp_path / "bin", tmp_path / "started", tmp_path / "requeued"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\ntouch {started}\nsleep 1\necho \"$@\" > {marker}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**p2p_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    code = "from p2p.slurm.job import _requeue; _requeue('42'); print('done', flush=True)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(started.exists, 60, "the stand-in scontrol to start")
+    os.killpg(proc.pid, signal.SIGTERM)  # the step's end: every process of the group
+    out, err = proc.communicate(timeout=30)
+    assert marker.read_text().split() == ["requeue", "42"], err
+    assert proc.returncode == 0 and "done" in out, err

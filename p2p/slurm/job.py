@@ -158,7 +158,7 @@ class TrainJob(Checkpointable):
             following.set_timeout(current._timeout_min, current._timeout_countdown)
             with temporary_save_path(pickle_path) as tmp:
                 following.dump(tmp)
-            subprocess.run(["scontrol", "requeue", env.job_id], check=True, timeout=60, capture_output=True)
+            _requeue(env.job_id)
         except (OSError, KeyError, AssertionError, subprocess.SubprocessError) as e:
             why = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip() or str(e)
             print(f"p2p job: could not requeue job {env.job_id} ({why.splitlines()[0] if why else type(e).__name__}); "
@@ -180,3 +180,20 @@ class TrainJob(Checkpointable):
         config = copy.deepcopy(self.config)
         config["run"]["resume"] = True
         return DelayedSubmission(type(self)(config, self.requeues + 1))
+
+
+def _requeue(job_id: str) -> None:
+    """`scontrol requeue JOB`, run so that it outlives the end of this step. When a task dies,
+    srun ends the step by sending SIGTERM to every process of it (SIGKILL KillWait seconds later),
+    which killed the scontrol child of the task that was requeueing (seen on the local cluster:
+    "died with SIGTERM"). A signal ignored in the parent stays ignored across fork and exec, so
+    the child ignores SIGTERM for the few milliseconds it needs."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread: cannot change dispositions; run it as it is
+        previous = None
+    try:
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60, capture_output=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
