@@ -214,3 +214,15 @@ def start(device: str = "auto", timeout_s: int = 600):
             f"launcher started {denv.world_size} processes but Accelerate joined {accel.num_processes}: "
             f"each would train alone. Check RANK/WORLD_SIZE/MASTER_ADDR (and ACCELERATE_USE_CPU on CPU).")
     return accel
+
+
+def leave() -> None:
+    """Destroy this process's process group, if it has one, while the interpreter is whole. A
+    process that exits with it alive leaves gloo's worker threads to the interpreter's
+    finalization, which aborts it now and then ("terminate called without an active exception",
+    SIGABRT: a finished 2-task Slurm job ended FAILED that way). Measured here: 12 of 60
+    two-process gloo runs ending after broadcast_object_list aborted without this, 0 of 60 with
+    it. Also safe after a lost peer: gloo's shutdown returns at once (measured), NCCL's aborts
+    its communicators instead of waiting (torch's destroy_process_group -> pg.shutdown())."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -165,3 +165,28 @@ def test_two_ranks_with_multiscale_d_feature_matching_and_ema(tmp_path):
     assert moved, "the EMA should lag behind G"
     rows = [json.loads(x) for x in (tmp_path / "hd" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["world_size"] == 2 and rows[-1]["G_feat"] > 0
+
+
+@pytest.mark.parametrize("entry", ["cli", "job"])
+def test_each_process_entry_leaves_its_process_group(tmp_path, entry):
+    """A process that exits still holding its gloo group aborts now and then while the interpreter
+    finalizes (SIGABRT: a finished 2-task Slurm job ended FAILED that way), so `p2p train` and the
+    submitit job leave the group before they return; checked on both ranks."""
+    args = [*TINY, "train.max_steps=2", f"run.out_dir={tmp_path}", f"run.name=leave-{entry}"]
+    worker = "tests/helpers/entry_worker.py"
+    if entry == "cli":
+        torchrun(worker, tmp_path, "cli", *args)
+    else:  # two tasks of one srun step on this host, as submitit starts them
+        job_id = str(900000 + free_port() % 90000)
+        procs = [subprocess.Popen([sys.executable, worker, str(tmp_path), "job", *args], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=p2p_env(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID=job_id, SLURM_STEP_ID="0",
+                                              SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NODEID="0",
+                                              SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_JOB_NUM_NODES="1",
+                                              SLURM_JOB_NODELIST="localhost", SLURM_STEP_NODELIST="localhost"))
+                 for rank in (0, 1)]
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    ended = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["code"] for r in ended] == ([0, 0] if entry == "cli" else [2, 2]), ended
+    assert [r["group_alive"] for r in ended] == [False, False], ended

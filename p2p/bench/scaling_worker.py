@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from p2p import dist
 from p2p.bench.common import sync, write_json
 
 
@@ -68,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "rank_img_per_s": [statistics.median(r) for r in per_rank],
                                  "world_size": world, "torch_threads": torch.get_num_threads()})
     run.accel.wait_for_everyone()
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    dist.leave()
     return 0
 
 

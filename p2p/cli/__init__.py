@@ -94,6 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `p2p jobs | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """A command that joined a process group (train, eval) leaves it before the process exits
+    (p2p.dist.leave says why); commands that never imported torch.distributed skip it."""
+    if "torch.distributed" in sys.modules:
+        from p2p import dist
+
+        dist.leave()
 
 
 if __name__ == "__main__":

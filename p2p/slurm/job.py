@@ -82,19 +82,22 @@ class TrainJob(Checkpointable):
         from p2p.train.loop import TrainingError, train
 
         try:
-            result = train(cfg)
-        except PeerLostError as e:  # another task died (its node, the OOM killer): requeue if allowed
-            print(f"p2p job: error: {e}", file=sys.stderr, flush=True)
-            self._requeue_after_lost_peer(env, cfg)
-            sys.exit(1)  # not requeued: the job ends FAILED with the lines above, no traceback
-        except (TrainingError, UsageError) as e:
-            print(f"p2p job: error: {e}", file=sys.stderr, flush=True)
-            raise
-        if not result.preempted:
-            # Finished: a USR2 arriving now (time limit) must not requeue a finished run.
-            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-            return {"step": result.step, "run_dir": result.run_dir, "metrics": result.last_metrics}
-        return self._stopped(result, requeue)
+            try:
+                result = train(cfg)
+            except PeerLostError as e:  # another task died (its node, the OOM killer): requeue if allowed
+                print(f"p2p job: error: {e}", file=sys.stderr, flush=True)
+                self._requeue_after_lost_peer(env, cfg)
+                sys.exit(1)  # not requeued: the job ends FAILED with the lines above, no traceback
+            except (TrainingError, UsageError) as e:
+                print(f"p2p job: error: {e}", file=sys.stderr, flush=True)
+                raise
+            if not result.preempted:
+                # Finished: a USR2 arriving now (time limit) must not requeue a finished run.
+                signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+                return {"step": result.step, "run_dir": result.run_dir, "metrics": result.last_metrics}
+            return self._stopped(result, requeue)
+        finally:
+            dist.leave()  # however the task ends: see p2p.dist.leave
 
     def _stopped(self, result, requeue) -> dict:
         where = f"step {result.step} saved to {Path(result.run_dir) / 'checkpoints' / 'last.pt'}"
