@@ -528,6 +528,27 @@ def test_nvjpeg_pixels_are_within_one_level_of_libjpeg_turbo(coco_shards, load_s
         assert diff.float().mean() < 0.5, counts
 
 
+@pytest.mark.parametrize("workers, kind", [(0, "process"), (2, "process"), (2, "thread")])
+def test_wds_batches_for_a_gpu_are_pinned_channels_last_and_arrive_whole(coco_shards, workers, kind):
+    """For a CUDA device every wds batch is made in (or copied into) pinned memory, channels-last
+    like the decoder's pixels, and the non-blocking copy to the GPU keeps both the layout and
+    the pixels."""
+    from p2p.config import with_values
+    from p2p.data import build_loader
+    from p2p.data.prefetch import device_batches
+
+    cfg = with_values(_shard_cfg(coco_shards, "wds", 286, batch_size=4), {"data.workers": workers,
+                                                                         "data.worker_kind": kind})
+    loader = build_loader(cfg, "train", device=torch.device("cuda"))
+    on_cpu = list(loader.epoch(0))
+    assert all(b.images.is_pinned() and b.images.is_contiguous(memory_format=torch.channels_last) for b in on_cpu)
+    stream = device_batches(loader, 0, 0, torch.device("cuda"))
+    for a in on_cpu:
+        _, _, b = next(stream)
+        assert b.images.is_cuda and b.images.is_contiguous(memory_format=torch.channels_last)
+        assert b.keys == a.keys and torch.equal(b.images.cpu(), a.images)
+
+
 def test_nvjpeg_resumes_mid_epoch_with_the_same_batches(coco_shards):
     from p2p.data import build_loader
 

@@ -75,6 +75,8 @@ def make_cfg(data, backend: str, source=None, **over) -> Config:
     }
     if "task" in over:
         values["task.name"] = over.pop("task")
+    if "kind" in over:
+        values["data.worker_kind"] = over.pop("kind")
     assert not over
     return with_values(Config(), values)
 
@@ -196,10 +198,32 @@ def test_wds_is_independent_of_the_worker_count(data, batch_size):
     # batch 1: each worker reuses its shared-memory slots several times over in the epoch, and
     # every batch is kept (list) while later ones arrive
     ref = run_epoch(make_cfg(data, "wds", workers=0, batch_size=batch_size), 5)[1]
-    for w in (1, 2):
-        got = run_epoch(make_cfg(data, "wds", workers=w, batch_size=batch_size), 5)[1]
-        assert len(got) == len(ref) and keys_of(got) == keys_of(ref)
-        assert all(torch.equal(a.images, b.images) for a, b in zip(got, ref))
+    for w, kind in ((1, "process"), (2, "process"), (1, "thread"), (2, "thread")):
+        got = run_epoch(make_cfg(data, "wds", workers=w, batch_size=batch_size, kind=kind), 5)[1]
+        assert len(got) == len(ref) and keys_of(got) == keys_of(ref), (w, kind)
+        assert all(torch.equal(a.images, b.images) for a, b in zip(got, ref)), (w, kind)
+
+
+@pytest.mark.parametrize("workers,kind", [(0, "process"), (2, "process"), (2, "thread")])
+def test_wds_batches_are_channels_last_in_memory(data, workers, kind):
+    """libjpeg-turbo's pixel order: the crop window is copied row by row, not pixel by pixel
+    (p2p.data.wds); the shape is still the contract's N x 3 x H x W."""
+    _, batches = run_epoch(make_cfg(data, "wds", workers=workers, kind=kind), 0)
+    for b in batches:
+        assert b.images.shape == (4, 3, SIZE, SIZE)
+        assert b.images.is_contiguous(memory_format=torch.channels_last) and not b.images.is_contiguous()
+
+
+def test_wds_decode_threads_stop_with_the_epoch(data):
+    """A loop that stops mid-epoch (a signal, train.stop_after) leaves no decode thread behind."""
+    import threading
+
+    loader = build_loader(make_cfg(data, "wds", workers=2, kind="thread", batch_size=1), "train")
+    stream = loader.epoch(0)
+    next(stream)
+    assert any(t.name.startswith("p2p-wds") for t in threading.enumerate())
+    stream.close()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("p2p-wds")]
 
 
 def test_wds_plan_is_computed_from_manifest_counts(data):
@@ -246,7 +270,8 @@ def test_other_stored_size_is_resized(data):
     assert batches[0].images.shape == (4, 3, 40, 40)
 
 
-def test_corrupt_member_is_skipped_with_a_warning(data, tmp_path):
+@pytest.mark.parametrize("threads", [0, 2])
+def test_corrupt_member_is_skipped_with_a_warning(data, tmp_path, threads):
     bad = tmp_path / "bad"
     shutil.copytree(data["shards"], bad)
     tar, idx = shard_files(bad, "train")[1]
@@ -255,7 +280,7 @@ def test_corrupt_member_is_skipped_with_a_warning(data, tmp_path):
     with open(tar, "r+b") as f:  # a badly copied byte range: the JPEG's first 64 bytes
         f.seek(comp.offset)
         f.write(b"\x00" * 64)
-    cfg = make_cfg(data, "wds", source=bad)
+    cfg = make_cfg(data, "wds", source=bad, **({"workers": threads, "kind": "thread"} if threads else {}))
     loader = build_loader(cfg, "train")
     clean = build_loader(make_cfg(data, "wds"), "train")
     for epoch in range(3):  # the shard order changes; find an epoch that reads it
@@ -304,6 +329,21 @@ def test_train_a_few_steps(data, backend, tmp_path):
     steps = [r["step"] for r in rows if "step" in r and "G_L1" in r]
     assert steps and steps[-1] == 3
     assert all(np.isfinite(r["G_L1"]) for r in rows if "G_L1" in r)
+
+
+@pytest.mark.slow
+def test_training_is_the_same_with_decode_threads(data, tmp_path):
+    """data.worker_kind=thread changes where batches are made, not what they are: the same
+    losses, step by step, as worker processes."""
+    losses = {}
+    for kind in ("process", "thread"):
+        run_p2p("train", f"data.source={data['shards']}", "data.backend=wds", *TINY, f"data.load_size={SIZE}",
+                "data.workers=2", f"data.worker_kind={kind}", "train.max_steps=4", "train.log_every=1",
+                f"run.out_dir={tmp_path}", f"run.name={kind}", timeout=180)
+        rows = [json.loads(x) for x in (tmp_path / kind / "metrics.jsonl").read_text().splitlines()]
+        losses[kind] = [(r["step"], r["G_L1"], r["D_real"]) for r in rows if "G_L1" in r]
+    assert [s for s, *_ in losses["thread"]] == [1, 2, 3, 4]
+    assert losses["thread"] == losses["process"]
 
 
 @pytest.mark.slow

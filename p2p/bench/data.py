@@ -18,7 +18,8 @@ Rows, all on the same images, measured one after another in this process:
   the ceiling of every p2p row on a CPU-only machine, where this step shares the cores with
   decoding (on a GPU it runs on the GPU);
 * wds at several worker counts (default 0, 1, 2 and the core count), plus the loader alone
-  (uint8 batches, no device step) at the most workers;
+  (uint8 batches, no device step) at the most workers; then the most workers as threads of
+  this process (`data.worker_kind=thread`), model-ready and the loader alone;
 * dali on the CPU at several thread counts (default 1 and 2), plus the loader alone, when DALI
   is installed;
 * nvjpeg on a GPU (cuda:0): workers read the JPEG files, nvJPEG decodes each batch and the crop
@@ -310,8 +311,9 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
         rows.append(row)
         progress(f"  {name}: {r['img_per_s']:.1f} img/s")
 
-    def wds_stream(workers: int):
-        return _endless(WdsLoader(with_values(cfg, {"data.workers": workers}), source, "train", 0, 1).epoch)
+    def wds_stream(workers: int, kind: str = "process"):
+        return _endless(WdsLoader(with_values(cfg, {"data.workers": workers, "data.worker_kind": kind}), source,
+                                  "train", 0, 1).epoch)
 
     # the baseline, on the same images
     items, what = baseline_items(source, manifest, max(images, 4 * bs))
@@ -341,9 +343,15 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     if "wds" in o.backends:
         for w in worker_counts:
             timed(f"wds workers={w}", "wds", w, wds_stream(w), True, _threads_for(w, cores, o.main_threads))
+        w = max(worker_counts)
         if not quick:  # where the time goes: the loader alone at the most workers
-            w = max(worker_counts)
             timed(f"wds workers={w}, loader only (uint8 {load}px)", "wds", w, wds_stream(w), False, 1)
+        if w > 0:  # data.worker_kind=thread: the same decode in threads of this process
+            timed(f"wds threads={w}", "wds", w, wds_stream(w, "thread"), True, _threads_for(w, cores, o.main_threads),
+                  worker_kind="thread")
+            if not quick:
+                timed(f"wds threads={w}, loader only (uint8 {load}px)", "wds", w, wds_stream(w, "thread"), False, 1,
+                      worker_kind="thread")
     if "dali" in o.backends:
         try:
             from p2p.data.dali import DaliLoader

@@ -31,6 +31,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_STEPS = ("fused", "eager")
+WORKER_KINDS = ("process", "thread")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw):
@@ -119,6 +120,9 @@ class DataConfig(Section):
     image_size: int = _f(64, "random crop size = model input size")
     flip: bool = _f(True, "random horizontal flip during training")
     workers: int = _f(1, "loader worker processes per rank (0 = load in the main process); presets for big data use 8")
+    worker_kind: str = _f("process", "wds and nvjpeg backends: data.workers are DataLoader processes, or threads of "
+                          "the training process (JPEG decode releases the GIL; no copy between processes: "
+                          "faster where cores are few, e.g. CPU training)", WORKER_KINDS)
     val_source: str = _f("", "held-out images for validation; empty = the source's own val split")
     val_fraction: float = _f(0.05, "folder sources without train/ and val/ subfolders: share held out")
     val_images: int = _f(16, "how many fixed held-out images each validation uses")

@@ -5,7 +5,9 @@ The batch contract
 A `Batch` holds `images`: uint8, N x 3 x H x W (RGB; channels first), and `keys`: N strings
 naming the samples. H = W = `data.load_size` for single images; paired data is A|B side by
 side, H = load_size, W = 2 * load_size. Loaders do no random crop to image_size, no float
-conversion and no Lab: those run on the training device (p2p.augment, p2p.tasks).
+conversion and no Lab: those run on the training device (p2p.augment, p2p.tasks). The memory
+layout is the loader's (wds batches are channels-last: the decoder's pixel order), so whatever
+reads a batch goes by its strides and never assumes it contiguous.
 
 The loader contract
 -------------------

@@ -22,13 +22,26 @@ centre in validation; paired A|B images are resized to load_size x 2*load_size. 
 fails to decode is reported (shard and key) and replaced by the rank's next unused sample, so
 batch counts never change.
 
-Workers write batches into a ring of shared-memory slots made once per epoch (`Ring`) and send
-only the slot's number; the main process copies the batch out (into pinned memory when the
-device is CUDA) and frees the slot. A fresh shared-memory tensor per batch, DataLoader's usual
-way, cost about 0.3 ms of page faults per 286-px image here, a third of the decode.
+Batches are channels-last in memory (N x H x W x 3 bytes behind the N x 3 x H x W shape of
+the batch contract): libjpeg-turbo's own pixel order, so copying a crop window into the batch
+copies whole rows (11 us per 286-px image here) instead of transposing every pixel (76 us).
+The device step reads either layout (p2p.fused: any strides).
+
+With `data.worker_kind=process` (the default), DataLoader workers write batches into a ring
+of shared-memory slots made once per epoch (`Ring`) and send only the slot's number; the main
+process copies the batch out (into pinned memory when the device is CUDA) and frees the slot.
+A fresh shared-memory tensor per batch, DataLoader's usual way, cost about 0.3 ms of page
+faults per 286-px image here, a third of the decode. With `data.worker_kind=thread`,
+`data.workers` threads of this process make whole batches straight into the memory the
+training loop takes (pinned on CUDA), a few batches ahead: simplejpeg, pread and numpy's copy
+release the GIL, so decodes run in parallel, and no batch crosses between processes. Where
+cores are few (a CPU-only node) that is faster (`p2p bench data` has both rows); where a GPU
+is fed by many workers, processes keep the per-sample Python work off the training
+process's GIL.
 
 Measured on the 2-core development machine per 286-px image (one core): decode 0.72 ms,
-window copy 0.18 ms, read + key + crop draw 0.03 ms; copy-out in the main process 0.03 ms.
+window copy 0.18 ms (NCHW; 0.01 ms channels-last), read + key + crop draw 0.03 ms; copy-out in
+the main process 0.03 ms.
 
 Validation
 ----------
@@ -43,8 +56,12 @@ stages on top (the tests read the shards back with webdataset to check the keys)
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -94,6 +111,7 @@ class ShardSet:
         self._index: dict[int, tuple[np.ndarray, np.ndarray, list[str]]] = {}
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
+        self._lock = threading.Lock()  # decode threads (data.worker_kind=thread) share the descriptors
 
     @property
     def stored_size(self) -> int | None:
@@ -138,20 +156,27 @@ class ShardSet:
         """The jpg bytes of a sample (one pread at the index offset)."""
         offsets, sizes, _ = self.index(shard)
         if os.getpid() != self._pid:  # a forked worker: its own descriptors
-            self._fds, self._pid = {}, os.getpid()
+            self._fds, self._pid, self._lock = {}, os.getpid(), threading.Lock()
         fd = self._fds.get(shard)
         if fd is None:
-            fd = self._fds[shard] = os.open(self.tars[shard], os.O_RDONLY)
+            with self._lock:
+                fd = self._fds.get(shard)
+                if fd is None:
+                    fd = self._fds[shard] = os.open(self.tars[shard], os.O_RDONLY)
         size = int(sizes[member])
         data = os.pread(fd, size, int(offsets[member]))
         if size == 0 or len(data) != size:
             raise OSError(f"short read: {len(data)} of {size} bytes (is the shard truncated?)")
         return data
 
-    def __getstate__(self):  # spawn-started workers: no descriptors across processes
+    def __getstate__(self):  # spawn-started workers: no descriptors (nor locks) across processes
         state = dict(self.__dict__)
-        state["_fds"] = {}
+        state["_fds"], state["_lock"] = {}, None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         if os.getpid() == self._pid:
@@ -185,7 +210,9 @@ class Ring:
     def __init__(self, workers: int, slots: int, shape: tuple[int, ...], ctx):
         n = workers * slots * int(np.prod(shape))
         storage = torch.UntypedStorage._new_shared(n)
-        self.buf = torch.empty(0, dtype=torch.uint8).set_(storage).view(workers, slots, *shape)
+        b, c, h, w = shape  # channels-last slots, as every wds batch (see the module docstring)
+        self.buf = torch.empty(0, dtype=torch.uint8).set_(storage).view(workers, slots, b, h, w, c) \
+            .permute(0, 1, 2, 5, 3, 4)
         self.buf.numpy().fill(0)  # fault the pages in once, here, not per batch (and no OpenMP)
         self.slots = slots
         self.free = [ctx.Semaphore(slots) for _ in range(workers)]
@@ -202,12 +229,17 @@ class Ring:
     def give(self, ref: "SlotRef", pin: bool) -> Batch:
         """In the main process: the batch copied out of its slot; the slot is free again."""
         src = self.buf[ref.worker, ref.slot, :ref.n]
-        out = torch.empty(src.shape, dtype=torch.uint8, pin_memory=pin)
+        out = channels_last_batch(src.shape, pin)
         # numpy's memcpy: torch's copy_ would wake the OpenMP pool, whose threads then spin on
         # the cores the workers decode on
         np.copyto(out.numpy(), src.numpy())
         self.free[ref.worker].release()
         return Batch(out, ref.keys)
+
+
+def channels_last_batch(shape, pin: bool = False) -> torch.Tensor:
+    """An uninitialised uint8 N x 3 x H x W batch laid out N x H x W x 3 in memory."""
+    return torch.empty(tuple(shape), dtype=torch.uint8, memory_format=torch.channels_last, pin_memory=pin)
 
 
 class SlotRef:
@@ -236,6 +268,7 @@ class ShardBatches(torch.utils.data.Dataset):
         self.shards, self.plan, self.batch_size, self.spare = shards, plan, batch_size, spare
         self.load_size, self.paired, self.seed, self.epoch, self.train = load_size, paired, seed, epoch, train
         self.ring: Ring | None = None
+        self.pin = False  # batches made in this process go straight into pinned memory (a CUDA device)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -247,10 +280,11 @@ class ShardBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, b: int):
         rows = self.plan[b * self.batch_size:(b + 1) * self.batch_size]
-        if self.ring is not None and torch.utils.data.get_worker_info() is not None:
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if self.ring is not None and in_worker:
             w, slot, images = self.ring.take(len(rows))
         else:
-            images = torch.empty((len(rows), *self.shape[1:]), dtype=torch.uint8)
+            images = channels_last_batch((len(rows), *self.shape[1:]), self.pin and not in_worker)
         keys = []
         for i, (shard, member) in enumerate(rows.tolist()):
             keys.append(self._fill(images[i], b * self.batch_size + i, shard, member))
@@ -308,6 +342,24 @@ def _identity(x):
     return x
 
 
+def threaded(data, batches, threads: int, ahead: int = 2) -> Iterator:
+    """data[b] for b in `batches`, in order, made by `threads` threads with up to `ahead` batches
+    per thread under way (data.worker_kind=thread). Closing the generator cancels the batches not
+    started and waits for the ones being made."""
+    todo = iter(batches)
+    with ThreadPoolExecutor(threads, thread_name_prefix="p2p-wds") as pool:
+        pending = collections.deque(pool.submit(data.__getitem__, b) for b in itertools.islice(todo, threads * ahead))
+        try:
+            while pending:
+                batch = pending.popleft().result()
+                for b in itertools.islice(todo, 1):
+                    pending.append(pool.submit(data.__getitem__, b))
+                yield batch
+        finally:
+            for f in pending:
+                f.cancel()
+
+
 class WdsLoader:
     """Deterministic, rank-disjoint batches from a shard folder (see the module docstring)."""
 
@@ -317,7 +369,7 @@ class WdsLoader:
         d = cfg.data
         self.train = split == "train"
         self.seed, self.rank, self.world = cfg.run.seed, rank, world
-        self.load_size, self.workers = d.load_size, max(0, d.workers)
+        self.load_size, self.workers, self.threaded = d.load_size, max(0, d.workers), d.worker_kind == "thread"
         self.paired = cfg.task.name == "paired"
         self.pin = device is not None and torch.device(device).type == "cuda"
         what = f"data.source={source!r}"
@@ -367,8 +419,8 @@ class WdsLoader:
         else:
             plan = self._val
             spare = np.roll(plan, -1, axis=0)
-        for shard in np.unique(plan[:, 0]).tolist():  # parse before workers fork: they inherit it
-            self.shards.index(shard)
+        for shard in np.unique(np.concatenate([plan[:, 0], spare[:, 0]])).tolist():
+            self.shards.index(shard)  # parsed before workers fork (they inherit it) or threads start
         return self.batches(self.shards, plan, self.batch_size, spare, self.load_size, self.paired, self.seed,
                             epoch, self.train)
 
@@ -378,10 +430,9 @@ class WdsLoader:
         data = self.dataset(epoch)
         batches = range(start, self.epoch_batches(epoch))
         workers = min(self.workers, len(batches))
-        if workers == 0:
-            for b in batches:
-                batch = data[b]
-                yield batch.pin_memory() if self.pin else batch
+        if workers == 0 or self.threaded:
+            data.pin = self.pin
+            yield from (map(data.__getitem__, batches) if workers == 0 else threaded(data, batches, workers))
             return
         ctx = torch.multiprocessing.get_context()
         prefetch = 2
