@@ -83,7 +83,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from p2p.config import load_config, with_values
-    from p2p.data import build_loader
+    from p2p.data import build_loader, resolve_backend
     from p2p.data.prefetch import PreparedBatches, device_batches
     from p2p.train.graphs import GraphedStep
     from p2p.train.meter import LogInterval
@@ -103,6 +103,8 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         raise UsageError("bench profile runs one process; start it without torchrun")
     device, task, state, bs = run.device, run.task, run.state, cfg.train.batch_size
     loader = build_loader(cfg, "train", run.rank, run.world, device)
+    backend = resolve_backend(cfg.data.source, cfg.data.backend, device)  # what `auto` became
+
     def prepare(batch, step):
         with record_function("p2p.prepare"):
             return run.prepare_for(batch, step)
@@ -111,8 +113,8 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     stream = PreparedBatches(device_batches(loader, state.epoch, state.batch_in_epoch, device), prepare, state.step,
                              ahead=False)
     interval = LogInterval(device)
-    progress(f"bench profile: {task.name} on {cfg.data.source} ({cfg.data.backend} backend, "
-             f"{cfg.data.workers} workers), batch {bs}, {cfg.data.image_size}px, "
+    progress(f"bench profile: {task.name} on {cfg.data.source} ({backend} backend, "
+             f"{cfg.data.workers} {'threads' if cfg.data.worker_kind == 'thread' else 'workers'}), batch {bs}, {cfg.data.image_size}px, "
              f"{device.type}: {warmup} warm-up + {steps} profiled steps")
 
     def one_step() -> float:
@@ -177,8 +179,9 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         "trace_bytes": trace.stat().st_size, "losses_sum_last_window": losses, "notices": list(run.notices),
         "note": "measured with the profiler on (adds per-op overhead)",
     }
-    config = {"device": str(device), "task": task.name, "source": cfg.data.source, "backend": cfg.data.backend,
-              "workers": cfg.data.workers, "batch_size": bs, "image_size": cfg.data.image_size,
+    config = {"device": str(device), "task": task.name, "source": cfg.data.source, "backend": backend,
+              "backend_configured": cfg.data.backend, "workers": cfg.data.workers,
+              "worker_kind": cfg.data.worker_kind, "batch_size": bs, "image_size": cfg.data.image_size,
               "load_size": cfg.data.load_size, "ngf": cfg.model.ngf, "ndf": cfg.model.ndf,
               "num_downs": cfg.model.num_downs, "precision": cfg.train.precision,
               "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,

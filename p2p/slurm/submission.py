@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2p.atomic import write_text
 from p2p.config import Config, load_config, parse_override, split_args
 from p2p.errors import UsageError
 from p2p.slurm.executor import make_executor, sbatch_refusal, tasks_per_node
@@ -141,7 +142,7 @@ def submit(sub: Submission) -> list[dict]:
         if sub.sweep:
             rec["sweep"] = {k: parse_override(f"{k}={v}")[1] for k, v in sub.elements[i][1].items()}
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "sweep.json").write_text(json.dumps(
+            write_text(run_dir / "sweep.json", json.dumps(  # atomic: a full disk keeps the old one whole
                 {"job_id": rec["job_id"], "index": i, "overrides": rec["sweep"], "base_overrides": sub.overrides,
                  "config": sub.path, "sweep": {k: vs for k, vs in sub.sweep}}, indent=2) + "\n")
         records.append(rec)
