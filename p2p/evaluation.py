@@ -35,6 +35,7 @@ from p2p.metrics import image_metrics
 
 RESULT_KEYS = ("psnr", "ssim", "l1", "colorfulness", "delta_colorfulness", "fid", "kid", "lpips", "count")
 _SUMS = ("psnr", "ssim", "l1", "colorfulness", "colorfulness_target", "lpips")
+HIGHER_IS_BETTER = ("psnr", "ssim")  # every other metric with a better side: lower (train.best_metric)
 FID_WEIGHTS_ENV = "P2P_FID_WEIGHTS"
 LPIPS_WEIGHTS_ENV = "P2P_LPIPS_WEIGHTS"
 

@@ -274,6 +274,41 @@ def test_missing_data_source_is_exit_2(tmp_path):
     assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_best_pt_follows_train_best_metric(tmp_path):
+    """train.best_metric=delta_colorfulness (lower is better) picks its own best step, not PSNR's;
+    the checkpoint says by what and how good."""
+    run = tmp_path / "cf"
+    run_p2p("train", f"run.out_dir={tmp_path}", "run.name=cf", *TINY, "train.max_steps=10", "train.eval_every=2",
+            "optim.lr=0.01", "optim.lr_policy=constant", "run.deterministic=true",
+            "train.best_metric=delta_colorfulness")
+    val = [json.loads(x) for x in (run / "val.jsonl").read_text().splitlines()]
+    best = min(val, key=lambda r: r["delta_colorfulness"])
+    by_psnr = max(val, key=lambda r: r["psnr"])["step"]
+    assert best["step"] != by_psnr, f"the setup no longer tells the two metrics apart: {val}"
+    saved = load_ckpt(run / "checkpoints" / "best.pt")
+    assert saved["step"] == best["step"] and saved["best_metric"] == "delta_colorfulness"
+    assert saved["best"] == pytest.approx(best["delta_colorfulness"], rel=1e-6)
+
+
+def test_changing_train_best_metric_on_resume_starts_best_pt_over(tmp_path):
+    common = [f"run.out_dir={tmp_path}", "run.name=ch", *TINY, "train.eval_every=2", "optim.lr=0.01",
+              "optim.lr_policy=constant"]
+    run_p2p("train", *common, "train.max_steps=4")
+    assert load_ckpt(tmp_path / "ch" / "checkpoints" / "best.pt")["best_metric"] == "psnr"
+    proc = run_p2p("train", *common, "train.max_steps=6", "train.best_metric=l1")
+    assert "best.pt was chosen by psnr; from now on by train.best_metric=l1" in proc.stdout + proc.stderr
+    saved = load_ckpt(tmp_path / "ch" / "checkpoints" / "best.pt")
+    # the first validation after the change is the best so far, whatever PSNR said before
+    assert (saved["step"], saved["best_metric"]) == (6, "l1")
+
+
+def test_best_metric_without_its_weights_is_exit_2(tmp_path):
+    proc = run_p2p("train", f"run.out_dir={tmp_path}", *TINY, "train.eval_every=2", "train.best_metric=lpips",
+                   check=False, P2P_LPIPS_WEIGHTS="")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "train.best_metric=lpips needs LPIPS weights" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
 def test_eval_numbers_agree_with_skimage_and_best_pt_is_the_best_step(tmp_path):
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 

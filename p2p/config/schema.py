@@ -32,6 +32,8 @@ BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_STEPS = ("fused", "eager")
 WORKER_KINDS = ("process", "thread")
+# what best.pt may be chosen by: the held-out metrics of p2p.evaluation that have a better side
+BEST_METRICS = ("psnr", "ssim", "l1", "lpips", "fid", "kid", "delta_colorfulness")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw):
@@ -234,6 +236,10 @@ class TrainConfig(Section):
     ckpt_every: int = _f(250, "steps between checkpoints (0 = only at the end)")
     eval_every: int = _f(250, "steps between validations (0 = never)")
     keep_last: int = _f(3, "step checkpoints kept besides last.pt and best.pt")
+    best_metric: str = _f("psnr", "the held-out metric best.pt is chosen by: psnr or ssim (higher is better), l1, "
+                          "lpips, fid, kid or delta_colorfulness (lower); lpips, fid and kid need their eval.* "
+                          "weights. PSNR and L1 favour cautious, greyish colourisations; lpips or fid favour "
+                          "plausible colour", BEST_METRICS)
     precision: str = _f("fp32", "autocast dtype; Lab and losses stay float32", PRECISIONS)
     compile: bool = _f(False, "torch.compile the models (GPU)")
     cuda_graphs: bool = _f(False, "capture the whole G+D step in a CUDA graph (GPU)")

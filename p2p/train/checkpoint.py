@@ -21,7 +21,8 @@ Payload (format "p2p", version FORMAT_VERSION):
     generator_ema         with train.ema_decay > 0: the moving average of the generator (what
                           `load_generator` picks by default), statistics averaged the same way
     opt_g, opt_d, scaler_g, scaler_d   optimizer and loss-scaler states
-    step, epoch, batch_in_epoch, best  the position (`TrainState`) and the best validation PSNR
+    step, epoch, batch_in_epoch   the position (`TrainState`)
+    best, best_metric     the best held-out value of train.best_metric so far, and its name
     lr_factor             the schedule's factor at `step` (informative; the schedule is a function of the step)
     rng, rank_buffers     per rank: every RNG stream, and its own BatchNorm statistics
     world_size, config    how many ranks saved it, and the resolved config
@@ -62,6 +63,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     best: float | None = None
+    best_metric: str = "psnr"  # what `best` measures (train.best_metric when it was set)
     # (world size, batch size, batches per rank) of the parts of this epoch read before the
     # world or batch size changed; batch_in_epoch counts batches since (p2p.data.plan)
     epoch_history: list = field(default_factory=list)
@@ -239,6 +241,7 @@ def make_payload(cfg, g_arch, d_arch, nets, state: TrainState, ranks: list[dict]
         "opt_g": nets.opt_g.state_dict(), "opt_d": nets.opt_d.state_dict(),
         "scaler_g": nets.scaler_g.state_dict(), "scaler_d": nets.scaler_d.state_dict(),
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "best": state.best,
+        "best_metric": state.best_metric,
         "lr_factor": lr_factor, "rng": [r["rng"] for r in ranks], "world_size": len(ranks),
         "rank_buffers": [{"generator": r["buffers_g"], "discriminator": r["buffers_d"]} for r in ranks],
         "config": cfg.to_dict(),
@@ -266,7 +269,7 @@ def restore_training(payload: dict, nets, rank: int, world: int, seed: int) -> t
     load_optimizer(nets.opt_d, payload["opt_d"])
     notices = load_scalers(nets, payload)
     state = TrainState(payload["step"], payload["epoch"], payload["batch_in_epoch"], payload.get("best"),
-                       [tuple(h) for h in payload.get("epoch_history", [])])
+                       payload.get("best_metric", "psnr"), [tuple(h) for h in payload.get("epoch_history", [])])
     rngs = payload.get("rng") or []
     if len(rngs) == world:
         restore_rng(rngs[rank])

@@ -24,7 +24,8 @@ from p2p.config import Config
 from p2p.data import build_loader, resolve_backend
 from p2p.data.prefetch import device_batches, prepared_batches, prepares_ahead
 from p2p.data.workers import worker_failure
-from p2p.errors import PeerLostError, TrainingError, WriteError
+from p2p.errors import PeerLostError, TrainingError, UsageError, WriteError
+from p2p.evaluation import FID_WEIGHTS_ENV, HIGHER_IS_BETTER, LPIPS_WEIGHTS_ENV, weights_path
 from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
 from p2p.train.meter import LogInterval
@@ -56,6 +57,7 @@ class TrainResult:
 
 def train(cfg: Config) -> TrainResult:
     check_installed(cfg.run.trackers)  # every rank, before any process group: one line, not a hang
+    check_best_metric(cfg)
     run = build_run(cfg)
     state, t = run.state, cfg.train
     log = RunLogger(cfg.run_dir, t.max_steps, state.step, enabled=run.accel.is_main_process,
@@ -158,13 +160,30 @@ def check_finite(metrics: dict, run: Run) -> None:
 
 
 def validated_best(run: Run, held_out: list, scorer, log: RunLogger) -> bool:
-    """Score the held-out images; True when this is the best PSNR so far (then best.pt is written)."""
+    """Score the held-out images; True when train.best_metric is the best so far (then best.pt is
+    written)."""
     val = validate(run, held_out, scorer)
     log.log_eval(run.state.step, val)
-    if val["count"] > 0 and (run.state.best is None or val["psnr"] > run.state.best):
-        run.state.best = val["psnr"]
+    name, value = run.cfg.train.best_metric, val.get(run.cfg.train.best_metric)
+    if val["count"] == 0 or value is None:  # e.g. kid against a cached reference without features
+        return False
+    best = run.state.best
+    if best is None or (value > best if name in HIGHER_IS_BETTER else value < best):
+        run.state.best = value
         return True
     return False
+
+
+def check_best_metric(cfg: Config) -> None:
+    """train.best_metric must be a metric this run's validation computes (before any process
+    group starts: a usage error, one line)."""
+    name, e = cfg.train.best_metric, cfg.eval
+    need = {"fid": ("FID", "eval.fid_weights", e.fid_weights, FID_WEIGHTS_ENV),
+            "kid": ("FID", "eval.fid_weights", e.fid_weights, FID_WEIGHTS_ENV),
+            "lpips": ("LPIPS", "eval.lpips_weights", e.lpips_weights, LPIPS_WEIGHTS_ENV)}.get(name)
+    if cfg.train.eval_every and need is not None and not weights_path(None, need[2], need[3]):
+        raise UsageError(f"train.best_metric={name} needs {need[0]} weights: set {need[1]} or ${need[3]} "
+                         f"(or choose psnr, ssim, l1 or delta_colorfulness)")
 
 
 def result(run: Run, metrics: dict, signal: str | None = None) -> TrainResult:

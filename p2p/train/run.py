@@ -212,10 +212,14 @@ def build_run(cfg: Config) -> Run:
     channels_last = uses_channels_last(cfg, device)
     nets = build_nets(G, D, D_frozen, cfg, device, precision, capturable=graphs, channels_last=channels_last,
                       notice=notices, task=task)
-    state = TrainState()
+    state = TrainState(best_metric=cfg.train.best_metric)
     if payload is not None:
         state, resumed_notices = restore_training(payload, nets, rank, world, cfg.run.seed)
         notices += resumed_notices
+        if state.best_metric != cfg.train.best_metric:  # a best PSNR is no best LPIPS: start over
+            notices.append(f"best.pt was chosen by {state.best_metric}; from now on by train.best_metric="
+                           f"{cfg.train.best_metric} (the next validation writes it)")
+            state.best, state.best_metric = None, cfg.train.best_metric
         if nets.ema is not None:  # after restore_training: the EMA's buffers are this rank's G's
             notices += [n for n in [nets.ema.restore(payload)] if n]
         moved_on = continue_position(state, payload, world, cfg.train.batch_size)
