@@ -113,9 +113,9 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     stream = PreparedBatches(device_batches(loader, state.epoch, state.batch_in_epoch, device), prepare, state.step,
                              ahead=False)
     interval = LogInterval(device)
-    progress(f"bench profile: {task.name} on {cfg.data.source} ({backend} backend, "
-             f"{cfg.data.workers} {'threads' if cfg.data.worker_kind == 'thread' else 'workers'}), batch {bs}, {cfg.data.image_size}px, "
-             f"{device.type}: {warmup} warm-up + {steps} profiled steps")
+    kind = "threads" if cfg.data.worker_kind == "thread" else "workers"
+    progress(f"bench profile: {task.name} on {cfg.data.source} ({backend} backend, {cfg.data.workers} {kind}), "
+             f"batch {bs}, {cfg.data.image_size}px, {device.type}: {warmup} warm-up + {steps} profiled steps")
 
     def one_step() -> float:
         """The loop's per-step calls; returns the seconds spent waiting for the batch."""

@@ -177,12 +177,13 @@ def validated_best(run: Run, held_out: list, scorer, log: RunLogger) -> bool:
 def check_best_metric(cfg: Config) -> None:
     """train.best_metric must be a metric this run's validation computes (before any process
     group starts: a usage error, one line)."""
-    name, e = cfg.train.best_metric, cfg.eval
-    need = {"fid": ("FID", "eval.fid_weights", e.fid_weights, FID_WEIGHTS_ENV),
-            "kid": ("FID", "eval.fid_weights", e.fid_weights, FID_WEIGHTS_ENV),
-            "lpips": ("LPIPS", "eval.lpips_weights", e.lpips_weights, LPIPS_WEIGHTS_ENV)}.get(name)
-    if cfg.train.eval_every and need is not None and not weights_path(None, need[2], need[3]):
-        raise UsageError(f"train.best_metric={name} needs {need[0]} weights: set {need[1]} or ${need[3]} "
+    name = cfg.train.best_metric
+    net = {"fid": "fid", "kid": "fid", "lpips": "lpips"}.get(name)  # kid comes from the FID network
+    if not cfg.train.eval_every or net is None:
+        return
+    env = FID_WEIGHTS_ENV if net == "fid" else LPIPS_WEIGHTS_ENV
+    if not weights_path(None, getattr(cfg.eval, f"{net}_weights"), env):
+        raise UsageError(f"train.best_metric={name} needs {net.upper()} weights: set eval.{net}_weights or ${env} "
                          f"(or choose psnr, ssim, l1 or delta_colorfulness)")
 
 
