@@ -54,6 +54,8 @@ def make_cfg(source, backend="wds", **over) -> Config:
               "train.batch_size": over.pop("batch_size", 4), "model.num_downs": 5}
     if "task" in over:
         values["task.name"] = over.pop("task")
+    if "kind" in over:
+        values["data.worker_kind"] = over.pop("kind")
     assert not over
     return with_values(Config(), values)
 
@@ -106,8 +108,8 @@ def test_batches_equal_wds_for_every_rank_epoch_and_resume_position(data, world)
 def test_workers_send_the_stored_files_and_the_batches_do_not_depend_on_them(data):
     stored = members(data / "shards")
     ref = list(build_loader(make_cfg(data / "shards", workers=0), "train").epoch(2))
-    for workers in (0, 2):
-        loader = stand_in_loader(make_cfg(data / "shards", workers=workers))
+    for workers, kind in ((0, "process"), (2, "process"), (2, "thread")):
+        loader = stand_in_loader(make_cfg(data / "shards", workers=workers, kind=kind))
         item = loader.dataset(2)[1]
         assert isinstance(item, JpegBatch) and not item.pixels  # nothing decoded in the worker
         files = item.files()

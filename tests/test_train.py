@@ -302,6 +302,12 @@ def test_changing_train_best_metric_on_resume_starts_best_pt_over(tmp_path):
     assert (saved["step"], saved["best_metric"]) == (6, "l1")
 
 
+def test_decode_threads_asked_of_the_folder_loader_are_a_notice(tmp_path):
+    proc = run_p2p("train", f"run.out_dir={tmp_path}", *TINY, "train.max_steps=1", "data.worker_kind=thread")
+    assert ("notice: data.worker_kind=thread applies to the wds and nvjpeg backends; the folder loader loads in "
+            "worker processes") in proc.stdout + proc.stderr
+
+
 def test_best_metric_without_its_weights_is_exit_2(tmp_path):
     proc = run_p2p("train", f"run.out_dir={tmp_path}", *TINY, "train.eval_every=2", "train.best_metric=lpips",
                    check=False, P2P_LPIPS_WEIGHTS="")

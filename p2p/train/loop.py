@@ -142,6 +142,10 @@ def announce(run: Run, loader, log: RunLogger) -> None:
     schedule = official_schedule_notice(cfg, loader.batches_per_epoch)
     if schedule:
         log.print(f"[yellow]notice:[/] {schedule}")
+    if cfg.data.worker_kind == "thread" and backend not in ("wds", "nvjpeg"):  # said, not silently ignored
+        own = "decodes in data.workers threads of its own" if backend == "dali" else "loads in worker processes"
+        log.print(f"[yellow]notice:[/] data.worker_kind=thread applies to the wds and nvjpeg backends; "
+                  f"the {backend} loader {own}")
 
 
 def last_good(run: Run) -> str:
