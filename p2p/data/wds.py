@@ -238,7 +238,9 @@ class Ring:
 
 
 def channels_last_batch(shape, pin: bool = False) -> torch.Tensor:
-    """An uninitialised uint8 N x 3 x H x W batch laid out N x H x W x 3 in memory."""
+    """An uninitialised uint8 N x 3 x H x W batch laid out N x H x W x 3 in memory. `empty` takes
+    pin_memory with memory_format (torch's native_functions.yaml `empty.memory_format`; its
+    reference in torch/_refs is empty_strided with the channels-last strides and pin_memory)."""
     return torch.empty(tuple(shape), dtype=torch.uint8, memory_format=torch.channels_last, pin_memory=pin)
 
 
