@@ -23,7 +23,7 @@ from p2p.config import LossConfig
 from p2p.losses import feature_matching, gan_loss_over_scales, gradient_penalty
 
 # Every loss a step can return (the optional ones only when their term is on).
-LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake", "G_feat", "G_VGG")
+LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake", "D_gp", "G_feat", "G_VGG")
 
 
 @dataclass
