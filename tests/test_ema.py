@@ -90,3 +90,24 @@ def test_asking_for_an_ema_that_is_not_there_is_one_line(tmp_path):
         load_generator(ckpt, weights="ema")
     assert "generator_ema" not in load_ckpt(ckpt)
     assert load_generator(ckpt) is not None  # auto: the raw weights, the only ones there
+
+
+def test_the_average_moves_at_rate_one_minus_decay_by_hand():
+    from p2p.train.ema import GeneratorEMA
+
+    G = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.BatchNorm1d(1))
+    w = G[0].weight
+    with torch.no_grad():
+        w.fill_(1.0)
+    ema = GeneratorEMA(G, decay=0.9)  # starts as a copy: 1.0
+    expected = 1.0
+    for value in (3.0, -2.0, 5.0):
+        with torch.no_grad():
+            w.fill_(value)
+            G[1].running_mean.fill_(value)
+        ema.update()
+        expected = 0.9 * expected + 0.1 * value  # by hand: 1.2, 0.88, 1.292
+        assert ema.module[0].weight.flatten().tolist() == pytest.approx([expected] * 2, abs=1e-6)
+        # BatchNorm statistics are copied, not averaged
+        assert ema.module[1].running_mean.item() == value
+    assert expected == pytest.approx(1.292)
