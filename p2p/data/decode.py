@@ -63,8 +63,8 @@ def jpeg_header_check(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     if simplejpeg is not None:
         try:
             h, w, _, _ = simplejpeg.decode_jpeg_header(data, strict=False)
-        except ValueError:  # a header libjpeg-turbo cannot read: Pillow's parser says why
-            pass
+        except (ValueError, KeyError):  # a header it cannot read (KeyError: an unknown colour space)
+            pass  # Pillow's parser decides, and says why
         else:
             check_geometry(w, h, max_pixels)
             return
@@ -85,7 +85,7 @@ def decode_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     if simplejpeg is not None:
         try:
             return torch.from_numpy(simplejpeg.decode_jpeg(data, "RGB")).permute(2, 0, 1)
-        except ValueError:  # corrupt, or a kind it does not convert: torchvision decides
+        except (ValueError, KeyError):  # corrupt, or a kind it does not convert: torchvision decides
             pass
     return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -111,6 +112,9 @@ def _pillow(max_pixels: int):
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
     if not _PILLOW_QUIET:  # once: changing the filters resets every module's warned-once registry
+        # Pillow's warnings about a malformed file ("Truncated File Read", skipped TIFF tags) would
+        # add lines to the one line per skipped file: the reader's refusal or result says enough
+        warnings.filterwarnings("ignore", module=r"PIL\.")
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         _PILLOW_QUIET = True
     return Image
@@ -154,11 +158,13 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS):
     try:
         im = Image.open(fp, formats=[fmt])
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice its limit (>= ours)
-        raise ImageRejected("too_large", f"{e} (data.max_pixels={max_pixels})") from None
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageRejected("too_large", f"{found.group(1) if found else 'more'} pixels, more than "
+                                         f"data.max_pixels={max_pixels}") from None
     except UnidentifiedImageError:
         raise ImageRejected("decode_error", f"starts like {fmt} but its header is not valid {fmt}") from None
-    except OSError as e:
-        raise ImageRejected("unreadable", e.strerror or str(e)) from None
+    except OSError as e:  # an errno: the file system's; none: Pillow's complaint about the data
+        raise ImageRejected("unreadable" if e.errno else "decode_error", e.strerror or str(e)) from None
     except Exception as e:  # malformed headers raise all sorts (SyntaxError, struct.error, ...)
         raise ImageRejected("decode_error", f"{type(e).__name__}: {e}") from None
     try:
