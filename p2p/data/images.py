@@ -103,24 +103,22 @@ def check_geometry(w: int, h: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None
 
 def _pillow(max_pixels: int):
     """PIL.Image, with its own bomb limit at least ours: ours is the one that applies, checked
-    right after the header is read, and Pillow's warning below its error would only be noise."""
+    right after the header is read."""
     import warnings
 
     from PIL import Image
 
-    global _PILLOW_QUIET
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
-    if not _PILLOW_QUIET:  # once: changing the filters resets every module's warned-once registry
-        # Pillow's warnings about a malformed file ("Truncated File Read", skipped TIFF tags) would
-        # add lines to the one line per skipped file: the reader's refusal or result says enough
-        warnings.filterwarnings("ignore", module=r"PIL\.")
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        _PILLOW_QUIET = True
+    # Pillow's warnings about a malformed file ("Truncated File Read", skipped TIFF tags, its bomb
+    # warning below our limit) would add lines to the one line per skipped file. Added only when
+    # missing: adding a filter resets every module's warned-once registry.
+    if not any(f[0] == "ignore" and f[3] is not None and f[3].pattern == _PIL_MODULES for f in warnings.filters):
+        warnings.filterwarnings("ignore", module=_PIL_MODULES)
     return Image
 
 
-_PILLOW_QUIET = False
+_PIL_MODULES = r"PIL\."
 
 
 def _source(source) -> tuple[object, bytes]:
