@@ -14,6 +14,7 @@ from helpers.hostile_files import (EPS, jpeg_bomb, jpeg_bytes, photo_rgb, png_bo
                                    truncated_jpeg)
 from p2p.config import load_config, with_values
 from p2p.data.held_out import held_out
+from p2p.data.images import ImageRejected, read_rgb
 
 BAD = {"empty.jpg": b"", "text.png": b"just some text\n", "bomb.png": png_bomb(20000),
        "truncated.jpg": truncated_jpeg(), "eps.jpg": EPS}
@@ -126,3 +127,25 @@ def test_predict_whose_every_input_is_bad_exits_2(tmp_path):
     assert all(ln.startswith("p2p predict: skipping") for ln in lines[:-1])
     assert lines[-1].startswith("p2p predict: error:") and "skipped" in lines[-1]
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_predict_on_a_fifo_is_one_line_not_a_hang(tmp_path):
+    import signal
+
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    ckpt = tiny_generator_file(tmp_path / "g.pth")
+
+    def hung(*_):
+        raise AssertionError("predict blocked on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        code, out, err = run_cli("predict", ckpt, fifo, "--out", tmp_path / "out")
+        with pytest.raises(ImageRejected, match="not a regular file"):
+            read_rgb(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert code == 2 and "not a regular file" in err and len(err.strip().splitlines()) == 1, err
