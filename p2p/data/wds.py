@@ -122,13 +122,18 @@ class ShardSet:
         self._index: dict[int, tuple[np.ndarray, np.ndarray, list[str]]] = {}
 
     @property
+    def _options(self) -> dict:
+        opts = self.manifest.get("options")
+        return opts if isinstance(opts, dict) else {}
+
+    @property
     def stored_size(self) -> int | None:
-        return (self.manifest.get("options") or {}).get("size")
+        size = self._options.get("size")
+        return size if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 1 << 16 else None
 
     @property
     def paired(self) -> bool:
-        opts = self.manifest.get("options") or {}
-        return bool(opts.get("paired")) or self.manifest.get("task") == "paired"
+        return bool(self._options.get("paired")) or self.manifest.get("task") == "paired"
 
     def index(self, shard: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(jpg data offsets, sizes, keys) of a shard's samples, in stored order."""

@@ -96,6 +96,12 @@ CASES = {
         '{"format": "p2p-wds-shards", "train": ' + "[" * 100_000 + "]" * 100_000 + "}"),
     "manifest_not_utf8": lambda f, s: (f / "manifest.json").write_bytes(b'{"format": "\xff\xfe"}'),
 }
+# what the loaders read of the manifest besides the shard list: wrong types are ignored, not a traceback
+HARMLESS = {
+    "options_is_a_list": lambda m: m.update(options=[1, 2]),
+    "options_size_is_text": lambda m: m["options"].update(size="big"),
+    "task_is_a_list": lambda m: m.update(task=["paired"]),
+}
 
 
 def _train_loader(folder):
@@ -158,3 +164,9 @@ def test_a_fifo_in_place_of_a_shard_file_is_refused_not_waited_on(what, copy):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("case", HARMLESS)
+def test_odd_manifest_options_do_not_break_the_loader(case, copy):
+    _manifest(copy, HARMLESS[case])
+    assert _train_loader(copy).images.shape == (2, 3, 40, 40)
