@@ -85,3 +85,37 @@ def test_16_bit_gray_png_in_predict_is_not_clipped_to_white(tmp_path):
     got = np.asarray(Image.open(tmp_path / "out" / "g16.png").convert("L")).astype(int)
     assert (got >= 254).mean() < 0.01
     assert np.abs(got - truth).max() <= 2
+
+
+def test_nvjpeg_reader_never_hands_a_bomb_to_the_gpu(tmp_path):
+    """A shard member declaring 30000 x 30000 is refused by the nvjpeg backend's workers from its
+    header and replaced like a corrupt sample; the GPU decoder (the CPU stand-in here: no CUDA)
+    never receives it."""
+    from helpers.hostile_files import jpeg_bomb
+    from helpers.jpeg_stand_in import CpuJpegDecoder
+    from p2p.config import load_config, with_values
+    from p2p.data.nvjpeg import NvjpegLoader
+    from p2p.data.shards import make_shards
+    from p2p.data.shards.format import read_manifest
+    from p2p.data.shards.index import read_index
+
+    (tmp_path / "src").mkdir()
+    for i in range(6):
+        (tmp_path / "src" / f"p{i}.jpg").write_bytes(jpeg_bytes(photo_rgb(48, 64, seed=i)))
+    out = tmp_path / "shards"
+    make_shards(tmp_path / "src", out, size=40, val_fraction=0.0, workers=1)
+    shard = read_manifest(out)["train"]["shards"][0]
+    first = [c for c in read_index(out / "train" / shard["index"])[0] if c.ext == "jpg"][0]
+    bomb = jpeg_bomb(30000)
+    with open(out / "train" / shard["file"], "r+b") as f:
+        f.seek(first.offset)
+        f.write(bomb)
+    cfg = with_values(load_config(), {"data.source": str(out), "data.backend": "nvjpeg", "data.workers": 0,
+                                      "data.load_size": 40, "data.image_size": 32, "model.num_downs": 5,
+                                      "train.batch_size": 3})
+    decoder = CpuJpegDecoder()
+    loader = NvjpegLoader(cfg, str(out), "train", 0, 1, None, decoder)
+    with pytest.warns(UserWarning, match="skipping corrupt sample.*max_pixels"):
+        batches = list(loader.epoch(0))
+    assert sum(len(b.keys) for b in batches) == 6
+    assert not any(f.startswith(bomb[:64]) for call in decoder.calls for f in call)
