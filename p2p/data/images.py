@@ -208,7 +208,7 @@ def to_rgb(im):
 def decoded(im, short_side: int | None = None):
     """Decode an image from `open_image`: JPEG draft when much larger than `short_side`, EXIF
     orientation, `to_rgb`. Raises ImageRejected (truncated or corrupt data)."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     try:
         with im:
@@ -216,15 +216,22 @@ def decoded(im, short_side: int | None = None):
                 im.draft("RGB", (short_side, short_side))
             im.load()
             return to_rgb(ImageOps.exif_transpose(im))
-    except ImageRejected:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageRejected("too_large", str(e)) from None
-    except OSError as e:
-        msg = str(e)
-        raise ImageRejected("truncated" if "truncated" in msg else "decode_error", msg) from None
     except Exception as e:
-        raise ImageRejected("decode_error", f"{type(e).__name__}: {e}") from None
+        raise decode_failure(e) from None
+
+
+def decode_failure(error: Exception) -> ImageRejected:
+    """What an exception raised while decoding an opened image means (Pillow raises all sorts
+    for corrupt data): truncated, too large, or corrupt."""
+    from PIL import Image
+
+    if isinstance(error, ImageRejected):
+        return error
+    if isinstance(error, Image.DecompressionBombError):
+        return ImageRejected("too_large", str(error))
+    if isinstance(error, OSError):
+        return ImageRejected("truncated" if "truncated" in str(error) else "decode_error", str(error))
+    return ImageRejected("decode_error", f"{type(error).__name__}: {error}")
 
 
 def read_rgb(source, max_pixels: int = DEFAULT_MAX_PIXELS, short_side: int | None = None):

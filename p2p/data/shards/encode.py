@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 from typing import Callable
 
-from p2p.data.images import ImageRejected, open_image, short_side_size, to_rgb
+from p2p.data.images import ImageRejected, decode_failure, open_image, short_side_size, to_rgb
 from p2p.data.shards.format import MAX_ASPECT, REASONS
 from p2p.data.shards.plan import OutputOptions
 from p2p.data.shards.scan import Item
@@ -60,7 +60,7 @@ def load_rgb(path: str, target: Callable[[int, int], tuple[int, int]], check: Ca
     """Open, check, draft, decode, EXIF-rotate and convert one image to RGB.
     `target(w, h)` is the size the caller will resize to (for JPEG draft mode); `check(w, h,
     mode)` may raise Skip before decoding. Returns (RGB image, info dict)."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     try:
         im = open_image(path)
@@ -87,13 +87,9 @@ def load_rgb(path: str, target: Callable[[int, int], tuple[int, int]], check: Ca
             rgb = to_rgb(im)
         except Skip:
             raise
-        except Image.DecompressionBombError as e:
-            raise Skip("too_large", str(e)) from None
-        except OSError as e:
-            msg = str(e)
-            raise Skip("truncated" if "truncated" in msg else "decode_error", msg) from None
         except Exception as e:
-            raise Skip("decode_error", f"{type(e).__name__}: {e}") from None
+            failure = decode_failure(e)
+            raise Skip(failure.reason, failure.detail) from None
         return rgb, info
 
 
