@@ -240,3 +240,28 @@ def test_fuzzed_manifests_through_p2p_train(shards, tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         after = _snapshot(tmp_path)
         assert {k for k in after if after[k] != before.get(k)} <= {k for k in after if k.startswith("runs")}
+
+
+def test_fuzzed_output_folder_of_p2p_shard(shards, tmp_path):
+    """`p2p shard` run again over an OUT whose manifest and sidecars were mangled: it rewrites
+    or refuses in one line (exit 0 or 2), never a traceback."""
+    rng = random.Random(SEED + 3)
+    src = shards.parent / "src"
+    out = tmp_path / "out"
+    shutil.copytree(shards, out)
+    sidecars = sorted(out.rglob("*.meta.json"))
+    for case in range(8):
+        victim = out / "manifest.json" if case % 2 else rng.choice(sidecars)
+        if victim.exists():
+            text = victim.read_text()
+            tree = json.loads(text)
+            victim.write_text(json.dumps(_mutate_tree(tree, rng)) if case % 4 < 2 else
+                              "[" * 50_000 + "]" * 50_000)
+        code, _, err = run_cli("shard", src, out, "--size", "40", "--val-fraction", "0.3", "--workers", "1",
+                               "--shard-size-mb", "0.004")
+        assert code in (0, 2) and "Traceback" not in err, err
+        assert code == 0 or len(err.strip().splitlines()) == 1, err
+        if code == 2:  # a manifest it refuses to take for its own: start over
+            shutil.rmtree(out)
+            shutil.copytree(shards, out)
+        sidecars = sorted(out.rglob("*.meta.json"))
