@@ -169,6 +169,8 @@ def list_inputs(inputs: list[str]) -> list[Path]:
             files += list_images(p)
         elif p.is_file():
             files.append(p)
+        elif p.exists():  # a FIFO, socket or device: never opened (a FIFO would block)
+            raise UsageError(f"input {item} is not a regular file or a folder")
         else:
             raise UsageError(f"input not found: {item}")
     if not files:

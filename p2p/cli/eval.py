@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def run(args) -> int:
         raise UsageError("--fid-ref needs FID weights (--fid-weights, eval.fid_weights or $P2P_FID_WEIGHTS)")
     scorer.reference = reference
     images = held_out(cfg, rank, world, limit=args.limit or 10**9)
+    for key, reason in images.skipped:  # every rank names its own; the count is summed below
+        print(f"p2p eval: skipping {key}: {reason}", file=sys.stderr)
     task, G = predictor.task, predictor.G.to(device)
     precision = Precision(args.precision, device) if args.precision != "fp32" else None
     t0 = time.perf_counter()
@@ -83,8 +86,9 @@ def run(args) -> int:
     with progress_bar(len(images), label, enabled=rank == 0) as advance:
         metrics = evaluate(G, task, images, geometry, cfg.run.seed, device, scorer, precision, world, advance)
     seconds = time.perf_counter() - t0
+    skipped = _summed(len(images.skipped), device) if world > 1 else len(images.skipped)
     if metrics["count"] == 0:
-        raise UsageError(f"--data {args.data}: no images to score")
+        raise UsageError(f"--data {args.data}: no images to score" + (f" ({skipped} skipped)" if skipped else ""))
     if rank != 0:
         return 0
     if args.fid_ref and reference is None:
@@ -94,7 +98,8 @@ def run(args) -> int:
             "geometry": {"mode": geometry.mode, "size": geometry.size}, "generator_precision": args.precision,
             "fid_weights": getattr(scorer.fid, "weights_path", None),
             "lpips_weights": getattr(scorer.lpips, "weights_path", None),
-            "fid_ref": args.fid_ref or None, "processes": world, "device": str(device), "seconds": round(seconds, 3)}
+            "fid_ref": args.fid_ref or None, "processes": world, "device": str(device), "seconds": round(seconds, 3),
+            "skipped": skipped}
     _print_table(metrics, meta)
     if args.json:
         write_text(args.json, json.dumps(metrics, indent=2) + "\n")
@@ -105,12 +110,23 @@ def run(args) -> int:
     return 0
 
 
+def _summed(n: int, device) -> int:
+    """`n` summed over the ranks (collective)."""
+    import torch
+
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
+
+
 def _print_table(metrics: dict, meta: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     g = meta["geometry"]
-    table = Table(title=f"{meta['task']} on {meta['source']} ({metrics['count']} images, {g['mode']} {g['size'] or ''}"
+    skipped = f", {meta['skipped']} skipped" if meta.get("skipped") else ""
+    table = Table(title=f"{meta['task']} on {meta['source']} ({metrics['count']} images{skipped}, {g['mode']} "
+                        f"{g['size'] or ''}"
                         f", {meta['processes']} process(es), {meta['seconds']:.1f} s)")
     table.add_column("metric")
     table.add_column("mean", justify="right")

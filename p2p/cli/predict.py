@@ -9,6 +9,7 @@ resolution, `--squash` resizes to a square as the official pix2pix test does.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,9 @@ def weights_choice(args) -> str:
 
 
 def run(args) -> int:
-    from PIL import Image
     from torchvision.utils import save_image
 
-    from p2p.data.images import open_rgb
+    from p2p.data.images import ImageRejected, read_rgb
     from p2p.dist import resolve_device
     from p2p.cli.progress import progress_bar
     from p2p.inference import list_inputs, load_predictor, predict
@@ -79,11 +79,15 @@ def run(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = list_inputs(args.inputs)
 
+    skipped = 0
+
     def load(path):
+        nonlocal skipped
         try:
-            img = open_rgb(path)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            print(f"p2p predict: skipping {path}: {e}")
+            img = read_rgb(path, predictor.cfg.data.max_pixels)
+        except ImageRejected as e:  # one line each; a run that writes nothing is an input error
+            print(f"p2p predict: skipping {path}: {e.reason}: {e}", file=sys.stderr)
+            skipped += 1
             return None
         rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().div(255)
         if task.name == "paired" and args.ab:
@@ -112,6 +116,8 @@ def run(args) -> int:
                         save_image(image, out_dir / f"{path.stem}.png")
                     written += len(part)
                     advance(len(part))
+    if written == 0:
+        raise UsageError(f"no image could be read: all {skipped} input(s) skipped (see the lines above)")
     how = (" (EMA weights)" if predictor.weights == "ema" else "") + (" in train mode" if args.train_mode else "")
     print(f"p2p predict: wrote {written} image(s) to {out_dir}{how}")
     return 0

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from p2p.data.images import DEFAULT_MAX_PIXELS
 from p2p.errors import UsageError
 
 TASKS = ("colorize", "gray2rgb", "paired", "restore")
@@ -128,6 +129,8 @@ class DataConfig(Section):
     val_source: str = _f("", "held-out images for validation; empty = the source's own val split")
     val_fraction: float = _f(0.05, "folder sources without train/ and val/ subfolders: share held out")
     val_images: int = _f(16, "how many fixed held-out images each validation uses")
+    max_pixels: int = _f(DEFAULT_MAX_PIXELS, "images (and shard samples) declaring more pixels than this are skipped "
+                         "from their header, before decoding (every reader; p2p shard uses the default)")
     epoch_size: int = _f(512, "embedded source: random crops per epoch")
     device_step: str = _f("fused", "crop+flip+Lab/luma+normalise on the device: fused (one kernel: C on CPU, "
                           "torch.compile on GPU; eager with a notice where it cannot build) or eager (torch ops)",
@@ -140,6 +143,7 @@ class DataConfig(Section):
         self.at_least(0, "workers")
         self.need(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
         self.at_least(1, "val_images", "epoch_size")
+        self.need(64 * 64 <= self.max_pixels <= 1 << 28, "max_pixels", "must be in 4096..268435456 (64^2..16384^2)")
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,8 @@ class DaliLoader:
         self.device_id = (dev.index if dev.index is not None else torch.cuda.current_device()) if self.gpu else None
         what = f"data.source={source!r}"
         self.shards = shards = open_split(cfg, source, split)
+        for shard in range(len(shards.tars)):  # DALI reads the index files itself: check them first
+            shards.index(shard)  # (offsets and sizes inside the tar; UsageError otherwise)
         self.stored_size = shards.stored_size
         lo, hi = rank_range(shards.total, rank, world)
         self.range_size = hi - lo

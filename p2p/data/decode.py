@@ -10,7 +10,9 @@ than one level and are not used). Without simplejpeg, or for a JPEG it refuses (
 torchvision decodes. Shards made by `p2p shard` already have their short side at the load
 size, so the usual path is decode + one copy of the crop window into the batch; other stored
 sizes are resized (bilinear, antialiased, uint8) first. PIL is the fallback for data
-torchvision cannot read (e.g. a PNG someone packed by hand).
+torchvision cannot read (e.g. a PNG someone packed by hand), through p2p.data.images's reader:
+a shard member is as untrusted as any image file (format from the bytes, size from the header
+before decoding).
 
 Random crop windows come from (seed, epoch, key) alone: the same sample gets the same window
 whichever rank, worker or batch position reads it.
@@ -19,14 +21,13 @@ whichever rank, worker or batch position reads it.
 from __future__ import annotations
 
 import hashlib
-import io
 import random
 
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg  # imported before DataLoader workers fork
 
-from p2p.data.images import short_side_size
+from p2p.data.images import DEFAULT_MAX_PIXELS, check_geometry, open_image, read_rgb, short_side_size, sniff_format
 from p2p.data.plan import mix_seed
 
 
@@ -55,25 +56,38 @@ except ImportError:  # an optional speed-up: torchvision decodes the same pixels
     simplejpeg = None
 
 
-def decode_rgb(data) -> torch.Tensor:
-    """JPEG (or any image PIL reads) bytes -> 3 x H x W uint8 RGB. Raises on corrupt data
-    (RuntimeError from torchvision, OSError / ValueError from PIL)."""
-    if simplejpeg is not None and isinstance(data, (bytes, bytearray)) and is_jpeg(data):
+def jpeg_header_check(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raise ImageRejected when JPEG bytes declare more pixels (or a longer strip) than any
+    reader decodes, from the header alone: libjpeg-turbo and nvJPEG allocate the whole image
+    before the first row."""
+    if simplejpeg is not None:
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data, strict=False)
+        except (ValueError, KeyError):  # a header it cannot read (KeyError: an unknown colour space)
+            pass  # Pillow's parser decides, and says why
+        else:
+            check_geometry(w, h, max_pixels)
+            return
+    open_image(bytes(data), max_pixels).close()
+
+
+def decode_rgb(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Image bytes (JPEG, or another format of p2p.data.images.FORMATS) -> 3 x H x W uint8 RGB.
+    The format comes from the bytes and the size from the header, checked before decoding
+    (ImageRejected, a ValueError); corrupt data raises RuntimeError (torchvision) or
+    ImageRejected."""
+    if isinstance(data, torch.Tensor):
+        data = data.numpy().tobytes()
+    if sniff_format(bytes(data[:32])) != "JPEG":  # PNG and the rest: Pillow, that plugin only
+        arr = np.asarray(read_rgb(bytes(data), max_pixels))
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    jpeg_header_check(data, max_pixels)
+    if simplejpeg is not None:
         try:
             return torch.from_numpy(simplejpeg.decode_jpeg(data, "RGB")).permute(2, 0, 1)
-        except ValueError:  # corrupt, or a kind it does not convert: torchvision decides
+        except (ValueError, KeyError):  # corrupt, or a kind it does not convert: torchvision decides
             pass
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if not isinstance(data, torch.Tensor) else data
-    if buf.numel() >= 3 and is_jpeg(bytes(buf[:2].numpy())):
-        return decode_jpeg(buf, mode=ImageReadMode.RGB)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(bytes(buf.numpy()))) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ValueError(f"not a JPEG nor another image format (starts with {bytes(buf[:4].numpy())!r})") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
 def resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -109,10 +123,10 @@ def sample_window(img: torch.Tensor, load_size: int, paired: bool, seed: int, ep
 
 
 def fill_sample(out: torch.Tensor, data, load_size: int, paired: bool, seed: int, epoch: int,
-                key: str | None) -> None:
+                key: str | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Decode `data` on the CPU into `out` (3 x load_size x load_size, or x 2*load_size when
     paired), cut as `sample_window` cuts."""
-    window = sample_window(decode_rgb(data), load_size, paired, seed, epoch, key)
+    window = sample_window(decode_rgb(data, max_pixels), load_size, paired, seed, epoch, key)
     # decode_jpeg's 3 x H x W is a view of H x W x 3 pixels: numpy's single-threaded transposing
     # copy is faster than torch's here and never wakes torch's OpenMP pool in the main process
     np.copyto(out.numpy(), window.numpy())

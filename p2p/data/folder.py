@@ -2,7 +2,7 @@
 B/ folders) and the photographs embedded in scikit-image. For small data and the demo; big
 data goes through shards (`p2p shard`, then the wds or dali backend).
 
-Each sample is decoded with PIL, resized so the short side is `load_size` and cropped to a
+Each sample is read with p2p.data.images.read_rgb (formats and the pixel limit), resized so the short side is `load_size` and cropped to a
 load_size square (a random window in training, the centre in validation), then batched as
 uint8 by DataLoader workers. Paired samples are resized per half to load_size x load_size, as
 the official pix2pix does. Randomness per sample comes from (seed, epoch, index), so results
@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from p2p.data import Batch
-from p2p.data.images import IMAGE_EXTS, list_images, open_rgb, short_side_size
+from p2p.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS, list_images, read_rgb, short_side_size
 from p2p.data.plan import (batch_count, batches_per_epoch, continued_plan, epoch_permutation, mix_seed, rank_order,
                            val_batch_size)
 from p2p.data.shards.format import hash_unit, sample_key
@@ -70,8 +70,9 @@ def _square(img: Image.Image, size: int, rng: random.Random | None) -> np.ndarra
 class FolderSamples(torch.utils.data.Dataset):
     """Map-style dataset of uint8 CHW tensors at load_size (paired: load_size x 2*load_size)."""
 
-    def __init__(self, items: list, load_size: int, paired: bool, seed: int, train: bool):
-        self.items, self.load_size, self.paired = items, load_size, paired
+    def __init__(self, items: list, load_size: int, paired: bool, seed: int, train: bool,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.items, self.load_size, self.paired, self.max_pixels = items, load_size, paired, max_pixels
         self.seed, self.train, self.epoch = seed, train, 0
 
     def __len__(self):
@@ -83,11 +84,11 @@ class FolderSamples(torch.utils.data.Dataset):
     def load(self, index: int) -> np.ndarray:
         item, s = self.items[index], self.load_size
         if isinstance(item, tuple):  # (A path, B path)
-            a, b = (open_rgb(p).resize((s, s), Image.BICUBIC) for p in item)
+            a, b = (read_rgb(p, self.max_pixels).resize((s, s), Image.BICUBIC) for p in item)
             return np.concatenate([np.asarray(a), np.asarray(b)], axis=1)
         if self.paired:  # A|B side by side: each half to s x s
-            return np.asarray(open_rgb(item).resize((2 * s, s), Image.BICUBIC))
-        return _square(_resize_short(open_rgb(item, s), s), s, self._rng(index))
+            return np.asarray(read_rgb(item, self.max_pixels).resize((2 * s, s), Image.BICUBIC))
+        return _square(_resize_short(read_rgb(item, self.max_pixels, s), s), s, self._rng(index))
 
     def __getitem__(self, index):
         # A file that fails to decode is replaced by its neighbour (and reported once) rather
@@ -182,7 +183,7 @@ class FolderLoader:
                                  f"(looked for {', '.join(sorted(IMAGE_EXTS))})")
             if not train:
                 items = items[: d.val_images]
-            self.samples = FolderSamples(items, d.load_size, paired, cfg.run.seed, train)
+            self.samples = FolderSamples(items, d.load_size, paired, cfg.run.seed, train, d.max_pixels)
         n = len(self.samples)
         if train:
             self.batches_per_epoch = batches_per_epoch(n, self.batch_size, world, f"data.source={source!r}")

@@ -10,6 +10,11 @@ Which images, for `data.val_source` (else `data.source`), this rank's share of a
   EXIF-rotated; A/ and B/ pairs side by side, B resized to A's size;
 
 every rank taking every world-th of them, so the set scored is the same for any world size.
+
+A sample that cannot be read (zero bytes, not an image, a format p2p does not decode, more than
+data.max_pixels, truncated or corrupt: p2p.data.images) is skipped, as the training split skips it,
+and listed with its reason in the result's `skipped` (which the caller reports); it is not replaced,
+so the set scored is still the same for any world size.
 """
 
 from __future__ import annotations
@@ -29,6 +34,20 @@ class HeldOut:
     index: int  # position in the whole held-out set (the same whatever the world size)
     key: str
     image: torch.Tensor  # uint8 3 x H x W; paired: A|B side by side
+
+
+class HeldOutSet(list):
+    """This rank's HeldOut images, plus `skipped`: (key, reason) of each of its samples that
+    could not be read."""
+
+    def __init__(self, items=(), skipped=()):
+        super().__init__(items)
+        self.skipped: list[tuple[str, str]] = list(skipped)
+
+    def skip(self, key: str, error: Exception) -> None:
+        """Record an unreadable sample (the caller reports `skipped`: a warning, or a line)."""
+        detail = str(error).splitlines()[0] if str(error) else ""
+        self.skipped.append((key, f"{getattr(error, 'reason', type(error).__name__)}: {detail}"))
 
 
 def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None) -> list[HeldOut]:
@@ -55,7 +74,8 @@ def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
         raise UsageError("task.name=paired needs paired data (A|B images or A/ and B/ folders); "
                          "the embedded photos are single images")
     names = EMBEDDED_VAL[:limit]
-    return [HeldOut(i, name, _tensor(embedded_photo(name))) for i, name in enumerate(names) if i % world == rank]
+    return HeldOutSet(HeldOut(i, name, _tensor(embedded_photo(name))) for i, name in enumerate(names)
+                      if i % world == rank)
 
 
 def _shards(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
@@ -65,30 +85,42 @@ def _shards(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut
 
     shards = open_split(cfg, source, "val")
     rows = sequence(shards.counts, np.arange(len(shards.counts)))[:limit].tolist()
+    out = HeldOutSet()
     try:
-        return [HeldOut(i, shards.key(s, m), decode_rgb(shards.read(s, m)))
-                for i, (s, m) in enumerate(rows) if i % world == rank]
+        for i, (s, m) in enumerate(rows):
+            if i % world != rank:
+                continue
+            key = shards.key(s, m)
+            try:
+                out.append(HeldOut(i, key, decode_rgb(shards.read(s, m), shards.max_pixels)))
+            except (OSError, RuntimeError, ValueError) as e:  # as the wds loader's replacement loop
+                out.skip(f"{key} ({shards.tars[s]})", e)
     finally:
         shards.close()
+    return out
 
 
 def _folder(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
     from p2p.data.folder import split_items
-    from p2p.data.images import IMAGE_EXTS, open_rgb
+    from p2p.data.images import IMAGE_EXTS, ImageRejected, read_rgb
 
     items = split_items(Path(source), "val", cfg)[:limit]
     if not items:
         raise UsageError(f"data.source={source!r}: no images for the val split "
                          f"(looked for {', '.join(sorted(IMAGE_EXTS))})")
-    out = []
+    out, limit_px = HeldOutSet(), cfg.data.max_pixels
     for i in range(rank, len(items), world):
         item = items[i]
-        if isinstance(item, tuple):  # (A path, B path)
-            a = open_rgb(item[0])
-            b = open_rgb(item[1]).resize(a.size)
-            arr = np.concatenate([np.asarray(a), np.asarray(b)], axis=1)
-            key = str(item[0])
-        else:
-            arr, key = np.asarray(open_rgb(item)), str(item)
+        key = str(item[0] if isinstance(item, tuple) else item)
+        try:
+            if isinstance(item, tuple):  # (A path, B path)
+                a = read_rgb(item[0], limit_px)
+                b = read_rgb(item[1], limit_px).resize(a.size)
+                arr = np.concatenate([np.asarray(a), np.asarray(b)], axis=1)
+            else:
+                arr = np.asarray(read_rgb(item, limit_px))
+        except ImageRejected as e:
+            out.skip(key, e)
+            continue
         out.append(HeldOut(i, key, _tensor(arr)))
     return out

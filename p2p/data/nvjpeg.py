@@ -43,7 +43,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from p2p.data import Batch
-from p2p.data.decode import is_jpeg, sample_window
+from p2p.data.decode import is_jpeg, jpeg_header_check, sample_window
 from p2p.data.wds import ShardBatches, WdsLoader
 from p2p.errors import UsageError
 
@@ -138,6 +138,8 @@ class ShardJpegs(ShardBatches):
             def keep(key: str, data: bytes) -> None:
                 if not is_jpeg(data):
                     raise NotJpeg
+                # the size from the header before nvJPEG allocates it (ImageRejected: skipped and replaced)
+                jpeg_header_check(data, self.shards.max_pixels)
                 found.append(data)
 
             try:

@@ -70,6 +70,7 @@ import torch
 
 from p2p.data import Batch
 from p2p.data.decode import fill_sample
+from p2p.data.images import DEFAULT_MAX_PIXELS
 from p2p.data.plan import (batch_count, batches_per_epoch, continued_plan, mix_seed, rank_samples, train_plan,
                            val_batch_size, val_plan)
 from p2p.data.workers import watched
@@ -92,35 +93,47 @@ class ShardSet:
     """The shards of one split of a shard folder: paths and counts from the manifest; member
     offsets, sizes and keys from the `.idx` files, parsed on demand and cached per process."""
 
-    def __init__(self, source: str, split: str):
-        from p2p.data.shards import read_manifest
+    def __init__(self, source: str, split: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+        from p2p.data.shards.format import check_shard_file, read_manifest, split_shards
 
-        try:
-            self.manifest = read_manifest(source)
-        except FileNotFoundError:
-            raise UsageError(f"data.source={source!r} has no manifest.json: make shards with 'p2p shard'") from None
-        except ValueError as e:
-            raise UsageError(f"data.source={source!r}: {e}") from None
-        self.source, self.split = source, split
-        entries = self.manifest.get(split, {}).get("shards", [])
-        base = Path(source) / split
-        self.tars = [str(base / s["file"]) for s in entries]
-        self.idxs = [str(base / s["index"]) for s in entries]
-        self.counts = np.array([int(s["count"]) for s in entries], dtype=np.int64)
-        self.total = int(self.counts.sum())
-        self._index: dict[int, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+        # first: close() (and __del__) must work however far the checks below get
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()  # decode threads (data.worker_kind=thread) share the descriptors
+        self.max_pixels = max_pixels  # samples declaring more are skipped before decoding
+        # The manifest, index files and tars are untrusted input: every name stays inside the
+        # split folder, every count and size is checked against the file before it sizes anything.
+        try:
+            self.manifest = read_manifest(source)
+            entries = split_shards(self.manifest, split)
+            base = Path(source) / split
+            self.tars = [str(base / tar) for tar, _, _ in entries]
+            self.idxs = [str(base / idx) for _, idx, _ in entries]
+            self.sizes = [check_shard_file(tar, count) for tar, (_, _, count) in zip(self.tars, entries)]
+        except FileNotFoundError as e:
+            what = "manifest.json: make shards with 'p2p shard'" if e.filename and str(e.filename).endswith(
+                "manifest.json") else f"shard {e.filename} listed in its manifest (re-run 'p2p shard')"
+            raise UsageError(f"data.source={source!r} has no {what}") from None
+        except (OSError, ValueError) as e:
+            raise UsageError(f"data.source={source!r}: {e}") from None
+        self.source, self.split = source, split
+        self.counts = np.array([count for _, _, count in entries], dtype=np.int64)
+        self.total = int(self.counts.sum())
+        self._index: dict[int, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+
+    @property
+    def _options(self) -> dict:
+        opts = self.manifest.get("options")
+        return opts if isinstance(opts, dict) else {}
 
     @property
     def stored_size(self) -> int | None:
-        return (self.manifest.get("options") or {}).get("size")
+        size = self._options.get("size")
+        return size if isinstance(size, int) and not isinstance(size, bool) and 0 < size <= 1 << 16 else None
 
     @property
     def paired(self) -> bool:
-        opts = self.manifest.get("options") or {}
-        return bool(opts.get("paired")) or self.manifest.get("task") == "paired"
+        return bool(self._options.get("paired")) or self.manifest.get("task") == "paired"
 
     def index(self, shard: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(jpg data offsets, sizes, keys) of a shard's samples, in stored order."""
@@ -129,7 +142,7 @@ class ShardSet:
             from p2p.data.shards.index import read_index, split_name
 
             try:
-                samples = read_index(self.idxs[shard])
+                samples = read_index(self.idxs[shard], self.sizes[shard])
             except (OSError, ValueError) as e:
                 raise UsageError(f"data.source={self.source!r}: cannot read the index {self.idxs[shard]}: {e}") from None
             if len(samples) != self.counts[shard]:
@@ -162,7 +175,8 @@ class ShardSet:
             with self._lock:
                 fd = self._fds.get(shard)
                 if fd is None:
-                    fd = self._fds[shard] = os.open(self.tars[shard], os.O_RDONLY)
+                    # non-blocking: a tar swapped for a FIFO since the check fails its reads, never hangs
+                    fd = self._fds[shard] = os.open(self.tars[shard], os.O_RDONLY | os.O_NONBLOCK)
         size = int(sizes[member])
         data = os.pread(fd, size, int(offsets[member]))
         if size == 0 or len(data) != size:
@@ -179,8 +193,8 @@ class ShardSet:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        if os.getpid() == self._pid:
-            for fd in self._fds.values():
+        if os.getpid() == getattr(self, "_pid", None):
+            for fd in getattr(self, "_fds", {}).values():
                 try:
                     os.close(fd)
                 except OSError:
@@ -297,7 +311,8 @@ class ShardBatches(torch.utils.data.Dataset):
     def _fill(self, out: torch.Tensor, pos: int, shard: int, member: int) -> str:
         """Decode the sample at epoch position `pos` into `out` (or its replacement); its key."""
         return self.first_good(pos, shard, member, lambda key, data: fill_sample(
-            out, data, self.load_size, self.paired, self.seed, self.epoch, key if self.train else None))
+            out, data, self.load_size, self.paired, self.seed, self.epoch, key if self.train else None,
+            self.shards.max_pixels))
 
     def first_good(self, pos: int, shard: int, member: int, use) -> str:
         """The key of the first sample, from (shard, member) on through the replacements, whose
@@ -321,9 +336,9 @@ def open_split(cfg, source: str, split: str) -> ShardSet:
     val shards validates on its first train samples (with a warning, unless it is a separate
     data.val_source)."""
     d, what = cfg.data, f"data.source={source!r}"
-    shards = ShardSet(source, split)
+    shards = ShardSet(source, split, d.max_pixels)
     if split != "train" and shards.total == 0:
-        fallback = ShardSet(source, "train")
+        fallback = ShardSet(source, "train", d.max_pixels)
         if fallback.total:
             if source != d.val_source:  # a separate val_source may well hold only a train split
                 warn_once(f"{what} has no val shards: validating on the first {d.val_images} train samples "

@@ -7,6 +7,8 @@ grids. Both run in eval mode, on the generator's moving average when the run kee
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.nn import functional as F
 
@@ -20,8 +22,12 @@ GRID_IMAGES = 8
 
 
 def held_out_images(cfg, rank: int, world: int) -> list[HeldOut]:
-    """This rank's share of the fixed held-out images, loaded once (kept on the CPU)."""
-    return held_out(cfg, rank, world)
+    """This rank's share of the fixed held-out images, loaded once (kept on the CPU); an
+    unreadable one is skipped with a warning, as the training split skips it (its `skipped`)."""
+    images = held_out(cfg, rank, world)
+    for key, reason in images.skipped:
+        warnings.warn(f"validation: skipping held-out sample {key}: {reason}", stacklevel=2)
+    return images
 
 
 def shown_generator(run):

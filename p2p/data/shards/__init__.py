@@ -34,7 +34,7 @@ from p2p.config import TASKS
 from p2p.data.shards.format import MANIFEST, read_manifest, shard_files
 from p2p.data.shards.plan import OutputLock, OutputOptions, check_options, clean, complete_meta, plan_shards
 from p2p.data.shards.scan import DEFAULT_VAL_FRACTION, scan
-from p2p.data.shards.write import Progress, build_manifest, write_shards
+from p2p.data.shards.write import Progress, build_manifest, sidecar_usable, write_shards
 from p2p.errors import UsageError
 
 __all__ = ["ShardOptions", "ShardRun", "make_shards", "run_shards", "read_manifest", "shard_files",
@@ -141,7 +141,7 @@ def run_shards(src: str | os.PathLike, out: str | os.PathLike, options: ShardOpt
         todo = []
         for t in tasks:
             meta = complete_meta(t)
-            if meta is None:
+            if meta is None or not sidecar_usable(meta):
                 todo.append(t)
             else:
                 done[(t.split, t.index)] = meta

@@ -1,7 +1,8 @@
 """One sample, from source file(s) to stored JPEG bytes: what a shard worker does per item.
 
-Every image is decoded once (PIL), EXIF-rotated, converted to RGB (alpha composited on white,
-CMYK, palette and 16-bit converted), resized with Lanczos so its SHORT side is --size (the
+Every image is read through p2p.data.images (format from the bytes, size checked from the
+header), decoded once (PIL), EXIF-rotated, converted to RGB by its `to_rgb` (alpha composited on
+white, CMYK, palette and 16-bit converted), resized with Lanczos so its SHORT side is --size (the
 pix2pix load size; the loader crops later) and stored as JPEG at --quality (4:4:4 chroma for
 quality >= 90: colorization learns chroma, and 4:2:0 would halve its resolution). Paired A|B
 data is stored as one side-by-side image per sample whose halves are each size x size.
@@ -14,10 +15,9 @@ the writer would have to stop for.
 from __future__ import annotations
 
 import io
-import os
 from typing import Callable
 
-from p2p.data.images import short_side_size
+from p2p.data.images import ImageRejected, decode_failure, open_image, short_side_size, to_rgb
 from p2p.data.shards.format import MAX_ASPECT, REASONS
 from p2p.data.shards.plan import OutputOptions
 from p2p.data.shards.scan import Item
@@ -43,36 +43,6 @@ def _orientation(im) -> int:
     return o if 1 <= o <= 8 else 1
 
 
-def to_rgb(im):
-    """Any PIL mode to RGB: alpha composited on white, 16/32-bit gray scaled to 8 bits."""
-    from PIL import Image
-
-    m = im.mode
-    if m == "RGB":
-        return im
-    if m in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        bg.alpha_composite(rgba)
-        return bg.convert("RGB")
-    if m.startswith("I") or m == "F":
-        import numpy as np
-
-        a = np.asarray(im)
-        if m.startswith("I;16"):
-            a = a.astype(np.float32) / 257.0
-        elif m == "F":
-            a = a.astype(np.float32)
-            a = a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a
-        else:  # "I": 32-bit; 16-bit PNGs open as I with values up to 65535
-            a = a.astype(np.float64)
-            top = float(a.max()) if a.size else 0.0
-            a = a / 257.0 if 255 < top <= 65535 else (a * (255.0 / top) if top > 65535 else a)
-        g = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
-        return Image.fromarray(g).convert("RGB")
-    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
-
-
 def max_chroma(im) -> int:
     """max(|R-G|, |G-B|) over the image; a subsample first (colour photos stop there)."""
     import numpy as np
@@ -90,22 +60,12 @@ def load_rgb(path: str, target: Callable[[int, int], tuple[int, int]], check: Ca
     """Open, check, draft, decode, EXIF-rotate and convert one image to RGB.
     `target(w, h)` is the size the caller will resize to (for JPEG draft mode); `check(w, h,
     mode)` may raise Skip before decoding. Returns (RGB image, info dict)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     try:
-        if os.path.getsize(path) == 0:
-            raise Skip("empty")
-        im = Image.open(path)
-    except Skip:
-        raise
-    except UnidentifiedImageError:
-        raise Skip("not_image", "not an image format PIL recognises") from None
-    except Image.DecompressionBombError as e:
-        raise Skip("too_large", str(e)) from None
-    except OSError as e:
-        raise Skip("unreadable", e.strerror or str(e)) from None
-    except Exception as e:  # malformed headers raise all sorts
-        raise Skip("decode_error", f"{type(e).__name__}: {e}") from None
+        im = open_image(path)
+    except ImageRejected as e:
+        raise Skip(e.reason, e.detail) from None
     with im:
         try:
             o = _orientation(im)
@@ -127,13 +87,9 @@ def load_rgb(path: str, target: Callable[[int, int], tuple[int, int]], check: Ca
             rgb = to_rgb(im)
         except Skip:
             raise
-        except Image.DecompressionBombError as e:
-            raise Skip("too_large", str(e)) from None
-        except OSError as e:
-            msg = str(e)
-            raise Skip("truncated" if "truncated" in msg else "decode_error", msg) from None
         except Exception as e:
-            raise Skip("decode_error", f"{type(e).__name__}: {e}") from None
+            failure = decode_failure(e)
+            raise Skip(failure.reason, failure.detail) from None
         return rgb, info
 
 

@@ -17,13 +17,15 @@ import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
+
+from p2p.data.images import MAX_ASPECT, REJECT_REASONS
 
 FORMAT = "p2p-wds-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
-MAX_ASPECT = 10.0  # long/short side above this is skipped (a strip, not a photo)
 
 # Our files in OUT/<split>/: group 1 the shard number, group 3 set on a temporary file
 SHARD_FILE = re.compile(r"^shard-(\d{6})\.(tar|idx|meta\.json)(\.tmp)?$")
@@ -33,12 +35,14 @@ _KEY_BAD = re.compile(r"[.\s\x00-\x1f\x7f]")
 REASONS = {
     "empty": "zero-byte file",
     "unreadable": "cannot be opened or listed (permissions, I/O error, broken link)",
-    "not_image": "content is not an image PIL can identify",
+    "not_image": REJECT_REASONS["not_image"],
+    "unsupported_format": REJECT_REASONS["unsupported_format"],
     "not_image_ext": "file extension is not an image extension (not opened)",
     "hidden": "name starts with a dot (hidden file or folder; not opened)",
+    "outside_source": "a link that leads out of the source folder (not followed)",
     "truncated": "image data ends early",
     "decode_error": "image data is corrupt or in an unsupported variant",
-    "too_large": "more pixels than PIL's decompression-bomb limit",
+    "too_large": "more pixels than the limit p2p reads (p2p.data.images.DEFAULT_MAX_PIXELS)",
     "too_small": "short side below --size (use --upscale-small to keep it)",
     "extreme_aspect": f"long side more than {MAX_ASPECT:g}x the short side",
     "grayscale": "no colour to learn (--task colorize only)",
@@ -71,19 +75,84 @@ def hash_unit(key: str) -> float:
     return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
+MAX_MANIFEST_BYTES = 256 << 20  # a manifest of a million shards is well under this
+MEMBER_BYTES = 1024  # the least a sample takes in a tar: one header block and one data block
+
+
+def _regular(path: Path, what: str) -> int:
+    """The size of `path`, a regular file; ValueError otherwise (a FIFO would block the reader,
+    a device or socket is never a shard). FileNotFoundError when it is missing."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a regular file ({what} must be one)")
+    return st.st_size
+
+
 def read_manifest(out_dir: str | os.PathLike) -> dict:
     """The manifest of a shard folder (OUT/manifest.json). Raises FileNotFoundError when it is
-    missing, ValueError when it is not a p2p shard manifest."""
+    missing, ValueError when it is not a p2p shard manifest (not a regular file, too big, not
+    JSON, nested too deep, no format)."""
     path = Path(out_dir) / MANIFEST
-    with open(path, encoding="utf-8") as f:
-        m = json.load(f)
+    if _regular(path, "a manifest") > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a p2p shard manifest")
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deep to be a p2p shard manifest") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ValueError(f"{path} is not a p2p shard manifest (no format={FORMAT!r})")
     return m
+
+
+def _plain_name(value, field: str, where: str) -> str:
+    """A shard's file name as the manifest gives it: a plain name inside the split folder (never
+    a path that leaves it)."""
+    if not isinstance(value, str) or not value or value in (".", "..") or os.path.basename(value) != value \
+            or "\\" in value or "\x00" in value:
+        raise ValueError(f"{where}: {field} {value!r} is not a file name inside the split folder")
+    return value
+
+
+def split_shards(m: dict, split: str, where: str = MANIFEST) -> list[tuple[str, str, int]]:
+    """(tar name, index name, sample count) of each shard of a split, checked: a split that is not
+    an object, shards that are not a list of objects, a name that leaves the split folder or a
+    count that is not a non-negative integer raise ValueError naming the entry."""
+    part = m.get(split, {})
+    if not isinstance(part, dict):
+        raise ValueError(f"{where}: {split!r} must be an object with 'shards', not {type(part).__name__}")
+    entries = part.get("shards", [])
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: {split}.shards must be a list, not {type(entries).__name__}")
+    out = []
+    for i, e in enumerate(entries):
+        at = f"{where}: {split}.shards[{i}]"
+        if not isinstance(e, dict):
+            raise ValueError(f"{at} must be an object with file, index and count")
+        if "file" not in e or "count" not in e:
+            raise ValueError(f"{at} has no {'file' if 'file' not in e else 'count'}")
+        tar = _plain_name(e["file"], "file", at)
+        idx = _plain_name(e.get("index", (tar[:-4] if tar.endswith(".tar") else tar) + ".idx"), "index", at)
+        count = e["count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{at}: count {count!r} is not a non-negative integer")
+        out.append((tar, idx, count))
+    return out
+
+
+def check_shard_file(tar_path: str | os.PathLike, count: int) -> int:
+    """The size of a shard's tar, checked before anything opens it: a regular file (FileNotFound
+    when missing, ValueError for a FIFO, device or folder) big enough for `count` samples."""
+    size = _regular(Path(tar_path), "a shard")
+    if count * MEMBER_BYTES > size:
+        raise ValueError(f"{tar_path}: the manifest says {count} samples, which cannot fit in its {size} bytes")
+    return size
 
 
 def shard_files(out_dir: str | os.PathLike, split: str = "train") -> list[tuple[str, str]]:
     """(tar path, idx path) of every non-empty shard of a split, in order, from the manifest."""
     m = read_manifest(out_dir)
     base = Path(out_dir) / split
-    return [(str(base / s["file"]), str(base / s["index"])) for s in m[split]["shards"]]
+    return [(str(base / tar), str(base / idx)) for tar, idx, _ in split_shards(m, split)]

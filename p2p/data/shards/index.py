@@ -27,6 +27,7 @@ Details that matter:
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from typing import NamedTuple
 
@@ -109,17 +110,24 @@ def write_index(tar_path: str | os.PathLike, idx_path: str | os.PathLike | None 
     return len(samples)
 
 
-def read_index(idx_path: str | os.PathLike) -> list[list[Component]]:
+def read_index(idx_path: str | os.PathLike, tar_size: int | None = None) -> list[list[Component]]:
     """Parse an index file (v1.1 or v1.2) into samples, each a list of `Component`s
-    (`name` is '' for v1.1). Raises ValueError naming the line for a malformed file."""
+    (`name` is '' for v1.1). Raises ValueError naming the line for a malformed file: one that is
+    not a regular file or is larger than any index of a tar of `tar_size` bytes, a count or
+    field that is not a number, or (given `tar_size`) a member that does not lie inside the tar."""
     idx_path = os.fspath(idx_path)
+    st = os.stat(idx_path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{idx_path} is not a regular file")
+    if tar_size is not None and st.st_size > max(1 << 20, tar_size):  # a line per >= 1 KiB sample
+        raise ValueError(f"{idx_path}: {st.st_size} bytes, more than any index of its {tar_size}-byte tar")
     with open(idx_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     if not lines:
         raise ValueError(f"{idx_path}: empty index file")
     head = lines[0].split()
-    if len(head) < 2 or head[0] not in ("v1.1", "v1.2"):
-        raise ValueError(f"{idx_path} line 0: expected 'v1.2 <count>' (or v1.1), got {lines[0]!r}")
+    if len(head) < 2 or head[0] not in ("v1.1", "v1.2") or not head[1].isdigit():
+        raise ValueError(f"{idx_path} line 0: expected 'v1.2 <count>' (or v1.1), got {lines[0][:100]!r}")
     version, count = head[0], int(head[1])
     width = 4 if version == "v1.2" else 3
     if len(lines) - 1 < count:
@@ -128,12 +136,19 @@ def read_index(idx_path: str | os.PathLike) -> list[list[Component]]:
     for i, line in enumerate(lines[1 : count + 1], start=1):
         tok = line.split()
         if not tok or len(tok) % width:
-            raise ValueError(f"{idx_path} line {i}: expected groups of {width} fields, got {line!r}")
+            raise ValueError(f"{idx_path} line {i}: expected groups of {width} fields, got {line[:100]!r}")
         comps = []
         for j in range(0, len(tok), width):
-            ext, off, size = tok[j], int(tok[j + 1]), int(tok[j + 2])
+            ext, off, size = tok[j], tok[j + 1], tok[j + 2]
+            if not (off.isdigit() and size.isdigit()):
+                raise ValueError(f"{idx_path} line {i}: offset {off[:30]!r} and size {size[:30]!r} must be "
+                                 f"non-negative integers")
+            off, size = int(off), int(size)
             if off % BLOCK:
                 raise ValueError(f"{idx_path} line {i}: offset {off} is not a multiple of {BLOCK}")
+            if tar_size is not None and off + size > tar_size:
+                raise ValueError(f"{idx_path} line {i}: member at {off} of {size} bytes lies beyond the end of "
+                                 f"its {tar_size}-byte tar")
             comps.append(Component(ext, off, size, tok[j + 3] if width == 4 else ""))
         samples.append(comps)
     return samples

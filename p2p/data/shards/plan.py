@@ -107,7 +107,7 @@ def existing_options(out: Path) -> dict | None:
     if mpath.exists():
         try:
             m = json.loads(mpath.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             m = None
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise UsageError(f"{mpath} exists and is not a p2p shard manifest; choose another OUT")
@@ -115,9 +115,11 @@ def existing_options(out: Path) -> dict | None:
     for _, path, m in _our_files(out):
         if m.group(2) == "meta.json" and not m.group(3):
             try:
-                return json.loads(path.read_text(encoding="utf-8")).get("options")
-            except (OSError, ValueError):
+                meta = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError):
                 continue
+            if isinstance(meta, dict):
+                return meta.get("options")
     return None
 
 
@@ -156,16 +158,16 @@ def complete_meta(t: ShardTask) -> dict | None:
     d = Path(t.folder)
     try:
         meta = json.loads((d / f"{t.stem}.meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    if meta.get("plan") != t.plan or meta.get("options") != t.opts.as_dict():
+    if not isinstance(meta, dict) or meta.get("plan") != t.plan or meta.get("options") != t.opts.as_dict():
         return None
     if meta.get("count", 0) == 0:
         return meta
     try:
         ok = (os.path.getsize(d / f"{t.stem}.tar") == meta["bytes"]
               and read_index_count(d / f"{t.stem}.idx") == meta["count"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return meta if ok else None
 

@@ -141,11 +141,17 @@ def _ignored(src: Path, used: tuple, roots: _Roots) -> list[str]:
                   and os.path.realpath(e.path) != roots.out_real)
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _list_files(root: Path, roots: _Roots, skipped: list[dict]) -> list[tuple[str, str]]:
     """(path relative to root with '/', absolute path) of every image-extension file under
-    root, sorted; other files are recorded as skipped. Follows links, once per folder."""
+    root, sorted; other files are recorded as skipped. Follows links, once per folder, but
+    never out of root (or SRC): a link to /etc is recorded as skipped, not read."""
     found: list[tuple[str, str]] = []
     seen: set[str] = set()
+    allowed = (os.path.realpath(root), roots.src_real)
     stack = [(os.path.abspath(root), "")]
     while stack:
         d, rel_d = stack.pop()
@@ -164,6 +170,10 @@ def _list_files(root: Path, roots: _Roots, skipped: list[dict]) -> list[tuple[st
                 skipped.append(skip_record(roots.shown(e.path), "hidden"))
                 continue
             try:
+                if e.is_symlink() and not any(_inside(os.path.realpath(e.path), a) for a in allowed):
+                    skipped.append(skip_record(roots.shown(e.path), "outside_source",
+                                               f"a link to {os.path.realpath(e.path)}"))
+                    continue
                 if e.is_dir():
                     stack.append((e.path, rel + "/"))
                     continue

@@ -290,6 +290,23 @@ def write_shards(todo: list[ShardTask], workers: int, progress: Progress | None 
     return results, failures
 
 
+def sidecar_usable(meta: dict) -> bool:
+    """Whether a sidecar found in OUT holds what `build_manifest` reads, with the right types (a
+    damaged or hand-edited one: the shard is written again rather than trusted)."""
+    try:
+        for side in ("source", "output"):
+            stats = SizeStats()
+            stats.merge(meta["sizes"][side])
+            json.dumps(stats.summary(), allow_nan=False)
+        int_fields = [meta["count"], meta["bytes"], meta.get("upscaled", 0)]
+        return (all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in int_fields)
+                and isinstance(meta["skipped"], list)
+                and all(isinstance(r, dict) and isinstance(r.get("path"), str) and isinstance(r.get("reason"), str)
+                        for r in meta["skipped"]))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return False
+
+
 def build_manifest(opts: OutputOptions, tasks: list[ShardTask], done: dict, found: Scan, paths: dict,
                    run: dict) -> dict:
     """The manifest: `paths` (source, b_dir, val_dir), the options, every complete shard's
