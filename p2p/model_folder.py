@@ -64,14 +64,19 @@ def generator_arch(G: nn.Module):
     return generator_arch_of(G.state_dict(), dropout=any(isinstance(m, nn.Dropout) for m in G.modules()))
 
 
-def config_tree(arch, cfg) -> dict:
-    """The config sections that rebuild `arch` and show images to it as `cfg` does."""
+def config_tree(arch, cfg, official: bool = False) -> dict:
+    """The config sections that rebuild `arch` and show images to it as `cfg` does (`official`:
+    weights without a config, which p2p shows images at the official test size)."""
     model = {"generator": arch.kind, "ngf": arch.ngf, "norm": arch.norm, "dropout": arch.dropout}
     if arch.kind == "unet":
         model["num_downs"] = arch.num_downs
     else:
         model["n_blocks"] = arch.n_blocks
     data = {"load_size": cfg.data.load_size, "image_size": cfg.data.image_size}
+    if official:
+        from p2p.inference import OFFICIAL_TEST_SIZE
+
+        data = {"load_size": OFFICIAL_TEST_SIZE, "image_size": OFFICIAL_TEST_SIZE}
     return {"task": dataclasses.asdict(cfg.task), "data": data, "model": model, "run": {"seed": cfg.run.seed}}
 
 
@@ -88,11 +93,12 @@ def derived(cfg, arch) -> dict:
 
 def folder_config(predictor, trained: dict) -> dict:
     from p2p import __version__
+    from p2p.config import from_tree
 
     arch = generator_arch(predictor.G)
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "p2p_version": __version__,
-            "weights": predictor.weights, "config": config_tree(arch, predictor.cfg),
-            **derived(predictor.cfg, arch), "trained": trained}
+            "weights": predictor.weights, "config": (tree := config_tree(arch, predictor.cfg, predictor.official)),
+            **derived(from_tree(tree), arch), "trained": trained}
 
 
 # --------------------------------------------------------------------------- reading
@@ -230,13 +236,13 @@ def read_weights(path: str | os.PathLike, expected: dict) -> dict[str, torch.Ten
         entries = _entries(path, header, expected, size - 8 - n)
         state = {}
         for begin, end, name, dtype, shape in entries:
-            buf = bytearray(end - begin)
-            if f.readinto(buf) != len(buf):  # the file shrank since its size was read
+            t = torch.empty(shape, dtype=dtype)  # the checked size; read straight into it
+            if f.readinto(t.reshape(-1).view(torch.uint8).numpy()) != end - begin:  # the file shrank meanwhile
                 raise _fail(path, f"truncated inside tensor {name}")
-            t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
-            state[name] = t.reshape(shape)
+            state[name] = t.to(expected[name][1])  # float16/bfloat16/float64 files: the network's dtype
     for name, t in state.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        # one pass, no temporary: NaN and inf survive a sum, and float64 cannot overflow on float32 values
+        if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float64)):
             raise _fail(path, f"tensor {name} holds NaN or infinite values: damaged or diverged weights")
     return state
 
@@ -259,11 +265,15 @@ def load_folder(folder: str | os.PathLike, weights: str = "auto", dropout: bool 
     state = read_weights(Path(folder) / WEIGHTS_FILE, expected)
     if dropout is not None:
         arch.dropout = dropout
-    G = build_generator(arch)
+    with torch.device("meta"):  # no random init of weights about to be replaced: the tensors read become them
+        G = build_generator(arch)
     try:
-        G.load_state_dict(state, strict=True)
+        G.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:  # dropout= renamed a ResNet's layers
         raise _fail(folder, f"weights do not fit: {str(e).splitlines()[0][:160]}") from None
+    left = [name for name, t in [*G.named_parameters(), *G.named_buffers()] if t.is_meta]
+    if left:  # a tensor outside the state dict would have no value
+        raise _fail(folder, f"no weights for {left[:3]}")
     return G.eval(), cfg, doc["weights"]
 
 

@@ -63,6 +63,18 @@ def test_api_gives_the_pixels_of_the_cli(models, tmp_path, source):
     np.testing.assert_array_equal(p2p.api.to_uint8(floats[0]).permute(1, 2, 0).numpy(), want)
 
 
+def test_a_folder_of_official_weights_predicts_as_they_do(models, tmp_path):
+    """Official weights carry no config: p2p shows them images at the official test size, and so
+    does the folder exported from them."""
+    paths, photo = models
+    assert main(["export", str(paths["official"]), "--format", "folder", "--out", str(tmp_path / "model")]) == 0
+    want = _cli(paths["official"], photo, tmp_path / "official")
+    np.testing.assert_array_equal(_cli(tmp_path / "model", photo, tmp_path / "folder"), want)
+    np.testing.assert_array_equal(_cli(tmp_path / "model", photo, tmp_path / "squash", "--squash"),
+                                  _cli(paths["official"], photo, tmp_path / "official_squash", "--squash"))
+    assert "without a p2p training record" in (tmp_path / "model" / "README.md").read_text()
+
+
 def test_the_geometry_keywords_are_the_cli_flags(models, tmp_path):
     paths, photo = models
     model = p2p.load_model(paths["checkpoint"], device="cpu")
