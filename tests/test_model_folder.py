@@ -250,3 +250,17 @@ def test_a_folder_converted_to_half_precision_loads(trained, tmp_path):
     for k, v in G.state_dict().items():
         assert v.dtype == want.state_dict()[k].dtype
         torch.testing.assert_close(v, want.state_dict()[k], atol=1e-2, rtol=1e-2)
+
+
+def test_a_full_disk_leaves_no_folder_and_no_temporary(trained, tmp_path, capsys):
+    """A real 1 MB tmpfs: the weights (about 1 MB) do not fit; one line, exit 1, nothing left."""
+    from helpers.faults import small_disk
+    from helpers.requirements import require_tmpfs
+
+    require_tmpfs()
+    ckpt, _, _ = trained
+    with small_disk(tmp_path / "disk", 1) as disk:
+        assert main(["export", str(ckpt), "--format", "folder", "--out", str(disk / "model")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no space left" in err, err
+        assert list(disk.iterdir()) == []
