@@ -80,7 +80,7 @@ def infer_task(in_ch: int, out_ch: int) -> str:
 
 def load_predictor(path: str, task_name: str | None = None, direction: str | None = None, weights: str = "auto",
                    train_mode: bool = False) -> Predictor:
-    """A predictor from any supported checkpoint or a model folder (p2p.model_folder). For official weights the task is inferred from
+    """A predictor from any supported checkpoint or model folder. For official weights the task is inferred from
     the channel counts (1->2 colorize, 1->3 gray2rgb, else paired). `weights`: a checkpoint's
     EMA or raw generator (p2p.models.load_generator). `train_mode`: the paper's test-time
     behaviour, the official test.py default without --eval: dropout on and BatchNorm with the
