@@ -264,3 +264,24 @@ def test_a_full_disk_leaves_no_folder_and_no_temporary(trained, tmp_path, capsys
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "no space left" in err, err
         assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("norm, dropout", [("instance", True), ("batch", False)])
+def test_a_resnet_generator_round_trips(tmp_path, norm, dropout):
+    """The official ResnetGenerator (p2p's layout is the official one): instance norm without
+    weights, and dropout, which shifts its layers' names; the folder predicts as the weights do."""
+    from p2p.models import build_generator, resnet_arch
+
+    torch.manual_seed(0)
+    G = build_generator(resnet_arch(3, 3, 2, 8, norm, dropout))
+    for p in G.parameters():  # weights far from their init, so that any misplacement shows
+        p.data.normal_(0, 0.2)
+    torch.save(G.state_dict(), tmp_path / "latest_net_G.pth")
+    assert main(["export", str(tmp_path / "latest_net_G.pth"), "--format", "folder", "--out", str(tmp_path / "m"),
+                 "--task", "paired"]) == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())["config"]
+    assert config["model"] == {"generator": "resnet", "ngf": 8, "norm": norm, "dropout": dropout, "n_blocks": 2}
+    photo = tmp_path / "photo.png"
+    Image.fromarray(embedded_photo("coffee")[:90, :130]).save(photo)
+    want = _predict(tmp_path / "latest_net_G.pth", photo, tmp_path / "a")
+    np.testing.assert_array_equal(_predict(tmp_path / "m", photo, tmp_path / "b"), want)
