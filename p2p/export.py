@@ -33,7 +33,7 @@ import torch
 
 from p2p.errors import UsageError
 
-FORMATS = ("onnx", "torchscript", "official")
+FORMATS = ("onnx", "torchscript", "official", "folder")  # folder: p2p.model_folder (safetensors, config, card)
 TOLERANCE = 1e-4
 
 
@@ -126,7 +126,7 @@ def export_generator(G, fmt: str, out: str | os.PathLike, metadata: dict | None 
                      tolerance: float = TOLERANCE) -> ExportReport:
     """Write `G` (a p2p U-Net or ResNet generator, on the CPU, eval mode) as `fmt` to `out`, atomically: the file
     appears only once the check passed. Raises ExportMismatch above `tolerance`."""
-    if fmt not in FORMATS:
+    if fmt not in FORMATS or fmt == "folder":  # a folder needs more than G: p2p.model_folder.export_folder
         raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     out = Path(out)
     _writable(out)

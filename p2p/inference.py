@@ -80,17 +80,23 @@ def infer_task(in_ch: int, out_ch: int) -> str:
 
 def load_predictor(path: str, task_name: str | None = None, direction: str | None = None, weights: str = "auto",
                    train_mode: bool = False) -> Predictor:
-    """A predictor from any supported checkpoint. For official weights the task is inferred from
+    """A predictor from any supported checkpoint or model folder. For official weights the task is inferred from
     the channel counts (1->2 colorize, 1->3 gray2rgb, else paired). `weights`: a checkpoint's
     EMA or raw generator (p2p.models.load_generator). `train_mode`: the paper's test-time
     behaviour, the official test.py default without --eval: dropout on and BatchNorm with the
     statistics of the batch it sees (each image, here); the global torch RNG that dropout draws
     from is seeded, so two runs give the same images."""
-    obj = read_checkpoint(path)
-    G = load_generator(obj, weights=weights, name=str(path))
-    _, used = select_generator_weights(obj, weights)
-    tree = obj.get("config") if isinstance(obj, dict) and obj.get("format") == "p2p" else None
-    cfg = load_config() if tree is None else from_tree(tree)
+    from p2p.model_folder import is_model_folder, load_folder
+
+    if is_model_folder(path):  # safetensors and config.json, read without unpickling
+        G, cfg, used = load_folder(path, weights)
+        tree = cfg.to_dict()
+    else:
+        obj = read_checkpoint(path)
+        G = load_generator(obj, weights=weights, name=str(path))
+        _, used = select_generator_weights(obj, weights)
+        tree = obj.get("config") if isinstance(obj, dict) and obj.get("format") == "p2p" else None
+        cfg = load_config() if tree is None else from_tree(tree)
     channels = (G.in_channels, G.out_channels)
     name = task_name or (cfg.task.name if tree is not None else infer_task(*channels))
     cfg = with_values(cfg, {"task.name": name, "task.direction": direction or cfg.task.direction})

@@ -22,7 +22,7 @@ from p2p.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="p2p checkpoint or official latest_net_G.pth")
+    parser.add_argument("checkpoint", help="p2p checkpoint, official latest_net_G.pth or a model folder")
     parser.add_argument("--data", required=True, help="image folder, shard folder or 'embedded'")
     parser.add_argument("--json", help="write the metrics here as JSON (and what was scored to <stem>.meta.json)")
     parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it")

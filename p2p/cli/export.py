@@ -1,8 +1,9 @@
-"""`p2p export CKPT --format onnx|torchscript|official --out PATH`: the generator of a checkpoint
-(its EMA weights when it has them) as an ONNX file, a TorchScript file or an official pix2pix
-`latest_net_G.pth` (p2p.export). ONNX and TorchScript are checked against PyTorch on two input
-sizes before the file is written; the largest difference is printed, and above 1e-4 the command
-fails (exit 1) without writing.
+"""`p2p export CKPT --format onnx|torchscript|official|folder --out PATH`: the generator of a
+checkpoint (its EMA weights when it has them) as an ONNX file, a TorchScript file, an official
+pix2pix `latest_net_G.pth` (p2p.export) or a model folder of safetensors weights, config and
+model card (p2p.model_folder; an existing non-empty folder is refused). ONNX and TorchScript are
+checked against PyTorch on two input sizes before the file is written; the largest difference is
+printed, and above 1e-4 the command fails (exit 1) without writing.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from p2p.errors import UsageError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from p2p.export import FORMATS
 
-    parser.add_argument("checkpoint", help="p2p checkpoint (last.pt, best.pt) or official latest_net_G.pth")
+    parser.add_argument("checkpoint", help="p2p checkpoint (last.pt, best.pt), official latest_net_G.pth or a model "
+                        "folder")
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
-    parser.add_argument("--out", required=True, help="file to write (official: conventionally latest_net_G.pth)")
+    parser.add_argument("--out", required=True, help="file to write (official: conventionally latest_net_G.pth; "
+                        "folder: a new or empty folder)")
     parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it")
 
 
@@ -31,6 +34,10 @@ def run(args) -> int:
 
     if args.format not in FORMATS:  # before loading anything
         raise UsageError(f"--format {args.format!r}: choose one of {', '.join(FORMATS)}")
+    if args.format == "folder":  # a non-empty --out is refused before anything is loaded
+        from p2p.model_folder import check_out_folder
+
+        check_out_folder(args.out)
     try:
         predictor = load_predictor(args.checkpoint, args.task)
     except (UsageError, KeyboardInterrupt):
@@ -38,8 +45,15 @@ def run(args) -> int:
     except Exception as e:  # a truncated or foreign file: one line, not a traceback
         raise UsageError(f"{args.checkpoint}: not a readable p2p or official generator checkpoint "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    meta = {"task": predictor.task.name, "checkpoint": str(args.checkpoint)}
     t0 = time.perf_counter()
+    if args.format == "folder":
+        from p2p.model_folder import export_folder
+
+        out = export_folder(predictor, args.checkpoint, args.out)
+        print(f"p2p export: wrote {out}/ (model.safetensors, config.json, README.md; {predictor.task.name}, "
+              f"{predictor.weights} weights, {time.perf_counter() - t0:.1f} s)")
+        return 0
+    meta = {"task": predictor.task.name, "checkpoint": str(args.checkpoint)}
     try:
         report = export_generator(predictor.G, args.format, args.out, meta)
     except ExportMismatch as e:

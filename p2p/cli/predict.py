@@ -1,5 +1,6 @@
-"""`p2p predict CKPT INPUT... --out DIR`: run a trained generator (a p2p checkpoint or official
-pix2pix `latest_net_G.pth`) on images of any size; outputs keep each input's size.
+"""`p2p predict CKPT INPUT... --out DIR`: run a trained generator (a p2p checkpoint, official
+pix2pix `latest_net_G.pth` or a model folder) on images of any size; outputs keep each input's
+size. The library it runs is the Python API's (p2p.api).
 
 By default each image is shown to the model at the training scale with its aspect ratio kept
 (see p2p.inference); `--size` sets that short side, `--full-res` runs at the image's own
@@ -12,7 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from p2p.config import TASKS
@@ -20,7 +20,8 @@ from p2p.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="p2p checkpoint (last.pt, best.pt) or official latest_net_G.pth")
+    parser.add_argument("checkpoint", help="p2p checkpoint (last.pt, best.pt), official latest_net_G.pth or a "
+                        "model folder")
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
     parser.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
     parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it (official weights)")
@@ -54,27 +55,22 @@ def weights_choice(args) -> str:
 def run(args) -> int:
     from torchvision.utils import save_image
 
+    from p2p.api import load_model, rgb_batch
     from p2p.data.images import ImageRejected, read_rgb
-    from p2p.dist import resolve_device
     from p2p.cli.progress import progress_bar
-    from p2p.inference import list_inputs, load_predictor, predict
-    from p2p.tiling import Tiling
+    from p2p.inference import list_inputs
 
     if args.ab and (args.task or "paired") != "paired":
         raise UsageError("--ab only applies to --task paired")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
-    predictor = load_predictor(args.checkpoint, args.task, args.direction, weights_choice(args),
-                               args.train_mode)
-    geometry = predictor.geometry(args.size, args.full_res, args.squash)
-    tiling = None
-    if args.tile:
-        tiling = Tiling(args.tile, args.tile // 4 if args.overlap is None else args.overlap)
-        tiling.check(predictor.G.stride)
-    elif args.overlap is not None:
-        raise UsageError("--overlap needs --tile")
-    device = resolve_device(args.device)
-    G, task = predictor.G.to(device), predictor.task
+    # the Python API (p2p.api) is this command's library: the same loading, geometry and pixels
+    model = load_model(args.checkpoint, device=args.device, task=args.task, direction=args.direction,
+                       weights=weights_choice(args), train_mode=args.train_mode)
+    predictor = model.predictor
+    geometry = model.geometry(args.size, args.full_res, args.squash)
+    tiling = model.tiling(args.tile, args.overlap)
+    task = model.task
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = list_inputs(args.inputs)
@@ -89,7 +85,7 @@ def run(args) -> int:
             print(f"p2p predict: skipping {path}: {e.reason}: {e}", file=sys.stderr)
             skipped += 1
             return None
-        rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().div(255)
+        rgb = rgb_batch(img)
         if task.name == "paired" and args.ab:
             half = rgb.shape[-1] // 2
             rgb = rgb[..., :half] if task.cfg.direction == "AtoB" else rgb[..., half:2 * half]
@@ -110,8 +106,7 @@ def run(args) -> int:
             for group in groups.values():
                 for i in range(0, len(group), args.batch_size):
                     part = group[i:i + args.batch_size]
-                    out = predict(G, task, torch.cat([rgb for _, rgb in part]).to(device), geometry,
-                                  tiling=tiling).cpu()
+                    out = model.run(torch.cat([rgb for _, rgb in part]), geometry, tiling)
                     for (path, _), image in zip(part, out):
                         save_image(image, out_dir / f"{path.stem}.png")
                     written += len(part)
