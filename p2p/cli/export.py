@@ -2,7 +2,7 @@
 (its EMA weights when it has them) as an ONNX file, a TorchScript file or an official pix2pix
 `latest_net_G.pth` (p2p.export). ONNX and TorchScript are checked against PyTorch on two input
 sizes before the file is written; the largest difference is printed, and above 1e-4 the command
-fails (exit 1) without writing.
+fails (exit 1) without writing. An existing --out is never replaced without --force (exit 2).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, help="file to write (official: conventionally latest_net_G.pth)")
     parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it")
+    parser.add_argument("--force", action="store_true", help="replace --out when it exists (without it, an "
+                        "existing file is an error and nothing is written)")
 
 
 def run(args) -> int:
@@ -41,7 +43,7 @@ def run(args) -> int:
     meta = {"task": predictor.task.name, "checkpoint": str(args.checkpoint)}
     t0 = time.perf_counter()
     try:
-        report = export_generator(predictor.G, args.format, args.out, meta)
+        report = export_generator(predictor.G, args.format, args.out, meta, force=args.force)
     except ExportMismatch as e:
         print(f"p2p export: error: {e}", file=sys.stderr)
         return 1

@@ -21,7 +21,8 @@ from p2p.errors import UsageError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="p2p checkpoint (last.pt, best.pt) or official latest_net_G.pth")
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
-    parser.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
+    parser.add_argument("--out", required=True, help="output folder: OUT/<stem>.png per input; inputs sharing a "
+                        "stem keep their extension (a.jpg.png, a.png.png)")
     parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it (official weights)")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), help="paired: which half of A|B inputs is the input")
     parser.add_argument("--ab", action="store_true", help="paired: inputs are A|B side-by-side images")
@@ -58,6 +59,7 @@ def run(args) -> int:
     from p2p.dist import resolve_device
     from p2p.cli.progress import progress_bar
     from p2p.inference import list_inputs, load_predictor, predict
+    from p2p.outputs import output_folder, prediction_paths
     from p2p.tiling import Tiling
 
     if args.ab and (args.task or "paired") != "paired":
@@ -75,9 +77,9 @@ def run(args) -> int:
         raise UsageError("--overlap needs --tile")
     device = resolve_device(args.device)
     G, task = predictor.G.to(device), predictor.task
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = list_inputs(args.inputs)
+    targets = prediction_paths(files, args.out)  # decided before anything runs: no result lost
+    out_dir = output_folder(args.out)
 
     def load(path):
         try:
@@ -109,7 +111,7 @@ def run(args) -> int:
                     out = predict(G, task, torch.cat([rgb for _, rgb in part]).to(device), geometry,
                                   tiling=tiling).cpu()
                     for (path, _), image in zip(part, out):
-                        save_image(image, out_dir / f"{path.stem}.png")
+                        save_image(image, targets[path])
                     written += len(part)
                     advance(len(part))
     how = (" (EMA weights)" if predictor.weights == "ema" else "") + (" in train mode" if args.train_mode else "")

@@ -17,6 +17,7 @@ from pathlib import Path
 from p2p.atomic import write_text
 from p2p.config import Config, load_config, parse_override, split_args
 from p2p.errors import UsageError
+from p2p.run_folder import run_folder
 from p2p.slurm.executor import make_executor, sbatch_refusal, tasks_per_node
 from p2p.slurm.job import TrainJob
 from p2p.slurm.registry import register
@@ -44,7 +45,7 @@ class Submission:
         return self.base.slurm.nodes * tasks_per_node(self.base)
 
     def run_dirs(self) -> list[Path]:
-        return [Path(t["run"]["out_dir"]) / t["run"]["name"] for t in self.trees]
+        return [run_folder(t["run"]["out_dir"], t["run"]["name"]) for t in self.trees]
 
 
 def _absolute(path: str) -> str:
@@ -94,6 +95,8 @@ def plan(args: list[str], sweep_items: list[str], dry_run: bool = False) -> Subm
                    for name, point in elements]
     else:
         elements, configs = [], [base]
+    for cfg in [base, *configs] if sweep else configs:  # a folder leaving run.out_dir: refused before sbatch
+        run_folder(cfg.run.out_dir, cfg.run.name)
     for cfg in configs:
         check_data(cfg)
     notes = [f"note: {c.run_dir / 'checkpoints' / 'last.pt'} exists: the job resumes from it "
@@ -104,9 +107,9 @@ def plan(args: list[str], sweep_items: list[str], dry_run: bool = False) -> Subm
     if base.slurm.folder:
         folder = Path(_absolute(base.slurm.folder))
     elif sweep:
-        folder = Path(trees[0]["run"]["out_dir"]) / f"{base.run.name}-sweep" / "slurm"
+        folder = run_folder(trees[0]["run"]["out_dir"], f"{base.run.name}-sweep") / "slurm"
     else:
-        folder = Path(trees[0]["run"]["out_dir"]) / base.run.name / "slurm"
+        folder = run_folder(trees[0]["run"]["out_dir"], base.run.name) / "slurm"
     executor = make_executor(base, folder, name, dry_run=dry_run)
     return Submission(base, configs, trees, folder, name, executor, path, overrides, sweep, elements, notes)
 
