@@ -8,9 +8,11 @@ import contextlib
 import datetime
 import io
 import json
+import math
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +125,7 @@ def submit(sub: Submission) -> list[dict]:
         new_dir = new_dir.parent
     existed = new_dir.exists()
     ex = sub.executor
+    sbatch_from = time.time()  # the window Slurm's submit time must fall in (p2p.slurm.ownership)
     try:  # submitit echoes sbatch's stderr before raising: keep the error to one line
         with contextlib.redirect_stderr(io.StringIO()):
             if sub.sweep:
@@ -135,13 +138,16 @@ def submit(sub: Submission) -> list[dict]:
             shutil.rmtree(new_dir, ignore_errors=True)
         raise sbatch_refusal(e) from None
 
+    window = [math.floor(sbatch_from), math.ceil(time.time())]
     now = datetime.datetime.now().isoformat(timespec="seconds")
+    chdir = sub.base.slurm.extra.get("chdir")  # sbatch --chdir: the job's working directory instead
+    workdir = os.path.normpath(os.path.join(os.getcwd(), str(chdir))) if chdir else os.getcwd()
     records = []
     for i, (job, tree, run_dir) in enumerate(zip(jobs, sub.trees, sub.run_dirs())):
         rec = {"job_id": str(job.job_id), "name": sub.name, "run_dir": str(run_dir), "folder": str(sub.folder),
                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "tasks": sub.tasks,
                "nodes": sub.base.slurm.nodes, "max_steps": tree["train"]["max_steps"], "submitted": now,
-               "host": socket.gethostname(), "cwd": os.getcwd()}
+               "host": socket.gethostname(), "cwd": os.getcwd(), "workdir": workdir, "submit_window": window}
         if sub.sweep:
             rec["sweep"] = {k: parse_override(f"{k}={v}")[1] for k, v in sub.elements[i][1].items()}
             run_dir.mkdir(parents=True, exist_ok=True)
