@@ -1,6 +1,6 @@
 """What `p2p jobs` lists and `p2p cancel` stops: the registry's jobs (and p2p-named jobs Slurm
-knows that the registry does not, e.g. from slurm/train.sbatch) with their Slurm state and the
-last metrics of their run folder."""
+knows that the registry does not, e.g. from slurm/train.sbatch: listed, never cancelled) with
+their Slurm state and the last metrics of their run folder."""
 
 from __future__ import annotations
 
