@@ -192,7 +192,6 @@ def build_run(cfg: Config, lock: bool = True) -> Run:
     there is one."""
     configure_determinism(cfg.run.deterministic)
     accel = dist.start(cfg.train.device, cfg.train.timeout_s)
-    rank, world, device = accel.process_index, accel.num_processes, accel.device
     notices = Notices()
     held = hold_run_folder(cfg, accel, notices) if lock else None
     try:
