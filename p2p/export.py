@@ -77,7 +77,7 @@ def _max_diff(run, G, shapes) -> float:
     return worst
 
 
-def _writable(out: Path) -> None:
+def _writable(out: Path, force: bool = False) -> None:
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name")
     parent = out.parent if str(out.parent) else Path(".")
@@ -85,6 +85,8 @@ def _writable(out: Path) -> None:
         raise UsageError(f"--out {out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"--out {out}: folder {parent} is not writable")
+    if (out.exists() or out.is_symlink()) and not force:  # never replaced silently: it may be the only copy
+        raise UsageError(f"--out {out} exists; nothing was written (pass --force to replace it)")
 
 
 def _onnx(G, tmp: Path, metadata: dict) -> Callable:
@@ -123,13 +125,14 @@ def _torchscript(G, tmp: Path, metadata: dict) -> Callable:
 
 
 def export_generator(G, fmt: str, out: str | os.PathLike, metadata: dict | None = None,
-                     tolerance: float = TOLERANCE) -> ExportReport:
+                     tolerance: float = TOLERANCE, force: bool = False) -> ExportReport:
     """Write `G` (a p2p U-Net or ResNet generator, on the CPU, eval mode) as `fmt` to `out`, atomically: the file
-    appears only once the check passed. Raises ExportMismatch above `tolerance`."""
+    appears only once the check passed. Raises ExportMismatch above `tolerance`; an existing
+    `out` is a UsageError unless `force`."""
     if fmt not in FORMATS or fmt == "folder":  # a folder needs more than G: p2p.model_folder.export_folder
         raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     out = Path(out)
-    _writable(out)
+    _writable(out, force)
     G = G.cpu().eval()
     metadata = {"stride": G.stride, "in_channels": G.in_channels,
                 "out_channels": G.out_channels, **(metadata or {})}

@@ -85,6 +85,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     from p2p.config import load_config, with_values
     from p2p.data import build_loader, resolve_backend
     from p2p.data.prefetch import PreparedBatches, device_batches
+    from p2p.run_folder import run_folder
     from p2p.train.graphs import GraphedStep
     from p2p.train.meter import LogInterval
     from p2p.train.run import build_run
@@ -95,10 +96,11 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         raise UsageError("--steps must be >= 1 and --warmup >= 0")
     # a fresh run, whatever the run folder holds
     cfg = with_values(load_config(config_path, list(overrides or [])), {"run.resume": False})
+    run_folder(cfg.run.out_dir, cfg.run.name)  # what `p2p train` refuses, refused here too
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    run = build_run(cfg)  # exactly as `p2p train` builds it
+    run = build_run(cfg, lock=False)  # exactly as `p2p train` builds it; it writes nothing in the run folder
     if run.world > 1:
         raise UsageError("bench profile runs one process; start it without torchrun")
     device, task, state, bs = run.device, run.task, run.state, cfg.train.batch_size

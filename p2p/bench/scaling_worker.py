@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = ModelSizes("given", args.ngf, args.num_downs, args.ndf)
     cfg = workload_config(sizes, args.image_size, args.batch_size, args.precision, args.device)
-    run = build_run(cfg)  # what `p2p train` builds: the same wrapping, optimizers and step in every process
+    # what `p2p train` builds: the same wrapping, optimizers and step in every process (no run
+    # folder is written, so none is locked)
+    run = build_run(cfg, lock=False)
     rank, world, device = run.rank, run.world, run.device
     inp, target = trainer_batch(cfg, run.task, device, rank)
 

@@ -3,7 +3,8 @@ checkpoint (its EMA weights when it has them) as an ONNX file, a TorchScript fil
 pix2pix `latest_net_G.pth` (p2p.export) or a model folder of safetensors weights, config and
 model card (p2p.model_folder; an existing non-empty folder is refused). ONNX and TorchScript are
 checked against PyTorch on two input sizes before the file is written; the largest difference is
-printed, and above 1e-4 the command fails (exit 1) without writing.
+printed, and above 1e-4 the command fails (exit 1) without writing. An existing --out file is
+never replaced without --force (exit 2); a model folder is never replaced.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="file to write (official: conventionally latest_net_G.pth; "
                         "folder: a new or empty folder)")
     parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it")
+    parser.add_argument("--force", action="store_true", help="replace --out when it is an existing file "
+                        "(without it, that is an error and nothing is written; a non-empty folder is never replaced)")
 
 
 def run(args) -> int:
@@ -55,7 +58,7 @@ def run(args) -> int:
         return 0
     meta = {"task": predictor.task.name, "checkpoint": str(args.checkpoint)}
     try:
-        report = export_generator(predictor.G, args.format, args.out, meta)
+        report = export_generator(predictor.G, args.format, args.out, meta, force=args.force)
     except ExportMismatch as e:
         print(f"p2p export: error: {e}", file=sys.stderr)
         return 1

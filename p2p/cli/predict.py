@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
@@ -23,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="p2p checkpoint (last.pt, best.pt), official latest_net_G.pth or a "
                         "model folder")
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
-    parser.add_argument("--out", required=True, help="output folder (PNG files named after the inputs)")
+    parser.add_argument("--out", required=True, help="output folder: OUT/<stem>.png per input; inputs sharing a "
+                        "stem keep their extension (a.jpg.png, a.png.png)")
     parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it (official weights)")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), help="paired: which half of A|B inputs is the input")
     parser.add_argument("--ab", action="store_true", help="paired: inputs are A|B side-by-side images")
@@ -59,6 +59,7 @@ def run(args) -> int:
     from p2p.data.images import ImageRejected, read_rgb
     from p2p.cli.progress import progress_bar
     from p2p.inference import list_inputs
+    from p2p.outputs import output_folder, prediction_paths
 
     if args.ab and (args.task or "paired") != "paired":
         raise UsageError("--ab only applies to --task paired")
@@ -71,9 +72,9 @@ def run(args) -> int:
     geometry = model.geometry(args.size, args.full_res, args.squash)
     tiling = model.tiling(args.tile, args.overlap)
     task = model.task
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = list_inputs(args.inputs)
+    targets = prediction_paths(files, args.out)  # decided before anything runs: no result lost
+    out_dir = output_folder(args.out)
 
     skipped = 0
 
@@ -108,7 +109,7 @@ def run(args) -> int:
                     part = group[i:i + args.batch_size]
                     out = model.run(torch.cat([rgb for _, rgb in part]), geometry, tiling)
                     for (path, _), image in zip(part, out):
-                        save_image(image, out_dir / f"{path.stem}.png")
+                        save_image(image, targets[path])
                     written += len(part)
                     advance(len(part))
     if written == 0:

@@ -20,6 +20,7 @@ import yaml
 
 from p2p.data.images import DEFAULT_MAX_PIXELS
 from p2p.errors import UsageError
+from p2p.run_folder import run_folder
 
 TASKS = ("colorize", "gray2rgb", "paired", "restore")
 NORMS = ("batch", "syncbatch", "instance", "none")
@@ -348,7 +349,8 @@ class Config:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.out_dir) / self.run.name
+        """run.out_dir/run.name, checked by p2p.run_folder (a UsageError if it would escape)."""
+        return run_folder(self.run.out_dir, self.run.name)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

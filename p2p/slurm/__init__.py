@@ -7,7 +7,8 @@
     submission  checking configs, then queueing one job or one array, with registry records
     registry    the jobs registry (one JSON line per job)
     sacct       states from sacct/squeue, last metrics, log tails
-    jobs        the registry joined with Slurm's states, and cancelling
+    ownership   whether the job Slurm has under an id is the one a registry row recorded
+    jobs        the registry joined with Slurm's states, and cancelling (confirmed jobs only)
 
 Rank, world size and master address inside the job come from `p2p.dist`, as for any srun task.
 Jobs are named `p2p-<run.name>` so squeue/sacct listings show them too. Nothing is imported

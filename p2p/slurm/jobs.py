@@ -1,6 +1,6 @@
 """What `p2p jobs` lists and `p2p cancel` stops: the registry's jobs (and p2p-named jobs Slurm
-knows that the registry does not, e.g. from slurm/train.sbatch) with their Slurm state and the
-last metrics of their run folder."""
+knows that the registry does not, e.g. from slurm/train.sbatch: listed, never cancelled) with
+their Slurm state and the last metrics of their run folder."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from p2p.errors import UsageError
+from p2p.slurm.ownership import refusal, slurm_records
 from p2p.slurm.registry import read_registry, registry_path, select
 from p2p.slurm.sacct import (TERMINAL, last_metrics, query_states, run_slurm, slurm_name,
                              unregistered_p2p_jobs)
@@ -70,7 +71,9 @@ class Cancelled:
 
 
 def cancel_targets(ids: list[str]) -> list[CancelTarget]:
-    """The jobs to cancel, all checked before any is: Slurm job ids of p2p jobs."""
+    """The jobs to cancel, all checked before any is: each id must be in the registry, and Slurm
+    must confirm that the job under it is the one recorded there, this user's p2p job
+    (p2p.slurm.ownership); anything else is a UsageError naming what Slurm has instead."""
     for job_id in ids:
         if not re.fullmatch(r"\d+(_\d+)?", job_id):
             raise UsageError(f"{job_id!r} is not a Slurm job id (like 1234 or 1234_0); see `p2p jobs`")
@@ -78,25 +81,35 @@ def cancel_targets(ids: list[str]) -> list[CancelTarget]:
     targets = []
     for job_id in ids:
         mine = select(rows, [job_id])
-        name = mine[0].get("name") if mine else slurm_name(job_id)
-        if not mine and not (name or "").startswith("p2p"):
-            why = "not a p2p job" if name else "Slurm does not know it"
-            raise UsageError(f"unknown job id {job_id}: {why} (see `p2p jobs`)")
-        targets.append(CancelTarget(job_id, name, mine))
+        if not mine:
+            name = slurm_name(job_id)
+            if name is None:
+                raise UsageError(f"unknown job id {job_id}: Slurm does not know it and the registry has no row for it "
+                                 f"(see `p2p jobs`)")
+            raise UsageError(f"job {job_id} ({name}) is not in the p2p registry ({registry_path()}): p2p cancel stops "
+                             f"only jobs that `p2p submit` queued; nothing cancelled")
+        records = slurm_records(job_id)
+        confirmed = []
+        for element in dict.fromkeys(r["job_id"] for r in mine):  # an array: each element; newest row first
+            candidates = [r for r in reversed(mine) if r["job_id"] == element]
+            why = [refusal(r, records) for r in candidates]
+            if all(why):
+                raise UsageError(f"job {element} is not the job the p2p registry recorded: {why[0]}; nothing cancelled")
+            confirmed.append(candidates[why.index(None)])
+        targets.append(CancelTarget(job_id, confirmed[0].get("name"), confirmed))
     return targets
 
 
 def cancel(target: CancelTarget) -> Cancelled:
-    """scancel the job unless it already ended. Slurm sends the tasks SIGTERM: a running trainer
-    saves checkpoints/last.pt on the way out."""
-    state = query_states([target.job_id]).get(target.job_id, {}).get("state")
-    if state is None and target.registered:  # an array id: the state of a live element, else any
-        elems = query_states([r["job_id"] for r in target.registered])
-        live = [s["state"] for s in elems.values() if s["state"] not in TERMINAL]
-        state = live[0] if live else (next(iter(elems.values()))["state"] if elems else None)
-    if state in TERMINAL:
-        return Cancelled(target, state, False)
-    proc = run_slurm(["scancel", target.job_id])
+    """scancel the job (an array: its confirmed elements) unless it already ended. Slurm sends
+    the tasks SIGTERM: a running trainer saves checkpoints/last.pt on the way out."""
+    ids = [r["job_id"] for r in target.registered]
+    known = query_states(ids)
+    states = {i: known.get(i, {}).get("state") for i in ids}
+    alive = [i for i in ids if states[i] not in TERMINAL]
+    if not alive:
+        return Cancelled(target, states[ids[0]], False)
+    proc = run_slurm(["scancel", *alive])
     if proc.returncode != 0:
-        return Cancelled(target, state, False, (proc.stderr or proc.stdout).strip())
-    return Cancelled(target, state, True)
+        return Cancelled(target, states[alive[0]], False, (proc.stderr or proc.stdout).strip())
+    return Cancelled(target, states[alive[0]], True)

@@ -19,10 +19,10 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
 LOST_AFTER_S = 120
 
 
-def run_slurm(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+def run_slurm(cmd: list[str], timeout: float = 30, env: dict | None = None) -> subprocess.CompletedProcess:
     """A Slurm command's result; a missing program or a timeout is a failed result, not an error."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         return subprocess.CompletedProcess(cmd, 1, "", str(e))
 
@@ -92,7 +92,7 @@ def ended(state: dict) -> bool:
 
 
 def unregistered_p2p_jobs(known: set[str], ids: list[str] | None) -> list[dict]:
-    """Jobs named p2p* that Slurm knows but the registry does not (e.g. from slurm/train.sbatch):
+    """Jobs named p2p-* that Slurm knows but the registry does not (e.g. from slurm/train.sbatch):
     this user's jobs in squeue, or the given ids (sacct too)."""
     found: dict[str, str] = {}
     cmds = [["squeue", "-h", "-t", "all", "-o", "%i|%j"] + (["-j", ",".join(ids)] if ids else ["-u", getpass.getuser()])]
@@ -103,7 +103,7 @@ def unregistered_p2p_jobs(known: set[str], ids: list[str] | None) -> list[dict]:
         for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
             jid, _, name = line.partition("|")
             for j in array_ids(jid.strip()):
-                if name.startswith("p2p") and j not in known:
+                if (name == "p2p" or name.startswith("p2p-")) and j not in known:  # not p2poolminer
                     found.setdefault(j, name)
     rows = []
     for jid, name in sorted(found.items()):

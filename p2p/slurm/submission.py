@@ -8,15 +8,18 @@ import contextlib
 import datetime
 import io
 import json
+import math
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2p.atomic import write_text
 from p2p.config import Config, load_config, parse_override, split_args
 from p2p.errors import UsageError
+from p2p.run_folder import run_folder
 from p2p.slurm.executor import make_executor, sbatch_refusal, tasks_per_node
 from p2p.slurm.job import TrainJob
 from p2p.slurm.registry import register
@@ -44,7 +47,7 @@ class Submission:
         return self.base.slurm.nodes * tasks_per_node(self.base)
 
     def run_dirs(self) -> list[Path]:
-        return [Path(t["run"]["out_dir"]) / t["run"]["name"] for t in self.trees]
+        return [run_folder(t["run"]["out_dir"], t["run"]["name"]) for t in self.trees]
 
 
 def _absolute(path: str) -> str:
@@ -94,6 +97,8 @@ def plan(args: list[str], sweep_items: list[str], dry_run: bool = False) -> Subm
                    for name, point in elements]
     else:
         elements, configs = [], [base]
+    for cfg in [base, *configs] if sweep else configs:  # a folder leaving run.out_dir: refused before sbatch
+        run_folder(cfg.run.out_dir, cfg.run.name)
     for cfg in configs:
         check_data(cfg)
     notes = [f"note: {c.run_dir / 'checkpoints' / 'last.pt'} exists: the job resumes from it "
@@ -104,9 +109,9 @@ def plan(args: list[str], sweep_items: list[str], dry_run: bool = False) -> Subm
     if base.slurm.folder:
         folder = Path(_absolute(base.slurm.folder))
     elif sweep:
-        folder = Path(trees[0]["run"]["out_dir"]) / f"{base.run.name}-sweep" / "slurm"
+        folder = run_folder(trees[0]["run"]["out_dir"], f"{base.run.name}-sweep") / "slurm"
     else:
-        folder = Path(trees[0]["run"]["out_dir"]) / base.run.name / "slurm"
+        folder = run_folder(trees[0]["run"]["out_dir"], base.run.name) / "slurm"
     executor = make_executor(base, folder, name, dry_run=dry_run)
     return Submission(base, configs, trees, folder, name, executor, path, overrides, sweep, elements, notes)
 
@@ -120,6 +125,7 @@ def submit(sub: Submission) -> list[dict]:
         new_dir = new_dir.parent
     existed = new_dir.exists()
     ex = sub.executor
+    sbatch_from = time.time()  # the window Slurm's submit time must fall in (p2p.slurm.ownership)
     try:  # submitit echoes sbatch's stderr before raising: keep the error to one line
         with contextlib.redirect_stderr(io.StringIO()):
             if sub.sweep:
@@ -132,13 +138,16 @@ def submit(sub: Submission) -> list[dict]:
             shutil.rmtree(new_dir, ignore_errors=True)
         raise sbatch_refusal(e) from None
 
+    window = [math.floor(sbatch_from), math.ceil(time.time())]
     now = datetime.datetime.now().isoformat(timespec="seconds")
+    chdir = sub.base.slurm.extra.get("chdir")  # sbatch --chdir: the job's working directory instead
+    workdir = os.path.normpath(os.path.join(os.getcwd(), str(chdir))) if chdir else os.getcwd()
     records = []
     for i, (job, tree, run_dir) in enumerate(zip(jobs, sub.trees, sub.run_dirs())):
         rec = {"job_id": str(job.job_id), "name": sub.name, "run_dir": str(run_dir), "folder": str(sub.folder),
                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "tasks": sub.tasks,
                "nodes": sub.base.slurm.nodes, "max_steps": tree["train"]["max_steps"], "submitted": now,
-               "host": socket.gethostname(), "cwd": os.getcwd()}
+               "host": socket.gethostname(), "cwd": os.getcwd(), "workdir": workdir, "submit_window": window}
         if sub.sweep:
             rec["sweep"] = {k: parse_override(f"{k}={v}")[1] for k, v in sub.elements[i][1].items()}
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from p2p.data.prefetch import device_batches, prepared_batches, prepares_ahead
 from p2p.data.workers import worker_failure
 from p2p.errors import PeerLostError, TrainingError, UsageError, WriteError
 from p2p.evaluation import FID_WEIGHTS_ENV, HIGHER_IS_BETTER, LPIPS_WEIGHTS_ENV, weights_path
+from p2p.run_folder import run_folder
 from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
 from p2p.train.meter import LogInterval
@@ -58,7 +59,18 @@ class TrainResult:
 def train(cfg: Config) -> TrainResult:
     check_installed(cfg.run.trackers)  # every rank, before any process group: one line, not a hang
     check_best_metric(cfg)
-    run = build_run(cfg)
+    run_folder(cfg.run.out_dir, cfg.run.name)  # the same: a name that leaves run.out_dir is refused
+    run = build_run(cfg)  # rank 0 holds the run folder's lock from here (p2p.run_folder)
+    try:
+        return train_run(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def train_run(run: Run) -> TrainResult:
+    """`train` once the run is built and its folder is this process's."""
+    cfg = run.cfg
     state, t = run.state, cfg.train
     log = RunLogger(cfg.run_dir, t.max_steps, state.step, enabled=run.accel.is_main_process,
                     trackers=cfg.run.trackers, config=cfg.to_dict())

@@ -13,8 +13,9 @@ from p2p import dist
 from p2p.augment import step_generator
 from p2p.config import Config
 from p2p.data.plan import mix_seed
-from p2p.errors import TrainingError, WriteError
+from p2p.errors import TrainingError, UsageError, WriteError
 from p2p.models import DiscriminatorArch, GeneratorArch
+from p2p.run_folder import RunFolderLock, lock_run_folder
 from p2p.tasks import Task, build_task
 from p2p.train.checkpoint import (Checkpoints, TrainState, load_weights, make_payload, open_resumable, rank_state,
                                   restore_training, seed_all)
@@ -44,6 +45,7 @@ class Run:
     resumed: bool
     notices: Notices
     speedups: InEffect
+    lock: RunFolderLock | None = None  # the run folder's, on the process that writes it (rank 0)
 
     @property
     def rank(self) -> int:
@@ -183,13 +185,49 @@ def make_step_fn(nets: Nets, cfg: Config, precision: Precision, graphs: bool, no
     return GraphedStep(eager, notice=notice)
 
 
-def build_run(cfg: Config) -> Run:
-    """Start this process's part of the job, build the networks and optimizers, and resume from
-    the run folder's newest readable checkpoint (last.pt unless it is damaged) when there is one."""
+def build_run(cfg: Config, lock: bool = True) -> Run:
+    """Start this process's part of the job, take the run folder (`lock`: rank 0 holds its lock
+    until `Run.lock` is released or the process ends), build the networks and optimizers, and
+    resume from the run folder's newest readable checkpoint (last.pt unless it is damaged) when
+    there is one."""
     configure_determinism(cfg.run.deterministic)
     accel = dist.start(cfg.train.device, cfg.train.timeout_s)
-    rank, world, device = accel.process_index, accel.num_processes, accel.device
     notices = Notices()
+    held = hold_run_folder(cfg, accel, notices) if lock else None
+    try:
+        run = _build(cfg, accel, notices)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    run.lock = held
+    return run
+
+
+def hold_run_folder(cfg: Config, accel, notices: Notices) -> RunFolderLock | None:
+    """Rank 0 locks the run folder before anything in it is read or moved; every rank learns
+    whether it could, so that a refused run ends on all of them with the same line."""
+    held, refused = None, None
+    if accel.is_main_process:
+        try:
+            held = lock_run_folder(cfg.run_dir)
+        except UsageError as e:  # RunFolderBusy, naming the holder
+            refused = str(e)
+        except OSError as e:  # e.g. no permission to create it
+            refused = f"cannot create the run folder {cfg.run_dir}: {e.strerror or e}"
+        if held is not None and held.notice:
+            notices.append(held.notice)
+    if accel.num_processes > 1:
+        box = [refused]
+        torch.distributed.broadcast_object_list(box, src=0)
+        refused = box[0]
+    if refused:
+        raise UsageError(refused)
+    return held
+
+
+def _build(cfg: Config, accel, notices: Notices) -> Run:
+    rank, world, device = accel.process_index, accel.num_processes, accel.device
 
     seed_all(cfg.run.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     task = build_task(cfg.task, cfg.data.device_step)
