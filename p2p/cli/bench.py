@@ -317,6 +317,9 @@ def run_profile_suite(args) -> int:
           f"{s['wall_s']:.2f} s; trace: {s['trace']}")
     print(f"device step ({s['device_step']}): {s['device_step_ms']:.2f} ms a step, "
           f"{100 * s['device_step_share']:.1f}% of the step time")
+    for r in s["per_rank"]:
+        print(f"rank {r['rank']} on {r['host']}: step {1000 * r['step_s']:.1f} ms, data wait "
+              f"{1000 * r['data_wait_s']:.1f} ms, CPU wait {1000 * r['cpu_wait_s']:.1f} ms")
     print(s["bottleneck"])
     write_json_to(args.json or Path(args.out) / "profile.json", payload)
     return 0

@@ -118,9 +118,14 @@ def sequence_range(counts: np.ndarray, order: np.ndarray, lo: int, hi: int) -> n
     ends = np.cumsum(counts[order])
     first = int(np.searchsorted(ends, lo, side="right"))
     last = int(np.searchsorted(ends, hi - 1, side="right"))
-    part = sequence(counts, order[first:last + 1])
+    shards = order[first:last + 1]
+    c = counts[shards]
+    out = np.empty((int(c.sum()), 2), dtype=np.int64)  # filled in place: one temporary column at a time
+    out[:, 0] = np.repeat(shards, c)
+    out[:, 1] = np.arange(len(out), dtype=np.int64)
+    out[:, 1] -= np.repeat(np.cumsum(c) - c, c)
     offset = int(ends[first - 1]) if first else 0
-    return part[lo - offset:hi - offset]
+    return out[lo - offset:hi - offset]
 
 
 def rank_samples(counts: np.ndarray, seed: int, epoch: int, rank: int, world: int,
