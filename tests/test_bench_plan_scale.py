@@ -56,7 +56,7 @@ def test_bench_scale_simulate_small(tmp_path):
     assert all(r["baseline_equal"] for r in payload["results"])
     assert [(r["n"], r["w0"], r["world"]) for r in payload["changes"]] == [(20000, 4, 2), (40000, 4, 2)]
     assert set(payload["growth"]) == set(FIGURES) | set(CHANGE_FIGURES)
-    assert any(t["target"].startswith("plan_s: exponent in N") for t in payload["targets"])
+    assert any(t["target"].startswith("first_keys_s: exponent in N") for t in payload["targets"])
     assert (out / "plan-scale-plan_s.png").exists() and (out / "plan-scale-change_s.png").exists()
     assert (out / "plan-scale.md").read_text().startswith("`p2p bench scale --simulate --sizes 20000,40000")
     assert "targets missed" in proc.stdout

@@ -26,7 +26,9 @@ allocations alike. The index files are parsed from the page cache (just written 
 
 Growth: each figure is fitted as c * N^a * (N/W)^b by least squares over the cells measured
 (log-log): `a` is the exponent in N at a fixed share per rank (0: flat), `b` the exponent in
-that share. A cell whose share is above `max_parse` samples skips the index figures.
+that share: N/W, and after a change N/min(W0, W1), the most a rank reads of the old orders.
+Cells under 1 ms or 1 MB are below what the timer and the resident size resolve on a busy
+machine: they are in the tables, not in the fit. A cell whose share is above `max_parse` samples skips the index figures.
 """
 
 from __future__ import annotations
@@ -228,7 +230,9 @@ def measure_cell(cell: dict) -> dict:
     counts = np.array(shard_counts(n, cell["shard_size"]), dtype=np.int64)
     world, history = cell["world"], cell.get("history")
     rank = world // 2 if history else world - 1
-    share = n // world
+    # what the rank reads: its share, or after a change the old rank orders its part lies in,
+    # each N/W0 long and about W0/W1 of them: N / min(W0, W1)
+    share = n // min(world, history[0][0]) if history else n // world
     row: dict = {"n": n, "world": world, "rank": rank, "share": share, "shards": len(counts)}
     parse = share <= cell["max_parse"]
     if parse:
@@ -287,8 +291,7 @@ def _disk_bytes(work: Path) -> int:
 
 
 def run_plan_scale(options: PlanScaleOptions, out: str | os.PathLike, say: Callable[[str], None]) -> dict:
-    from p2p.atomic import write_text
-    from p2p.bench.common import environment, write_json
+    from p2p.bench.common import environment
 
     out, work = Path(out), Path(options.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,21 +313,14 @@ def run_plan_scale(options: PlanScaleOptions, out: str | os.PathLike, say: Calla
                             "history": [[w0, options.batch_size, k0]]}, options.timeout_s)
             changes.append(row)
             say(f"  N={n:,} {w0}->{w1}: continued plan {row['change_s']:.3f} s {row['change_mb']:.0f} MB")
-    from p2p.bench.plan_scale_report import fit_growth, plot_figures, report_lines, target_checks
+    from p2p.bench.plan_scale_report import finish
 
-    growth = {k: fit_growth(plain, k) for k in FIGURES} | {k: fit_growth(changes, k) for k in CHANGE_FIGURES}
-    opts = asdict(options)
     command = ("p2p bench scale --simulate --sizes " + ",".join(map(str, options.sizes)) + " --worlds "
                + ",".join(map(str, options.worlds)) + " --changes " + ",".join(f"{a}:{b}" for a, b in options.changes)
                + f" --shard-size {options.shard_size} --batch-size {options.batch_size}")
-    payload = {"environment": environment(), "config": opts, "command": command, "results": plain,
-               "changes": changes, "growth": growth, "targets": target_checks(plain, changes, growth),
-               "disk_bytes": _disk_bytes(work), "seconds": round(time.perf_counter() - t0, 1)}
-    write_json(out / "plan-scale.json", payload)
-    plot_figures(plain, changes, growth, out)
-    payload["report"] = report_lines(payload)
-    write_text(out / "plan-scale.md", "\n".join(payload["report"]) + "\n")
-    return payload
+    payload = {"environment": environment(), "config": asdict(options), "command": command, "results": plain,
+               "changes": changes, "disk_bytes": _disk_bytes(work), "seconds": round(time.perf_counter() - t0, 1)}
+    return finish(payload, out)
 
 
 if __name__ == "__main__":  # one cell, in a fresh process (run_cell)

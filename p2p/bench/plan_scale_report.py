@@ -15,9 +15,15 @@ TARGETS = {"plan_s": 1.0, "plan_mb": 100.0, "change_s": 5.0}
 FLAT_IN_N, LINEAR_IN_SHARE = 0.1, 1.0
 
 
-def fit_growth(rows: list[dict], key: str) -> dict | None:
-    """c * N^a * share^b fitted to the cells that have `key` (least squares in log-log)."""
-    pts = [(r["n"], r["share"], r[key]) for r in rows if r.get(key) and r[key] > 0]
+# Below these a figure is under what the timer and the resident-size counter resolve on a busy
+# machine (a page, a scheduler tick): such cells are in the tables but not in the growth fit
+RESOLUTION = {"s": 1e-3, "MB": 1.0}
+
+
+def fit_growth(rows: list[dict], key: str, floor: float = 0.0) -> dict | None:
+    """c * N^a * share^b fitted to the cells whose `key` is at least `floor` (least squares in
+    log-log); None with too few such cells."""
+    pts = [(r["n"], r["share"], r[key]) for r in rows if r.get(key) and r[key] > 0 and r[key] >= floor]
     if len({n for n, _, _ in pts}) < 2 or len({s for _, s, _ in pts}) < 2 or len(pts) < 3:
         return None
     x = np.array([[math.log(n), math.log(s), 1.0] for n, s, _ in pts])
@@ -67,7 +73,7 @@ def plot_figures(plain: list[dict], changes: list[dict], growth: dict, out: Path
                 ax.plot(*zip(*pts), "o-", label=f"N={n:,}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("samples per rank N/W" + (" (new W)" if key in CHANGE_FIGURES else ""))
+        ax.set_xlabel("samples per rank N/min(W0, W1)" if key in CHANGE_FIGURES else "samples per rank N/W")
         ax.set_ylabel(unit)
         g = growth.get(key)
         fit = f"N^{g['in_n']:.2f} x (N/W)^{g['in_share']:.2f}" if g else "no fit"
@@ -97,7 +103,8 @@ def report_lines(payload: dict) -> list[str]:
     for r in changes:
         lines.append(f"| {r['n']:,} | {r['w0']} -> {r['world']} | "
                      + " | ".join(_cell(r.get(k), u) for k, (_, u) in CHANGE_FIGURES.items()) + " |")
-    lines += ["", "| figure | exponent in N (fixed N/W) | exponent in N/W | cells |", "|---|---|---|---|"]
+    lines += ["", "| figure | exponent in N (fixed N/W) | exponent in N/W | cells fitted (>= 1 ms or 1 MB) |",
+              "|---|---|---|---|"]
     for key, g in payload["growth"].items():
         if g:
             lines.append(f"| {key} | {g['in_n']:.2f} | {g['in_share']:.2f} | {g['cells']} |")
@@ -107,3 +114,21 @@ def report_lines(payload: dict) -> list[str]:
     lines += ["", f"disk: {payload['disk_bytes'] / 1e6:.0f} MB in {payload['config']['work']} "
               f"(manifests and the index files of the shards measured ranks touch)"]
     return lines
+
+
+def finish(payload: dict, out: Path) -> dict:
+    """Growth fits, targets, plots, plan-scale.json and plan-scale.md from the measured cells
+    (`results`, `changes`) of `payload`; also re-renders a saved plan-scale.json."""
+    from p2p.atomic import write_text
+    from p2p.bench.common import write_json
+
+    plain, changes = payload["results"], payload["changes"]
+    units = {k: unit for k, (_, unit) in {**FIGURES, **CHANGE_FIGURES}.items()}
+    payload["growth"] = {k: fit_growth(changes if k in CHANGE_FIGURES else plain, k, RESOLUTION[unit])
+                         for k, unit in units.items()}
+    payload["targets"] = target_checks(plain, changes, payload["growth"])
+    payload["report"] = report_lines(payload)
+    write_json(out / "plan-scale.json", payload)
+    plot_figures(plain, changes, payload["growth"], out)
+    write_text(out / "plan-scale.md", "\n".join(payload["report"]) + "\n")
+    return payload
