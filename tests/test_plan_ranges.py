@@ -120,5 +120,5 @@ def test_a_world_size_change_makes_only_the_old_orders_it_reads():
     history = [(256, 16, 300), (96, 16, 100)]
     peak = _peak_bytes(lambda: continued_plan(orders, history, 40, 128, 16))
     # the new rank's ~1/128 of the rest lies in about 256/128 old ranks' ranges, give or take the ends
-    assert 1 <= len(orders._made) <= 6, f"made {len(orders._made)} of 256 old rank orders"
+    assert 1 <= len(orders.made) <= 6, f"made {len(orders.made)} of 256 old rank orders"
     assert peak < 8_000_000, f"a continued plan allocated {peak / 1e6:.0f} MB"

@@ -198,6 +198,11 @@ class RankOrders:
     def __len__(self) -> int:
         return len(self.sizes)
 
+    @property
+    def made(self) -> list[int]:
+        """The ranks whose orders were made so far."""
+        return sorted(self._made)
+
     def __getitem__(self, rank: int) -> np.ndarray:
         if rank not in self._made:
             self._made[rank] = self._make(rank)

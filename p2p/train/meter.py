@@ -41,10 +41,12 @@ class LogInterval:
         """The metrics row of the interval, averaged over ranks; starts the next interval."""
         names = list(self.sums)
         stacked = torch.stack([self.sums[k].float() for k in names])
-        elapsed = time.perf_counter() - self.t0
+        # this rank's own times, taken before the sync below (on a GPU the host runs at most a few
+        # steps ahead, small against an interval)
         cpu_wait = cpu_wait_seconds()
-        own = [elapsed / self.steps, self.data_wait / self.steps, (cpu_wait - self.cpu_wait0) / self.steps]
-        ranks = None
+        own = [(time.perf_counter() - self.t0) / self.steps, self.data_wait / self.steps,
+               (cpu_wait - self.cpu_wait0) / self.steps]
+        block = None
         if world > 1:  # the mean over ranks: every rank logs and checks the same numbers
             if self.hosts is None:
                 self.hosts = host_names(world)  # once per run, not per log step
@@ -53,8 +55,10 @@ class LogInterval:
             block[self.rank] = torch.tensor(own, device=stacked.device)
             both = torch.cat([stacked, block.flatten()])
             torch.distributed.all_reduce(both)
-            stacked, ranks = both[:len(names)] / world, both[len(names):].view(world, 3).T.tolist()
+            stacked, block = both[:len(names)] / world, both[len(names):].view(world, 3).T
         values = stacked.tolist()  # note: host sync point
+        ranks = block.tolist() if block is not None else None
+        elapsed = time.perf_counter() - self.t0
         per_rank = batch_size * self.steps / elapsed
         row = {"step": step, "epoch": epoch, "world_size": world, "global_batch": batch_size * world}
         row.update({k: v / self.steps for k, v in zip(names, values)})
