@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from p2p.errors import UsageError
+from p2p.train.straggler import per_rank_summary
 
 LOSSES = ("G_GAN", "G_L1", "D_real", "D_fake")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "colorfulness": None, "delta_colorfulness": False, "fid": False,
@@ -118,6 +119,7 @@ def summary(run: RunRecord) -> dict:
             row[f"best_{key}"], row[f"best_{key}_step"] = value, step
     last = run.train[-1] if run.train else {}
     row.update({f"final_{k}": last[k] for k in LOSSES if k in last})
+    row.update(per_rank_summary(run.train))  # several processes: each rank's times, the slowest
     return row
 
 

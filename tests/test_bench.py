@@ -138,6 +138,8 @@ def test_profile_writes_a_chrome_trace(tmp_path):
     assert s["top_ops_cpu"] and all(not o["name"].startswith("p2p.") for o in s["top_ops_cpu"])
     assert s["device_step"] == "c-kernel" and 0.0 < s["device_step_share"] < 1.0 and s["device_step_ms"] > 0
     assert s["device_step_share"] + s["data_wait_fraction"] <= 1.0
+    (me,) = s["per_rank"]  # one process: its own step time, data wait and CPU wait
+    assert me["rank"] == 0 and me["step_s"] > 0 and me["data_wait_s"] >= 0 and me["cpu_wait_s"] >= 0
     # the backend that ran (auto resolves to folder for the embedded photos), and what was asked
     assert (payload["config"]["backend"], payload["config"]["backend_configured"]) == ("folder", "auto")
     check_environment(payload["environment"])

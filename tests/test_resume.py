@@ -29,7 +29,8 @@ EXACT = [
     "data.workers=1", "train.log_every=1", "train.sample_every=0", "train.eval_every=0", "train.ckpt_every=0",
 ]
 # Fields of a metrics row that measure the machine, not the training.
-TIMING = {"img_per_s", "step_time_s", "data_wait", "peak_mem_gb", "mfu"}
+TIMING = {"img_per_s", "step_time_s", "data_wait", "peak_mem_gb", "mfu", "cpu_wait_s", "slowest_rank", "slowest_host",
+          "slowest_lag", "slowest_what", "rank_step_s", "rank_data_wait_s", "rank_cpu_wait_s"}
 
 
 def rows(run_dir) -> list[dict]:

@@ -26,6 +26,7 @@ Times are measured with the profiler on, which adds some per-op overhead to ever
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import torch
 
 from p2p.bench.common import environment, sync
 from p2p.errors import UsageError
+from p2p.train.straggler import cpu_wait_seconds
 
 DATA_BOUND = 0.2  # waiting for batches this share of the wall time or more: the input pipeline limits
 REGIONS = ("p2p.data_wait", "p2p.prepare", "p2p.train_step", "p2p.log_read")
@@ -149,6 +151,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     waits = []
     prepares.clear()
+    cpu_wait0 = cpu_wait_seconds()
     with profile(activities=activities, record_shapes=False, with_stack=False) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -156,6 +159,9 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
             prof.step()
         sync(device)
         wall = time.perf_counter() - t0
+    # the process's own times, as each rank reports them in a run's metrics rows (p2p.train.straggler)
+    per_rank = [{"rank": run.rank, "host": socket.gethostname(), "step_s": wall / steps,
+                 "data_wait_s": sum(waits) / steps, "cpu_wait_s": (cpu_wait_seconds() - cpu_wait0) / steps}]
     losses = {k: float(v) for k, v in interval.sums.items()}  # host read: the run stayed finite?
     trace = out_dir / "trace.json"
     prof.export_chrome_trace(str(trace))
@@ -177,7 +183,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         "device_step": task.device_step.implementation(device) if task.fused_device_step else "eager",
         "data_wait_s": sum(waits), "wall_s": wall, "steps": steps, "warmup_steps": warmup, "warmup_s": warmup_s,
         "img_per_s": bs * steps / wall, "step_ms": 1000 * wall / steps,
-        "regions": regions, "top_ops_cpu": ops_cpu, "top_ops_cuda": ops_cuda, "trace": str(trace),
+        "regions": regions, "per_rank": per_rank, "top_ops_cpu": ops_cpu, "top_ops_cuda": ops_cuda, "trace": str(trace),
         "trace_bytes": trace.stat().st_size, "losses_sum_last_window": losses, "notices": list(run.notices),
         "note": "measured with the profiler on (adds per-op overhead)",
     }

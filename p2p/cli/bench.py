@@ -317,6 +317,9 @@ def run_profile_suite(args) -> int:
           f"{s['wall_s']:.2f} s; trace: {s['trace']}")
     print(f"device step ({s['device_step']}): {s['device_step_ms']:.2f} ms a step, "
           f"{100 * s['device_step_share']:.1f}% of the step time")
+    for r in s["per_rank"]:
+        print(f"rank {r['rank']} on {r['host']}: step {1000 * r['step_s']:.1f} ms, data wait "
+              f"{1000 * r['data_wait_s']:.1f} ms, CPU wait {1000 * r['cpu_wait_s']:.1f} ms")
     print(s["bottleneck"])
     write_json_to(args.json or Path(args.out) / "profile.json", payload)
     return 0
@@ -399,17 +402,43 @@ def run_report(args) -> int:
 
 
 def add_scale_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default="1000,10000,100000", help="image counts N, comma-separated (default 1k,10k,100k)")
-    p.add_argument("--work", default="bench-scale-work", help="images, shards and runs (reused: images are made once)")
-    p.add_argument("--out", default="bench-scale", help="scale.json, scale.md and one PNG per figure")
+    p.add_argument("--sizes", default=None, help="image counts N, comma-separated (default 1k,10k,100k; "
+                   "with --simulate 1M,10M,100M)")
+    p.add_argument("--work", default=None, help="images, shards and runs (reused: images are made once)")
+    p.add_argument("--out", default=None, help="scale.json, scale.md and one PNG per figure")
     p.add_argument("--workers", type=int, default=2, help="p2p shard workers and loader workers (default 2)")
-    p.add_argument("--batch-size", type=int, default=8, help="train.batch_size of the timed runs (default 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="train.batch_size of the timed runs (default 8; "
+                   "with --simulate 16)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a training start may take (default 600)")
+    p.add_argument("--simulate", action="store_true", help="no images: synthetic manifests and index files, one "
+                   "rank's plan, index parse, start-up and world-size change at N samples and W ranks")
+    p.add_argument("--worlds", default="8,64,1024", help="--simulate: world sizes W (default 8,64,1024)")
+    p.add_argument("--changes", default="1024:512,64:96", help="--simulate: world-size changes OLD:NEW mid-epoch")
+    p.add_argument("--shard-size", type=int, default=1000, help="--simulate: samples per shard (default 1000)")
+
+
+def run_plan_scale_suite(args) -> int:
+    from p2p.bench.plan_scale import options_from_text, run_plan_scale
+
+    options = options_from_text(args.sizes, args.worlds, args.changes, args.shard_size, args.batch_size, args.work,
+                                args.timeout)
+    say(f"bench scale --simulate: N = {', '.join(f'{n:,}' for n in options.sizes)} samples, W = "
+        f"{', '.join(map(str, options.worlds))}, in {options.work}")
+    payload = run_plan_scale(options, args.out or "bench-plan-scale", say)
+    missed = [t["target"] for t in payload["targets"] if not t["met"]]
+    print("\n".join(payload["report"]))
+    print(f"wrote plan-scale.json, plan-scale.md and plots in {payload['seconds']:.0f} s; targets missed: "
+          f"{'; '.join(missed) if missed else 'none'}")
+    return 0
 
 
 def run_scale_suite(args) -> int:
     from p2p.bench.scale import FIGURES, ScaleOptions, run_scale
 
+    if args.simulate:
+        return run_plan_scale_suite(args)
+    args.sizes, args.work = args.sizes or "1000,10000,100000", args.work or "bench-scale-work"
+    args.out, args.batch_size = args.out or "bench-scale", args.batch_size or 8
     options = ScaleOptions(sizes=counts(args.sizes, "--sizes"), work=args.work, workers=args.workers,
                            batch_size=args.batch_size, timeout_s=args.timeout)
     say(f"bench scale: N = {', '.join(f'{n:,}' for n in options.sizes)} COCO-shaped images in {options.work}")

@@ -251,6 +251,8 @@ class TrainConfig(Section):
     channels_last: bool = _f(True, "channels_last memory format on GPU")
     on_nonfinite: str = _f("stop", "a NaN/inf loss: stop, or skip the update", ("stop", "skip"))
     timeout_s: int = _f(600, "collective timeout: a dead rank fails the job after this")
+    straggler_lag: float = _f(0.2, "a notice names a rank whose own delay (data wait, CPU wait) exceeds the median "
+                              "rank's by this fraction of a step for 3 log intervals in a row (0 = never)")
     device: str = _f("auto", "auto (cuda when present), cpu or cuda", DEVICES)
     ema_decay: float = _f(0.0, "EMA of G's weights, updated after every G step (0 = off; e.g. 0.999); when on, "
                                "validation, best.pt, predict, eval and export use it (--raw-weights: the raw G)")
@@ -260,6 +262,8 @@ class TrainConfig(Section):
         self.at_least(1, "batch_size", "max_steps", "log_every")
         self.at_least(0, "sample_every", "ckpt_every", "eval_every", "keep_last", "stop_after")
         self.need(self.timeout_s > 0, "timeout_s", "must be positive")
+        self.need(0 <= self.straggler_lag <= 100, "straggler_lag", "must be in [0, 100] (a fraction of a step; "
+                  "0 = off)")
 
 
 @dataclass(frozen=True)

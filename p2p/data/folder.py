@@ -29,8 +29,8 @@ from PIL import Image
 
 from p2p.data import Batch
 from p2p.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS, list_images, read_rgb, short_side_size
-from p2p.data.plan import (batch_count, batches_per_epoch, continued_plan, epoch_permutation, mix_seed, rank_order,
-                           val_batch_size)
+from p2p.data.plan import (RankOrders, batch_count, batches_per_epoch, continued_plan, epoch_permutation, mix_seed,
+                           rank_order, val_batch_size)
 from p2p.data.shards.format import hash_unit, sample_key
 from p2p.data.workers import watched
 from p2p.errors import UsageError
@@ -197,9 +197,9 @@ class FolderLoader:
     def continue_epoch(self, epoch: int, history: list) -> None:
         """Epoch `epoch` goes on after what `history` read with other world or batch sizes
         (p2p.data.plan.continued_plan); batch indices of that epoch count from there."""
-        w0 = history[0][0]
-        perm = epoch_permutation(len(self.samples), self.seed, epoch)
-        plan, _ = continued_plan([perm[r::w0] for r in range(w0)], history, self.rank, self.world, self.batch_size)
+        # one permutation of all images (the folder order is global), then only this rank's part of the rest
+        orders = RankOrders.of_permutation(epoch_permutation(len(self.samples), self.seed, epoch), history[0][0])
+        plan, _ = continued_plan(orders, history, self.rank, self.world, self.batch_size)
         self._continued = (epoch, plan.tolist())
 
     def epoch_batches(self, epoch: int) -> int:

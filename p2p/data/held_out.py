@@ -80,11 +80,12 @@ def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
 
 def _shards(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
     from p2p.data.decode import decode_rgb
-    from p2p.data.plan import sequence
+    from p2p.data.plan import sequence_range
     from p2p.data.wds import open_split
 
     shards = open_split(cfg, source, "val")
-    rows = sequence(shards.counts, np.arange(len(shards.counts)))[:limit].tolist()
+    # the first `limit` rows only: a train split standing in for val may hold 100M samples
+    rows = sequence_range(shards.counts, np.arange(len(shards.counts)), 0, min(limit, shards.total)).tolist()
     out = HeldOutSet()
     try:
         for i, (s, m) in enumerate(rows):

@@ -31,6 +31,12 @@ batches: no sample is read twice and none is skipped, except the fewer than W'*B
 make a whole batch on every rank, left out of this epoch as the
 tail of every epoch is. Several changes inside one epoch chain the same way. The next epoch
 starts from the plain plan of the new world size.
+
+Cost per rank: the shard order and its cumulative counts are O(S); a rank builds only its own
+range of the sample sequence (`sequence_range`) and shuffles that, O(N/W). A continued epoch
+keeps what is left as ranges of the old rank orders (`rest_segments`, O(W0 + W1 + ...), no
+sample touched) and makes only the old orders its own part falls in (`RankOrders`). The order
+is the one the whole-epoch computation gave (tests/helpers/plan_reference.py), bit for bit.
 """
 
 from __future__ import annotations
@@ -104,11 +110,34 @@ def sequence(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
     return np.stack([shard, member], axis=1).astype(np.int64)
 
 
-def rank_samples(counts: np.ndarray, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
-    """This rank's whole range of an epoch, shuffled by (seed, epoch, rank): M x 2 (shard, member)."""
+def sequence_range(counts: np.ndarray, order: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) of sequence(counts, order), built from the shards that hold them alone:
+    O(S) for the cumulative counts plus O(hi - lo + the two end shards)."""
+    if hi <= lo or len(order) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    ends = np.cumsum(counts[order])
+    first = int(np.searchsorted(ends, lo, side="right"))
+    last = int(np.searchsorted(ends, hi - 1, side="right"))
+    shards = order[first:last + 1]
+    c = counts[shards]
+    out = np.empty((int(c.sum()), 2), dtype=np.int64)  # filled in place: one temporary column at a time
+    out[:, 0] = np.repeat(shards, c)
+    out[:, 1] = np.arange(len(out), dtype=np.int64)
+    out[:, 1] -= np.repeat(np.cumsum(c) - c, c)
+    offset = int(ends[first - 1]) if first else 0
+    return out[lo - offset:hi - offset]
+
+
+def rank_samples(counts: np.ndarray, seed: int, epoch: int, rank: int, world: int,
+                 order: np.ndarray | None = None) -> np.ndarray:
+    """This rank's whole range of an epoch, shuffled by (seed, epoch, rank): M x 2 (shard, member).
+    Only the rank's own range of the shard sequence is built; `order` is the epoch's
+    shard_order when the caller has it already."""
     n = int(counts.sum())
     lo, hi = rank_range(n, rank, world)
-    mine = sequence(counts, shard_order(len(counts), seed, epoch))[lo:hi]
+    if order is None:
+        order = shard_order(len(counts), seed, epoch)
+    mine = sequence_range(counts, order, lo, hi)
     g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 0xB47C))
     return mine[torch.randperm(len(mine), generator=g).numpy()]
 
@@ -127,7 +156,7 @@ def val_plan(counts: np.ndarray, images: int, rank: int, world: int) -> np.ndarr
     lo, hi = rank_range(n, rank, world)
     want = min(images, n)
     share = want * (rank + 1) // world - want * rank // world
-    return sequence(counts, np.arange(len(counts)))[lo:min(hi, lo + share)]
+    return sequence_range(counts, np.arange(len(counts)), lo, min(hi, lo + share))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,27 +172,107 @@ def images_read(history: EpochHistory, world: int, batch_size: int, batches: int
     return sum(w * b * k for w, b, k in history) + world * batch_size * batches
 
 
-def unread_rest(first_orders: list[np.ndarray], history: EpochHistory) -> np.ndarray:
+class RankOrders:
+    """The W0 rank orders of an epoch's plain plan, each made only when asked for and kept: a
+    continued plan reads the few old orders its range falls in, never all W0 of them."""
+
+    def __init__(self, sizes: list[int], make):
+        self.sizes, self._make, self._made = list(sizes), make, {}
+
+    @classmethod
+    def of_arrays(cls, orders: list[np.ndarray]) -> "RankOrders":
+        return cls([len(o) for o in orders], orders.__getitem__)
+
+    @classmethod
+    def of_shards(cls, counts: np.ndarray, seed: int, epoch: int, world: int) -> "RankOrders":
+        """rank_samples of every rank of `world` (shard folders), made on demand."""
+        n, order = int(counts.sum()), shard_order(len(counts), seed, epoch)
+        sizes = [hi - lo for lo, hi in (rank_range(n, r, world) for r in range(world))]
+        return cls(sizes, lambda r: rank_samples(counts, seed, epoch, r, world, order))
+
+    @classmethod
+    def of_permutation(cls, perm: np.ndarray, world: int) -> "RankOrders":
+        """perm[r::world] for every rank r (image folders)."""
+        return cls([len(range(r, len(perm), world)) for r in range(world)], lambda r: perm[r::world])
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def made(self) -> list[int]:
+        """The ranks whose orders were made so far."""
+        return sorted(self._made)
+
+    def __getitem__(self, rank: int) -> np.ndarray:
+        if rank not in self._made:
+            self._made[rank] = self._make(rank)
+        return self._made[rank]
+
+
+Segments = list  # of (old rank, start, stop): runs of the W0 first orders, concatenated in order
+
+
+def _select(segments: Segments, cuts: list[tuple[int, int]]) -> Segments:
+    """The positions [lo, hi) of each cut (ascending, disjoint) of the sequence `segments`
+    stands for, as segments again."""
+    out, i, pos = [], 0, 0  # pos: where segments[i] starts in the sequence
+    for lo, hi in cuts:
+        while lo < hi:
+            r, a, b = segments[i]
+            if pos + (b - a) <= lo:
+                pos, i = pos + (b - a), i + 1
+                continue
+            start = a + lo - pos
+            stop = a + min(hi - pos, b - a)
+            out.append((r, start, stop))
+            lo = pos + stop - a
+    return out
+
+
+def rest_segments(sizes: list[int], history: EpochHistory) -> Segments:
+    """What is left of an epoch after `history` (see the module docstring) as ranges of the
+    first rank orders, whose lengths are `sizes`: O(sum of the history's world sizes), no
+    sample touched."""
+    w0, b0, k0 = history[0]
+    if len(sizes) != w0:
+        raise ValueError(f"{len(sizes)} rank orders for a history that starts with {w0} ranks")
+    segments = [(r, min(k0 * b0, s), s) for r, s in enumerate(sizes) if k0 * b0 < s]
+    for w, b, k in history[1:]:
+        total = sum(stop - start for _, start, stop in segments)
+        cuts = [(min(lo + k * b, hi), hi) for lo, hi in (rank_range(total, r, w) for r in range(w))]
+        segments = _select(segments, cuts)
+    return segments
+
+
+def gather(orders: RankOrders, segments: Segments) -> np.ndarray:
+    """The samples `segments` stand for, reading only the orders they name."""
+    parts = [orders[r][a:b] for r, a, b in segments]
+    return np.concatenate(parts) if parts else orders[0][:0]
+
+
+def _as_orders(first_orders) -> RankOrders:
+    return first_orders if isinstance(first_orders, RankOrders) else RankOrders.of_arrays(list(first_orders))
+
+
+def unread_rest(first_orders, history: EpochHistory) -> np.ndarray:
     """The samples of an epoch not read yet, in order (see the module docstring). `first_orders`
     are the W0 rank orders of the epoch's plain plan under history[0]'s world size W0, whole
-    (not cut to batches): folder indices or (shard, member) rows."""
-    w0, b0, k0 = history[0]
-    if len(first_orders) != w0:
-        raise ValueError(f"{len(first_orders)} rank orders for a history that starts with {w0} ranks")
-    rest = np.concatenate([order[k0 * b0:] for order in first_orders])
-    for w, b, k in history[1:]:
-        parts = [rest[lo:hi] for lo, hi in (rank_range(len(rest), r, w) for r in range(w))]
-        rest = np.concatenate([part[k * b:] for part in parts])
-    return rest
+    (not cut to batches): folder indices or (shard, member) rows, as arrays or RankOrders.
+    All of the rest: O(N); continued_plan reads one rank's part of it."""
+    orders = _as_orders(first_orders)
+    return gather(orders, rest_segments(orders.sizes, history))
 
 
-def continued_plan(first_orders: list[np.ndarray], history: EpochHistory, rank: int, world: int,
+def continued_plan(first_orders, history: EpochHistory, rank: int, world: int,
                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """This rank's part of what is left of the epoch, cut to the same number of whole batches
     on every rank (possibly none), and the rank's unread leftovers (replacements for corrupt
-    samples)."""
-    rest = unread_rest(first_orders, history)
-    lo, hi = rank_range(len(rest), rank, world)
-    keep = (len(rest) // world) // batch_size * batch_size
-    mine = rest[lo:hi]
+    samples). With RankOrders, only the old rank orders this rank's part falls in are made:
+    O(N/W0 x the old orders touched), not O(N x W0)."""
+    orders = _as_orders(first_orders)
+    segments = rest_segments(orders.sizes, history)
+    n = sum(stop - start for _, start, stop in segments)
+    lo, hi = rank_range(n, rank, world)
+    keep = (n // world) // batch_size * batch_size
+    mine = gather(orders, _select(segments, [(lo, hi)]))
     return mine[:keep], mine[keep:]

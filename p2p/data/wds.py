@@ -71,8 +71,8 @@ import torch
 from p2p.data import Batch
 from p2p.data.decode import fill_sample
 from p2p.data.images import DEFAULT_MAX_PIXELS
-from p2p.data.plan import (batch_count, batches_per_epoch, continued_plan, mix_seed, rank_samples, train_plan,
-                           val_batch_size, val_plan)
+from p2p.data.plan import (RankOrders, batch_count, batches_per_epoch, continued_plan, mix_seed, rank_samples,
+                           train_plan, val_batch_size, val_plan)
 from p2p.data.workers import watched
 from p2p.errors import UsageError
 
@@ -403,7 +403,8 @@ class WdsLoader:
     def continue_epoch(self, epoch: int, history: list) -> None:
         """Epoch `epoch` goes on after what `history` read with other world or batch sizes
         (p2p.data.plan.continued_plan); batch indices of that epoch count from there."""
-        orders = [rank_samples(self.shards.counts, self.seed, epoch, r, history[0][0]) for r in range(history[0][0])]
+        # only the old rank orders this rank's part falls in are made (O(N/W) per rank, not O(N x W0))
+        orders = RankOrders.of_shards(self.shards.counts, self.seed, epoch, history[0][0])
         self._continued = (epoch, *continued_plan(orders, history, self.rank, self.world, self.batch_size))
 
     def _continues(self, epoch: int) -> bool:

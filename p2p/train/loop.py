@@ -30,6 +30,7 @@ from p2p.run_folder import run_folder
 from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
 from p2p.train.meter import LogInterval
+from p2p.train.straggler import StragglerWatch
 from p2p.train.position import continue_loader, epoch_batches
 from p2p.train.run import Run, build_run
 from p2p.train.schedule import official_schedule_notice
@@ -84,7 +85,9 @@ def train_run(run: Run) -> TrainResult:
         announce(run, loader, log)
         end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
         interval = LogInterval(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size,
-                                                                cfg.loss), peak_flops(run.device, t.precision))
+                                                                cfg.loss), peak_flops(run.device, t.precision),
+                               rank=run.rank)
+        stragglers = StragglerWatch(t.straggler_lag)
         batches = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
             else iter(())
         ahead = prepares_ahead(run.task, run.device)
@@ -100,6 +103,8 @@ def train_run(run: Run) -> TrainResult:
                     metrics = {**interval.row(state.step, state.epoch, t.batch_size, run.world, run.lr(), run.nets),
                                **run.in_effect()}
                     log.log(metrics)
+                    if slow := stragglers.see(metrics):
+                        log.print(f"[yellow]notice:[/] {slow}")
                     check_finite(metrics, run)
                 if t.sample_every and (state.step % t.sample_every == 0 or last):
                     sample_grid(run, held_out, log, state.step)
