@@ -73,8 +73,10 @@ def _pieces(value: Any, depth: int):
         yield f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
     elif isinstance(value, str) and len(value) > 200:
         yield repr(value[:200])
-    else:
+    elif value is None or isinstance(value, (str, int, float, bytes)):
         yield repr(value)
+    else:  # e.g. a tensor from a checkpoint's config: its repr spans lines
+        yield f"<a {type(value).__name__}>"
 
 
 def shown(value: Any, limit: int = 80) -> str:
