@@ -22,7 +22,8 @@ import yaml
 from p2p.config.schema import (BACKENDS, DEVICES, GAN_MODES, GENERATORS, INIT_TYPES, LR_POLICIES, NORMS, OPTIM_IMPLS,
                                PRECISIONS, TASKS,
                                Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, RunConfig,
-                               SlurmConfig, TaskConfig, TrainConfig, bounds_of, sections, shown)
+                               SlurmConfig, TaskConfig, TrainConfig, bounds_of, sections)
+from p2p.config.quoting import shown
 from p2p.errors import UsageError
 
 __all__ = [

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from p2p.config.quoting import shown
 from p2p.errors import UsageError
 
 TASKS = ("colorize", "gray2rgb", "paired", "restore")
@@ -52,48 +53,7 @@ def _require(ok: bool, key: str, value: Any, why: str) -> None:
         raise UsageError(f"{key}={shown(value)}: {why}")
 
 
-def _pieces(value: Any, depth: int):
-    if depth > 8:
-        yield "..."
-    elif isinstance(value, dict):
-        yield "{"
-        for i, (k, v) in enumerate(value.items()):
-            yield from ((", ",) if i else ())
-            yield from _pieces(k, depth + 1)
-            yield ": "
-            yield from _pieces(v, depth + 1)
-        yield "}"
-    elif isinstance(value, (list, tuple)):
-        yield "[" if isinstance(value, list) else "("
-        for i, v in enumerate(value):
-            yield from ((", ",) if i else ())
-            yield from _pieces(v, depth + 1)
-        yield "]" if isinstance(value, list) else ")"
-    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
-        yield f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
-    elif isinstance(value, str) and len(value) > 200:
-        yield repr(value[:200])
-    elif value is None or isinstance(value, (str, int, float, bytes)):
-        yield repr(value)
-    else:  # e.g. a tensor from a checkpoint's config: its repr spans lines
-        yield f"<a {type(value).__name__}>"
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """repr for a message, cut at `limit` characters: values come from files and command lines,
-    so a repr may be nested too deeply for `repr` (RecursionError), hold an int too long for
-    `str` (ValueError past 4300 digits) or be huge; its start is enough to recognise it."""
-    out, n = [], 0
-    for piece in _pieces(value, 0):
-        out.append(piece)
-        n += len(piece)
-        if n > limit:
-            return "".join(out)[: limit - 3] + "..."
-    return "".join(out)
-
-
-# what every numeric key may hold, recorded by `Section.within` when a section checks itself
-# (so `p2p config --keys` can show it): "section.key" -> (lowest, highest)
+# "section.key" -> (lowest, highest), recorded by `Section.within` for `p2p config --keys`
 BOUNDS: dict[str, tuple[float, float]] = {}
 MAX_COUNT = 2**40  # steps, epochs, images: about 1.1e12, beyond any run and far from int64's end
 MAX_SIDE = 16384  # pixels: image sides, load sizes
@@ -129,9 +89,8 @@ class Section:
             self.need(getattr(self, key) >= minimum, key, f"must be >= {minimum}")
 
     def within(self, lowest: float, highest: float, *keys: str) -> None:
-        """Each key in [lowest, highest]: every numeric key has such bounds, generous for real
-        use and small enough that no size, count or seed derived from it overflows or asks for
-        an absurd allocation (a value from a hostile file is refused here, before anything starts)."""
+        """Each key in [lowest, highest]: generous for real use, small enough that nothing derived
+        from it overflows or asks for an absurd allocation (checked before anything starts)."""
         for key in keys:
             BOUNDS[f"{self.SECTION}.{key}"] = (lowest, highest)
             self.need(lowest <= getattr(self, key) <= highest, key, f"must be between {lowest} and {highest}")
@@ -201,7 +160,7 @@ class DataConfig(Section):
                   f"must be >= data.image_size ({self.image_size}): the random crop takes image_size from it")
         self.within(0, 1024, "workers")
         self.need(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
-        BOUNDS["data.val_fraction"] = (0, 1)
+        BOUNDS["data.val_fraction"] = (0, 1)  # 1 itself excluded, as for the betas and ema_decay
         self.within(1, 1_000_000, "val_images")
         self.within(1, MAX_COUNT, "epoch_size")
 
@@ -387,10 +346,8 @@ class SlurmConfig(Section):
                      "slurm.extra", key, "keys are sbatch long options without dashes, e.g. exclusive, mail-type")
             _require(value is None or isinstance(value, (str, int, float, bool)), f"slurm.extra.{key}", value,
                      "must be a string, number or true/false")
-            _require(not isinstance(value, float) or math.isfinite(value), f"slurm.extra.{key}", value,
-                     "must be a finite number")
-            _require(not isinstance(value, int) or abs(value) < 2**63, f"slurm.extra.{key}", value,
-                     "is out of range for sbatch")
+            _require(not isinstance(value, (int, float)) or abs(value) < 2**63, f"slurm.extra.{key}", value,
+                     "must be a finite number below 2**63")  # nan < x is False too
 
 
 @dataclass(frozen=True)
