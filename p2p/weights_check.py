@@ -19,8 +19,9 @@ and after loading, before use:
   does not, instead of load_state_dict's multi-line error or a traceback).
 
 `tensor_nbytes` / `check_tensor_size` are the shape arithmetic itself, for readers of other
-formats (a safetensors header declares dtype, shape and offsets: check them here before reading).
-Every failure is one `CheckpointError` line naming the file.
+formats (a safetensors header declares dtype, shape and offsets: check them here before
+reading); `all_finite` is the test behind `check_finite`. Every failure is one `CheckpointError`
+line naming the file.
 """
 
 from __future__ import annotations
@@ -164,14 +165,15 @@ def check_finite(state: Mapping, what: str) -> None:
     that is not (a run that diverged saved them, or someone planted them)."""
     for name, t in state.items():
         if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.numel():
-            if not _all_finite(t):
+            if not all_finite(t):
                 bad = int((~torch.isfinite(t)).sum())
                 raise WeightsError(_named(what, f"tensor {str(name)[:80]!r} holds {bad:,} NaN or infinite value(s) "
                                           f"of {t.numel():,}: refused (outputs would be NaN: black images, null "
                                           f"scores); use an earlier checkpoint"), what)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of a floating tensor is finite."""
     if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.float16):
         return bool(np.isfinite(t.detach().numpy()).all())  # no torch dispatch: a state dict is hundreds of tensors
     return bool(torch.isfinite(t).all())

@@ -22,7 +22,7 @@ from p2p.config.schema import MAX_COUNT
 from p2p.errors import CheckpointError
 from p2p.models.arch import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
 from p2p.models.loading import arch_from
-from p2p.weights_check import check_finite, check_fits
+from p2p.weights_check import all_finite, check_finite, check_fits
 
 MAX_WORLD = 1_000_000
 
@@ -102,7 +102,7 @@ def _optimizer(net: torch.nn.Module, saved, what: str) -> None:
         for key, t in _mapping(moments, f"{what}.state[{pid}]").items():
             if key == "step":
                 _real(t, f"{what}.state[{pid}].step")
-            elif not isinstance(t, torch.Tensor) or t.shape != shape_of[pid] or not bool(torch.isfinite(t).all()):
+            elif not isinstance(t, torch.Tensor) or t.shape != shape_of[pid] or not all_finite(t):
                 raise _Bad(f"{what}.state[{pid}].{str(key)[:20]} is not a finite tensor of its parameter's shape "
                            f"{list(shape_of[pid])}")
 
