@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from p2p.errors import CheckpointError
+from p2p.weights_check import check_declared_storages, check_zip_members, tensors_in
 
 CHECKSUM_KEY = "checksum"
 ALGORITHM = "sha256"
@@ -55,6 +56,8 @@ def _feed(h, obj) -> None:
             _feed(h, v)
     elif isinstance(obj, float):
         h.update(b"F" + struct.pack("<d", obj))
+    elif isinstance(obj, int) and obj.bit_length() > 4096:  # repr refuses ints past 4300 digits
+        h.update(b"I" + obj.to_bytes(obj.bit_length() // 8 + 1, "little", signed=True) + b"|")
     else:  # str, int, bool, None, torch.Size, ...: their type and repr
         h.update(f"{type(obj).__name__}:{obj!r}|".encode())
 
@@ -78,8 +81,12 @@ def verify(obj, path) -> None:
     if not isinstance(obj, dict) or obj.get("format") != "p2p":
         return
     stored = obj.get(CHECKSUM_KEY)
+    version = obj.get("version", 1) or 1
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} is not a p2p checkpoint p2p can read: its format version is "
+                              f"{str(version)[:40]!r}, not a number", str(path))
     if stored is None:
-        if int(obj.get("version", 1) or 1) >= SEALED_SINCE_VERSION:
+        if version >= SEALED_SINCE_VERSION:
             raise CheckpointError(f"{path} is corrupt: a version {obj.get('version')} p2p checkpoint without "
                                   f"its checksum", str(path))
         return
@@ -121,9 +128,14 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint (a failed copy?)", path)
     try:
+        # what the file declares is bounded by its size before torch allocates it (p2p.weights_check)
+        check_zip_members(path, size)
+        check_declared_storages(path, size)
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise beside the error below
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as e:
         # a class or a function (torch words it "Unsupported global" or, for a blocked module such
         # as os, "unsupported GLOBAL ... is blocked"): anything but tensors and containers
@@ -142,5 +154,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
             raise CheckpointError(f"{path} is truncated or damaged ({size:,} bytes; {_reason(e)})", path) from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint file ({size:,} bytes, starting {head!r})",
                               path) from None
+    for _ in tensors_in(obj, path):  # refuses nesting the walks below could not recurse through
+        pass
     verify(obj, path)
     return obj

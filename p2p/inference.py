@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from p2p.config import Config, from_tree, load_config, with_values
-from p2p.errors import UsageError
+from p2p.errors import CheckpointError, UsageError
 from p2p.models import load_generator, read_checkpoint, select_generator_weights
 from p2p.tasks import Task, build_task
 
@@ -96,7 +96,10 @@ def load_predictor(path: str, task_name: str | None = None, direction: str | Non
         G = load_generator(obj, weights=weights, name=str(path))
         _, used = select_generator_weights(obj, weights)
         tree = obj.get("config") if isinstance(obj, dict) and obj.get("format") == "p2p" else None
-        cfg = load_config() if tree is None else from_tree(tree)
+        try:  # the recorded config is as untrusted as the file: the schema's bounds hold for it too
+            cfg = load_config() if tree is None else from_tree(tree)
+        except UsageError as e:
+            raise CheckpointError(f"{path}: its recorded config is refused: {e}", str(path)) from None
     channels = (G.in_channels, G.out_channels)
     name = task_name or (cfg.task.name if tree is not None else infer_task(*channels))
     cfg = with_values(cfg, {"task.name": name, "task.direction": direction or cfg.task.direction})

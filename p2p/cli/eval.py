@@ -5,13 +5,14 @@ geometry of `p2p predict`, against the image it should produce (p2p.evaluation).
 A shard folder or a folder with val/ (or test/) is scored on that split; any other folder on
 all of its images; `embedded` on the held-out photo. Under torchrun or Slurm each process
 scores its share and rank 0 reports. `--json` gets exactly the metric keys (null = not
-computed); what was scored and how goes to `<PATH stem>.meta.json` beside it.
+computed or not a number); what was scored and how goes to `<PATH stem>.meta.json` beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -102,14 +103,24 @@ def run(args) -> int:
             "skipped": skipped}
     _print_table(metrics, meta)
     if args.json:
-        write_text(args.json, json.dumps(metrics, indent=2) + "\n")
+        write_text(args.json, json.dumps(_json_ready(metrics), indent=2, allow_nan=False) + "\n")
         meta_path = Path(args.json).with_suffix(".meta.json")
         write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     else:
-        print(json.dumps(metrics))
+        print(json.dumps(_json_ready(metrics), allow_nan=False))
     return 0
 
 
+def _json_ready(obj):
+    """NaN and infinities (a score of images that came out non-finite) as null: the file stays
+    JSON that every reader accepts (json.dumps would write the non-standard NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    return obj
 def _summed(n: int, device) -> int:
     """`n` summed over the ranks (collective)."""
     import torch

@@ -22,7 +22,8 @@ import yaml
 from p2p.config.schema import (BACKENDS, DEVICES, GAN_MODES, GENERATORS, INIT_TYPES, LR_POLICIES, NORMS, OPTIM_IMPLS,
                                PRECISIONS, TASKS,
                                Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, RunConfig,
-                               SlurmConfig, TaskConfig, TrainConfig, sections)
+                               SlurmConfig, TaskConfig, TrainConfig, bounds_of, sections)
+from p2p.config.quoting import shown
 from p2p.errors import UsageError
 
 __all__ = [
@@ -33,16 +34,22 @@ __all__ = [
 ]
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a preset is a few kB; a larger file is not a config
+MAX_BASE_DEPTH = 32  # `base:` chains
+
+
 def _all_keys() -> list[str]:
     return [f"{name}.{f.name}" for name, cls in sections().items() for f in dataclasses.fields(cls)]
 
 
 def _unknown(key: str) -> UsageError:
+    key = key if isinstance(key, str) else shown(key)
+    key = key[:200]  # a key from a hostile file can be megabytes long
     near = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
     if not near:  # a bare field name, e.g. "lr" for "optim.lr"
         near = [k for k in _all_keys() if k.split(".")[-1] == key.split(".")[-1]][:1]
     hint = f"; did you mean {near[0]}?" if near else ""
-    return UsageError(f"unknown config key {key!r}{hint}")
+    return UsageError(f"unknown config key {shown(key)}{hint}")
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -60,7 +67,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if tp is str and value is None:
         return ""
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise UsageError(f"{key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")
+        raise UsageError(f"{key}={shown(value)}: expected {tp.__name__}, got {type(value).__name__}")
     return value
 
 
@@ -72,22 +79,47 @@ def _merge(tree: dict, updates: dict, prefix: str = "") -> None:
             tree[k] = v
 
 
+def _parse_yaml(text: str, what: str) -> Any:
+    """yaml.safe_load, every failure one UsageError: PyYAML recurses once per nesting level
+    (RecursionError) and Python refuses ints of more than 4300 digits (ValueError)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"{what} is not valid YAML: {first}") from None
+    except RecursionError:
+        raise UsageError(f"{what} is nested too deeply to be a config") from None
+    except (ValueError, OverflowError) as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise UsageError(f"{what} holds a value that cannot be read: {str(e).split(';')[0]}") from None
+
+
 def _load_yaml(path: Path, seen: tuple = ()) -> dict:
     """Read a preset; `base: other.yaml` (relative to the file) is loaded first and overridden."""
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise UsageError(f"config {path}: 'base' chain loops back to itself")
+    if len(seen) >= MAX_BASE_DEPTH:
+        raise UsageError(f"config {path}: 'base' chain is longer than {MAX_BASE_DEPTH} files")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0]
-        raise UsageError(f"config {path} is not valid YAML: {first}") from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UsageError(f"config {path} is {path.stat().st_size:,} bytes: larger than a config can be "
+                             f"({MAX_CONFIG_BYTES:,})")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"config {path} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"config {path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    data = _parse_yaml(text, f"config {path}") or {}
     if not isinstance(data, dict):
         raise UsageError(f"config {path}: expected a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"config {path}: base={shown(base)} must be the path of another config file")
     tree = _load_yaml((path.parent / base), seen + (path.resolve(),))
     _merge(tree, data)
     return tree
@@ -99,10 +131,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UsageError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UsageError(f"override {shown(text)} is {len(text):,} characters: larger than a config can be")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = _parse_yaml(raw, f"override {shown(key)}") if raw.strip() else ""
+    except UsageError as e:
+        if "not valid YAML" not in str(e):
+            raise
+        value = raw  # e.g. run.name=a:b: the words as given
     return key, value
 
 
@@ -114,15 +150,15 @@ def from_tree(tree: dict) -> Config:
     kwargs = {}
     for name, values in tree.items():
         if name not in schema:
-            raise _unknown(str(name))
+            raise _unknown(name if isinstance(name, str) else shown(name))
         if not isinstance(values, dict):
-            raise UsageError(f"config section {name!r} must be a mapping, got {values!r}")
+            raise UsageError(f"config section {shown(name)} must be a mapping, got {shown(values)}")
         cls = schema[name]
         hints = {f.name: f.type for f in dataclasses.fields(cls)}
         args = {}
         for k, v in values.items():
             if k not in hints:
-                raise _unknown(f"{name}.{k}")
+                raise _unknown(f"{name}.{k if isinstance(k, str) else shown(k)}")
             args[k] = _coerce(f"{name}.{k}", v, hints[k])
         kwargs[name] = cls(**args)
     return Config(**kwargs)
@@ -159,7 +195,10 @@ def help_table() -> list[tuple[str, str, str]]:
     for sec in dataclasses.fields(Config):
         sub = getattr(cfg, sec.name)
         for f in dataclasses.fields(sub):
-            rows.append((f"{sec.name}.{f.name}", repr(getattr(sub, f.name)), f.metadata.get("help", "")))
+            key = f"{sec.name}.{f.name}"
+            bounds = bounds_of(key)
+            text = f.metadata.get("help", "") + (f" [{bounds[0]} .. {bounds[1]}]" if bounds else "")
+            rows.append((key, repr(getattr(sub, f.name)), text))
     return rows
 
 

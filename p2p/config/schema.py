@@ -11,6 +11,7 @@ pix2pix settings live in `configs/` (e.g. `configs/colorize_coco.yaml`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 import yaml
 
 from p2p.data.images import DEFAULT_MAX_PIXELS
+from p2p.config.quoting import shown
 from p2p.errors import UsageError
 from p2p.run_folder import run_folder
 
@@ -50,7 +52,14 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw):
 
 def _require(ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
-        raise UsageError(f"{key}={value!r}: {why}")
+        raise UsageError(f"{key}={shown(value)}: {why}")
+
+
+# "section.key" -> (lowest, highest), recorded by `Section.within` for `p2p config --keys`
+BOUNDS: dict[str, tuple[float, float]] = {}
+MAX_COUNT = 2**40  # steps, epochs, images: about 1.1e12, beyond any run and far from int64's end
+MAX_SIDE = 16384  # pixels: image sides, load sizes
+MAX_WEIGHT = 1e6  # loss weights
 
 
 class Section:
@@ -64,8 +73,11 @@ class Section:
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise UsageError(f"{self.SECTION}.{f.name}={value!r} is not allowed; choose one of "
+                raise UsageError(f"{self.SECTION}.{f.name}={shown(value)} is not allowed; choose one of "
                                  f"{', '.join(map(str, choices))}")
+            # nan passes every comparison a check() makes (nan < 0 is False), inf most of them
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"{self.SECTION}.{f.name}={value}: must be a finite number")
         self.check()
 
     def check(self) -> None:
@@ -77,6 +89,13 @@ class Section:
     def at_least(self, minimum: float, *keys: str) -> None:
         for key in keys:
             self.need(getattr(self, key) >= minimum, key, f"must be >= {minimum}")
+
+    def within(self, lowest: float, highest: float, *keys: str) -> None:
+        """Each key in [lowest, highest]: generous for real use, small enough that nothing derived
+        from it overflows or asks for an absurd allocation (checked before anything starts)."""
+        for key in keys:
+            BOUNDS[f"{self.SECTION}.{key}"] = (lowest, highest)
+            self.need(lowest <= getattr(self, key) <= highest, key, f"must be between {lowest} and {highest}")
 
 
 
@@ -93,6 +112,7 @@ class RunConfig(Section):
                        "unless WANDB_MODE), mlflow (<run>/mlruns unless MLFLOW_TRACKING_URI); '' = none")
 
     def check(self):
+        self.within(0, 2**63 - 1, "seed")  # torch.manual_seed takes 64 bits; p2p mixes seeds into 63
         known = ("tensorboard", "wandb", "mlflow", "none")
         for name in (n.strip() for n in self.trackers.split(",") if n.strip()):
             self.need(name in known, "trackers", f"{name!r} is not a tracker; choose from tensorboard, wandb, mlflow")
@@ -109,8 +129,9 @@ class TaskConfig(Section):
     jpeg_quality: int = _f(30, "restore: lowest JPEG quality, drawn from [q, 95]; 100 disables")
 
     def check(self):
-        self.at_least(0, "noise_std", "blur_sigma")
-        self.need(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
+        self.within(0, 1, "noise_std")  # the image range is 0..1
+        self.within(0, 64, "blur_sigma")  # the kernel is about 6 sigma wide
+        self.within(1, 100, "jpeg_quality")
 
 
 @dataclass(frozen=True)
@@ -138,13 +159,15 @@ class DataConfig(Section):
                           DEVICE_STEPS)
 
     def check(self):
-        self.need(self.image_size > 0, "image_size", "must be positive")
+        self.within(1, MAX_SIDE, "image_size", "load_size")
         self.need(self.load_size >= self.image_size, "load_size",
                   f"must be >= data.image_size ({self.image_size}): the random crop takes image_size from it")
-        self.at_least(0, "workers")
+        self.within(0, 1024, "workers")
         self.need(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
-        self.at_least(1, "val_images", "epoch_size")
-        self.need(64 * 64 <= self.max_pixels <= 1 << 28, "max_pixels", "must be in 4096..268435456 (64^2..16384^2)")
+        BOUNDS["data.val_fraction"] = (0, 1)  # 1 itself excluded, as for the betas and ema_decay
+        self.within(1, 1_000_000, "val_images")
+        self.within(1, MAX_COUNT, "epoch_size")
+        self.within(64 * 64, 1 << 28, "max_pixels")  # 64^2..16384^2
 
 
 @dataclass(frozen=True)
@@ -166,11 +189,12 @@ class ModelConfig(Section):
     init_gain: float = _f(0.02, "std / gain of the weight init")
 
     def check(self):
-        self.need(2 <= self.num_downs <= 12, "num_downs", "must be between 2 and 12")
-        self.need(self.ngf > 0 and self.ndf > 0, "ngf", "widths must be positive")
-        self.need(0 <= self.n_layers_d <= 8, "n_layers_d", "must be between 0 and 8")
-        self.need(1 <= self.n_blocks <= 64, "n_blocks", "must be between 1 and 64")
-        self.need(1 <= self.num_d <= 6, "num_d", "must be between 1 and 6")
+        self.within(2, 12, "num_downs")
+        self.within(1, 4096, "ngf", "ndf")  # official: 64; a conv of 4096 x 8 (U-Net) channels is already 2 GB
+        self.within(0, 8, "n_layers_d")
+        self.within(1, 64, "n_blocks")
+        self.within(1, 6, "num_d")
+        self.within(1e-8, 10, "init_gain")
 
     @property
     def stride(self) -> int:
@@ -195,7 +219,7 @@ class LossConfig(Section):
                               "downloaded)")
 
     def check(self):
-        self.at_least(0, "lambda_l1", "lambda_gp", "lambda_feat", "lambda_vgg")
+        self.within(0, MAX_WEIGHT, "lambda_l1", "lambda_gp", "lambda_feat", "lambda_vgg")
         self.need(self.lambda_vgg == 0 or bool(self.vgg_weights), "lambda_vgg",
                   "needs loss.vgg_weights: a file with torchvision's vgg19 state dict, e.g. saved with "
                   "torch.save(torchvision.models.vgg19(weights='IMAGENET1K_V1').state_dict(), PATH) where "
@@ -224,9 +248,13 @@ class OptimConfig(Section):
 
     def check(self):
         self.need(self.lr > 0, "lr", "must be positive")
+        self.within(0, 10, "lr")
         self.need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must be in [0, 1)")
-        self.at_least(1, "step_size")
-        self.at_least(0, "n_epochs", "n_epochs_decay")
+        BOUNDS.update({"optim.beta1": (0, 1), "optim.beta2": (0, 1)})
+        self.within(-1, MAX_COUNT, "decay_start")
+        self.within(1, MAX_COUNT, "step_size")
+        self.within(0, 1, "gamma")
+        self.within(0, 1_000_000, "n_epochs", "n_epochs_decay")
 
 
 @dataclass(frozen=True)
@@ -259,11 +287,13 @@ class TrainConfig(Section):
 
     def check(self):
         self.need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)")
-        self.at_least(1, "batch_size", "max_steps", "log_every")
-        self.at_least(0, "sample_every", "ckpt_every", "eval_every", "keep_last", "stop_after")
-        self.need(self.timeout_s > 0, "timeout_s", "must be positive")
-        self.need(0 <= self.straggler_lag <= 100, "straggler_lag", "must be in [0, 100] (a fraction of a step; "
-                  "0 = off)")
+        BOUNDS["train.ema_decay"] = (0, 1)
+        self.within(1, 1_000_000, "batch_size")
+        self.within(1, MAX_COUNT, "max_steps", "log_every")
+        self.within(0, MAX_COUNT, "sample_every", "ckpt_every", "eval_every", "stop_after")
+        self.within(0, 1_000_000, "keep_last")
+        self.within(1, 30 * 86400, "timeout_s")
+        self.within(0, 100, "straggler_lag")  # a fraction of a step; 0 = off
 
 
 @dataclass(frozen=True)
@@ -281,8 +311,8 @@ class EvalConfig(Section):
     kid_subset_size: int = _f(1000, "KID: images per subset (fewer images: all of them)")
 
     def check(self):
-        self.at_least(1, "batch_size", "kid_subsets")
-        self.at_least(2, "kid_subset_size")
+        self.within(1, 1_000_000, "batch_size", "kid_subsets")
+        self.within(2, 100_000_000, "kid_subset_size")
         self.need(not self.fid_ref or self.fid_ref.endswith(".npz"), "fid_ref", "must be a .npz file")
 
 
@@ -309,12 +339,13 @@ class SlurmConfig(Section):
     def check(self):
         """Checks that `p2p submit` needs before anything reaches sbatch (a bad value here would
         otherwise cost a queue wait, or make the job signal itself as soon as it starts)."""
-        _require(self.nodes >= 1, "slurm.nodes", self.nodes, "must be >= 1")
-        _require(self.max_requeues >= 0, "slurm.max_requeues", self.max_requeues, "must be >= 0")
-        for key in ("tasks_per_node", "gpus_per_node", "mem_gb", "signal_delay_s"):
-            _require(getattr(self, key) >= 0, f"slurm.{key}", getattr(self, key), "must be >= 0")
-        for key in ("cpus_per_task", "time_min", "array_parallelism"):
-            _require(getattr(self, key) >= 1, f"slurm.{key}", getattr(self, key), "must be >= 1")
+        self.within(1, 1_000_000, "nodes", "array_parallelism")
+        self.within(0, 100_000, "max_requeues")
+        self.within(0, 4096, "tasks_per_node", "gpus_per_node")
+        self.within(1, 100_000, "cpus_per_task")
+        self.within(0, 100_000_000, "mem_gb")
+        self.within(1, 100 * 525_600, "time_min")  # Slurm's own limit is in minutes; a century
+        self.within(0, 100 * 525_600 * 60, "signal_delay_s")
         _require(self.signal_delay_s < self.time_min * 60, "slurm.signal_delay_s", self.signal_delay_s,
                  f"must be shorter than the time limit (slurm.time_min={self.time_min} = {self.time_min * 60} s): "
                  f"Slurm would send the checkpoint signal as soon as the job starts")
@@ -323,6 +354,8 @@ class SlurmConfig(Section):
                      "slurm.extra", key, "keys are sbatch long options without dashes, e.g. exclusive, mail-type")
             _require(value is None or isinstance(value, (str, int, float, bool)), f"slurm.extra.{key}", value,
                      "must be a string, number or true/false")
+            _require(not isinstance(value, (int, float)) or abs(value) < 2**63, f"slurm.extra.{key}", value,
+                     "must be a finite number below 2**63")  # nan < x is False too
 
 
 @dataclass(frozen=True)
@@ -361,6 +394,13 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def bounds_of(key: str) -> tuple[float, float] | None:
+    """The range a numeric key allows ("section.key"), as its section's check() states it."""
+    if not BOUNDS:
+        Config()  # every section checks its defaults once, which records the bounds
+    return BOUNDS.get(key)
 
 
 def sections() -> dict[str, type]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import nn
 
 from p2p.checkpoint_file import read_checkpoint_file
@@ -23,6 +24,7 @@ from p2p.errors import CheckpointError, UsageError, WeightsError
 from p2p.models.arch import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
 from p2p.models.official import (drop_stale_norm_stats, generator_from_official, is_official_generator,
                                  is_resnet_layout, resnet_arch_of)
+from p2p.weights_check import check_finite, check_fits
 
 WEIGHTS = ("auto", "ema", "raw")
 
@@ -105,9 +107,40 @@ def _strip_prefix(state: dict) -> dict:
     return out
 
 
-def _load_into(net: nn.Module, state: dict) -> nn.Module:
+# what a file's `arch` may declare (the config schema's bounds for the same sizes): building
+# the network allocates it, so a hostile arch is refused before it is built
+_ARCH_BOUNDS = {"in_channels": (1, 64), "out_channels": (1, 64), "num_downs": (1, 12), "ngf": (1, 4096),
+                "n_blocks": (0, 64), "ndf": (1, 4096), "n_layers": (0, 8), "num_d": (1, 6)}
+
+
+def arch_from(cls, saved) -> GeneratorArch | DiscriminatorArch:
+    """A recorded architecture, its numbers within `_ARCH_BOUNDS`."""
+    if not isinstance(saved, dict):
+        raise WeightsError(f"its arch is a {type(saved).__name__}, not a mapping")
+    arch = cls(**saved)
+    for key, (lo, hi) in _ARCH_BOUNDS.items():
+        value = getattr(arch, key, lo)
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise WeightsError(f"its arch declares {key}={str(value)[:40]}, outside {lo}..{hi}")
+    return arch
+
+
+def _load_into(build, arch, state: dict) -> nn.Module:
+    """`build(arch)` with `state` loaded, each tensor checked first against a skeleton built on
+    the meta device (no memory): shapes that fit, nothing missing, every value finite."""
+    with torch.device("meta"):
+        skeleton = build(arch)
+    check_fits(skeleton, state, "state dict does not fit the inferred network")  # the caller names the file
     # Checkpoints from before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked; it only feeds
     # momentum=None, which pix2pix never uses, so a missing counter is not an error.
+    names = skeleton.state_dict()
+    missing = [k for k in names if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in names]
+    if missing or unexpected:
+        raise WeightsError(f"state dict does not fit the inferred network: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    check_finite(state, "")
+    net = build(arch)
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes that do not fit: name the first tensor, in one line
@@ -175,7 +208,7 @@ def load_generator(path_or_state, dropout: bool | None = None, weights: str = "a
 def _generator_from(obj: dict, dropout: bool | None, weights: str) -> nn.Module:
     state, _ = select_generator_weights(obj, weights)
     if _is_p2p(obj):
-        arch = GeneratorArch(**obj["arch"]["generator"])
+        arch = arch_from(GeneratorArch, obj["arch"]["generator"])
     else:
         state = _strip_prefix(state)
         if is_official_generator(state):
@@ -184,7 +217,7 @@ def _generator_from(obj: dict, dropout: bool | None, weights: str) -> nn.Module:
     if dropout is not None:
         arch.dropout = dropout
     state = drop_stale_norm_stats(state, arch.norm)
-    return _load_into(build_generator(arch), state)
+    return _load_into(build_generator, arch, state)
 
 
 def load_discriminator(path_or_state, *, name: str | None = None) -> nn.Module:
@@ -195,10 +228,10 @@ def load_discriminator(path_or_state, *, name: str | None = None) -> nn.Module:
 
 def _discriminator_from(obj: dict) -> nn.Module:
     if _is_p2p(obj):
-        arch = DiscriminatorArch(**obj["arch"]["discriminator"])
+        arch = arch_from(DiscriminatorArch, obj["arch"]["discriminator"])
         state = obj["discriminator"]
     else:
         state = _strip_prefix(obj)
         arch = discriminator_arch_of(state)
     state = drop_stale_norm_stats(state, arch.norm)
-    return _load_into(build_discriminator(arch), state)
+    return _load_into(build_discriminator, arch, state)

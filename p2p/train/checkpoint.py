@@ -47,6 +47,7 @@ from p2p.checkpoint_file import read_checkpoint_file, sealed
 from p2p.data.plan import images_read, mix_seed
 from p2p.errors import CheckpointError, UsageError
 from p2p.models import arch_dict, same_arch
+from p2p.train.payload_check import check_training_payload
 from p2p.train.wrap import local_buffers, restore_buffers, unwrap
 
 FORMAT_VERSION = 2  # 2: payloads carry a checksum
@@ -199,6 +200,11 @@ def _readable(path: Path, unreadable: list[tuple[Path, str]]) -> dict | None:
         return None
     if not isinstance(payload, dict) or payload.get("format") != "p2p" or any(k not in payload for k in TRAINING_KEYS):
         unreadable.append((path, "is not a p2p training checkpoint (no optimizer state and data position)"))
+        return None
+    try:
+        check_training_payload(payload, path)
+    except CheckpointError as e:
+        unreadable.append((path, str(e).removeprefix(f"{path} ")))
         return None
     return payload
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from helpers.faults import flip_byte, truncate_copy
+from helpers.payloads import tiny_payload
 from helpers.runs import TINY, load_ckpt, run_p2p
 from p2p.checkpoint_file import sealed
 from p2p.cli import main as p2p_main
@@ -106,8 +107,7 @@ def test_no_readable_checkpoint_exits_2_with_one_line_and_changes_nothing(traine
 
 
 def _payload(step: int) -> dict:
-    return {"format": "p2p", "version": 2, "arch": {}, "generator": {"w": torch.full((1 << 16,), float(step))},  # big: a flip lands in its bytes
-            "discriminator": {}, "opt_g": {}, "opt_d": {}, "step": step, "epoch": 0, "batch_in_epoch": step}
+    return tiny_payload(step)  # a resume checks every field against its arch: a real one (weights: a flip lands in them)
 
 
 def test_best_pt_resumes_only_when_it_is_the_newest_readable(tmp_path):
