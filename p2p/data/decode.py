@@ -55,6 +55,19 @@ except ImportError:  # an optional speed-up: torchvision decodes the same pixels
     simplejpeg = None
 
 
+def jpeg_decoder() -> str:
+    """The CPU JPEG decoder of this process, as metrics and bench rows record it."""
+    return "simplejpeg" if simplejpeg is not None else "torchvision"
+
+
+def decoder_fallback_notice() -> str | None:
+    """The notice for a run or benchmark whose CPU decodes fall back to torchvision, else None."""
+    if simplejpeg is not None:
+        return None
+    return ("simplejpeg is not installed: JPEGs are decoded by torchvision.io.decode_jpeg (the same pixels, "
+            "more overhead per image), not the decoder p2p's loaders are measured with; pip install simplejpeg")
+
+
 def decode_rgb(data) -> torch.Tensor:
     """JPEG (or any image PIL reads) bytes -> 3 x H x W uint8 RGB. Raises on corrupt data
     (RuntimeError from torchvision, OSError / ValueError from PIL)."""

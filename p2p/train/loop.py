@@ -139,6 +139,12 @@ def announce(run: Run, loader, log: RunLogger) -> None:
               f"({backend} loader), "
               f"step {run.state.step} -> {cfg.train.max_steps}, run folder {cfg.run_dir}"
               + (" (resumed)" if run.resumed else ""))
+    if backend == "wds":  # its workers decode with p2p.data.decode: which decoder is in the rows
+        from p2p.data.decode import decoder_fallback_notice, jpeg_decoder
+
+        run.speedups.jpeg_decoder = jpeg_decoder()
+        if fallback := decoder_fallback_notice():
+            run.notices(fallback)
     schedule = official_schedule_notice(cfg, loader.batches_per_epoch)
     if schedule:
         log.print(f"[yellow]notice:[/] {schedule}")
