@@ -259,7 +259,7 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print, 
     default_threads = torch.get_num_threads()
     timing = {"warmup": 1, "repeats": repeats}
     rows: list[dict] = []
-    env = environment()
+    env, folder = environment(), os.path.abspath(source)
     if fallback := decoder_fallback_notice():
         progress(f"notice: {fallback}")
 
@@ -318,7 +318,7 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print, 
         rows.append(row)
         progress(f"  {name}: {r['img_per_s']:.1f} img/s")
         if partial is not None and any(x["name"] == BASELINE for x in rows):
-            partial({"environment": env, "config": {"source": os.path.abspath(source), "partial": True},
+            partial({"environment": env, "config": {"source": folder, "partial": True},
                      "results": with_ratios([dict(x) for x in rows], BASELINE), "partial": True})
 
     def wds_stream(workers: int, kind: str = "process"):
