@@ -219,3 +219,54 @@ def test_rehearsal_a_hang_a_killed_pytest_and_the_runners_kill_still_return_the_
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
     assert "runs/eager/metrics.jsonl" in names and "logs/train-eager.log" in names and "environment.json" in names
+
+
+@pytest.mark.slow
+def test_a_training_deaf_to_sigterm_is_killed_within_its_share_and_the_report_still_comes(tmp_path):
+    """A training in a long compile acts on SIGTERM only after its step: planted here as a hang
+    that ignores SIGTERM. It gets SIGTERM a grace before its mark and SIGKILL at its mark, so it
+    costs only its own share, and the final report comes after the deadline."""
+    cmd, env = check(tmp_path, P2P_GPU_CHECK_BUDGET_S="88", P2P_GPU_CHECK_PLANT="hang:train-eager",
+                     P2P_GPU_CHECK_ONLY="install train-eager")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    parts = {p["name"]: p for p in read_parts(tmp_path / "out" / "parts.tsv")}
+    eager = parts["train-eager"]
+    assert eager["rc"] == 137 and eager["status"].startswith("killed")
+    assert eager["seconds"] <= eager["limit_s"] + 2 and eager["limit_s"] <= 32  # its mark: 160/440 of 88 s
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "- train-eager: killed" in summary and "did not finish: " in summary
+    assert "gpu-check: " in proc.stdout and "# p2p GPU check: NOT PASSED" in proc.stdout  # the final report ran
+
+
+def make_wheel(folder, dist: str, module: str) -> None:
+    """A minimal pure-Python wheel of `dist` holding `module`."""
+    import zipfile
+
+    info = f"{dist}-1.0.dist-info"
+    with zipfile.ZipFile(folder / f"{dist}-1.0-py3-none-any.whl", "w") as z:
+        z.writestr(f"{module}/__init__.py", "CARRIED = True\n")
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+
+
+@pytest.mark.slow
+def test_wheels_install_only_what_the_node_lacks_and_a_bad_one_is_reported(tmp_path):
+    """The node's own packages are never shadowed (pytest here), a wheel the node lacks goes to
+    WORK/site, and a wheel that cannot install is a line in the summary, not the end of the check."""
+    cmd, env = check(tmp_path, P2P_GPU_CHECK_ONLY="install")
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "carried_pkg", "carried_pkg")
+    make_wheel(wheels, "pytest", "pytest")  # the node has pytest: kept, not installed over it
+    (wheels / "broken_pkg-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    site = tmp_path / "work" / "site"
+    assert (site / "carried_pkg" / "__init__.py").is_file() and not (site / "pytest").exists()
+    result = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    install = "\n".join(result["install"])
+    assert "pytest: the node's own (kept)" in install and "installed: carried_pkg-1.0-py3-none-any.whl" in install
+    assert "NOT installed: broken_pkg-1.0-py3-none-any.whl" in install
+    assert {p["name"]: p["status"] for p in result["parts"]}["install"] == "failed (exit 1)"
+    assert "NOT installed: broken_pkg" in (tmp_path / "out" / "summary.md").read_text()

@@ -141,7 +141,8 @@ def summarize(work: Path, out: Path | None = None) -> dict:
                             for name in ("pytest", "pytest-trainings")])
     result = {
         "check": check or None, "environment": read_json(work / "environment.json"),
-        "install": (work / "install.txt").read_text().strip() if (work / "install.txt").is_file() else None,
+        "install": [line for line in (work / "logs/install.log").read_text(errors="replace").splitlines()
+                    if line.strip()] if (work / "logs/install.log").is_file() else None,
         "parts": parts, "pytest": pytest,
         "step": _rows_of(step, ("name", "precision", "img_per_s", "ratio", "mfu", "peak_flops", "warmup_s",
                                 "cuda_graphs_in_effect", "notices", "skipped")),
@@ -175,6 +176,7 @@ def summary_markdown(r: dict) -> str:
              f"GPU {env.get('gpu')}, torch {env.get('torch')} (CUDA {env.get('cuda_build')}), "
              f"DALI {env.get('dali')}, {env.get('date')}", "", "## Parts", ""]
     lines += [f"- {p['name']}: {p['status']}, {p['seconds']:.0f} s (limit {p['limit_s']} s)" for p in r["parts"]]
+    lines += ["", "## Wheels", ""] + [f"- {line}" for line in (r.get("install") or ["not installed (the part did not run)"])]
     pt = r.get("pytest")
     lines += ["", "## pytest -m gpu", ""]
     lines += ([f"{pt['passed']} passed, {pt['failures'] + pt['errors']} failed, {pt['skipped']} skipped "

@@ -28,7 +28,7 @@ MAX_ARCHIVE = 16 * 2**20  # the runner's limit per returned file
 MAX_MEMBER = 2 * 2**20  # the tail of a long log is what says how it ended
 MAX_OUT_FILES = 8
 # what goes into the archive, relative to WORK (no photos, shards, checkpoints or events)
-ARCHIVED = ("check.json", "environment.json", "backends.txt", "install.txt", "*.json", "*.xml",
+ARCHIVED = ("check.json", "environment.json", "backends.txt", "*.json", "*.xml",
             "logs/*.log", "runs/*/metrics.jsonl", "runs/*/config.yaml")
 
 
