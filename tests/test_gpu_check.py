@@ -15,7 +15,7 @@ import tarfile
 import pytest
 
 from helpers.runs import ROOT, TINY, p2p_env, run_p2p, wait_for
-from p2p.bench.gpu_check import GRAPH_WARMUP, compare_losses, in_effect
+from p2p.bench.gpu_check import GRAPH_WARMUP, compare_losses, in_effect, summarize
 from p2p.bench.gpu_check_files import (MAX_MEMBER, MAX_OUT_FILES, pytest_summary, read_parts, read_rows,
                                        write_archive)
 
@@ -183,6 +183,8 @@ def test_the_check_keeps_its_deadline_and_reports_what_did_not_run(tmp_path):
     assert out_files(out) == ["gpu-check.json", "parts.tsv", "results.tar.gz", "summary.md"]
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert again.returncode == 2 and "not empty" in again.stderr  # never overwrites a previous check
+    reread = run_p2p("bench", "gpu-report", out, "--work", tmp_path / "work", check=False)
+    assert reread.returncode == 1 and "NOT PASSED" in reread.stdout and "did not finish: " in reread.stdout
 
 
 @pytest.mark.slow
@@ -218,7 +220,12 @@ def test_rehearsal_a_hang_a_killed_pytest_and_the_runners_kill_still_return_the_
     assert result["environment"]["torch"]
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
+        tar.extractall(tmp_path / "back", filter="data")
     assert "runs/eager/metrics.jsonl" in names and "logs/train-eager.log" in names and "environment.json" in names
+    # what came back is enough to judge again: the archive unpacked next to parts.tsv
+    (tmp_path / "back" / "parts.tsv").write_text((out / "parts.tsv").read_text())
+    again = summarize(tmp_path / "back")
+    assert again["training"]["eager"] == eager and again["parts"] == result["parts"]
 
 
 @pytest.mark.slow

@@ -199,6 +199,7 @@ def summary_markdown(r: dict) -> str:
     lines += ["", f"## bench step ({c.get('model')} model, {c.get('image_size')} px, batch {c.get('batch_size')}, "
                   f"{c.get('device')})" + (": cut, the rounds measured so far" if r.get("step_partial") else ""), ""]
     lines += [f"- {s['name']}: " + (f"skipped ({s['skipped']})" if s.get("skipped") else
+              f"built and warmed up in {_fmt(s.get('warmup_s'))} s, not timed" if s.get("img_per_s") is None else
               f"{_fmt(s.get('img_per_s'))} img/s, {_fmt(s.get('ratio'))}x, MFU {_fmt(s.get('mfu'))}") for s in r["step"]]
     lines += ["", "## bench data" + (": cut, the rows measured so far" if r.get("data_partial") else ""), "",
               f"backends: {r.get('data_backends')}"]
