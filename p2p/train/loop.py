@@ -32,7 +32,7 @@ from p2p.train.meter import LogInterval
 from p2p.train.position import continue_loader, epoch_batches
 from p2p.train.run import Run, build_run
 from p2p.train.schedule import official_schedule_notice
-from p2p.train.signals import StopSignals
+from p2p.train.signals import StoppedBeforeFirstStep, StopSignals
 from p2p.train.step import LOSS_NAMES
 from p2p.train.trackers import check_installed
 from p2p.train.validation import held_out_images, sample_grid, validate, validation_scorer
@@ -76,11 +76,13 @@ def train(cfg: Config) -> TrainResult:
         batches = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
             else iter(())
         ahead = prepares_ahead(run.task, run.device)
-        with StopSignals() as stop, prepared_batches(batches, run.prepare_for, state.step, ahead, end) as stream:
+        with StopSignals(at_once=run.world == 1) as stop, \
+                prepared_batches(batches, run.prepare_for, state.step, ahead, end) as stream:
             while state.step < end:
                 epoch, index, (inp, target) = interval.timed_next(stream)  # the device step done ahead on CPU
                 interval.add(run.step(inp, target))
                 run.advance(epoch, index, epoch_batches(loader, epoch))
+                stop.stepped()
 
                 last = state.step == end
                 stopping = stop.agreed(run.accel, every=1 if run.world == 1 else 10, step=state.step)
@@ -98,6 +100,9 @@ def train(cfg: Config) -> TrainResult:
                 if stopping:
                     log.print(f"received {stop.name}: saved step {state.step} to {run.ckpts.last}; exiting")
                     return result(run, metrics, signal=stop.name)
+    except StoppedBeforeFirstStep as e:  # nothing new since the checkpoint this run started from
+        log.print(f"received {e} before the first step finished: nothing new to save; exiting")
+        return result(run, metrics, signal=str(e))
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"out of memory at train.batch_size={t.batch_size}, data.image_size={cfg.data.image_size}, "
