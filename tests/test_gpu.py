@@ -167,6 +167,7 @@ def test_a_failed_capture_is_reported_and_steps_go_on_eagerly_on_the_callers_str
     assert any(not torch.equal(a, b) for a, b in zip(before, nets.G.parameters()))  # it really trained
 
 
+@pytest.mark.slow  # starts p2p processes: gpu-check.sh runs these last (pytest-trainings)
 def test_train_with_compile_and_graphs_captures_colorization_with_loader_workers(tmp_path):
     """The default task feeds strided L/ab views; loader workers keep the pin-memory thread busy.
     The metrics rows must show the graph replaying every step after the capture, compiled
@@ -181,7 +182,7 @@ def test_train_with_compile_and_graphs_captures_colorization_with_loader_workers
     notices = [n for r in rows for n in r.get("notices", [])]
     assert not any("capture failed" in n or "recompile limit" in n for n in notices), notices
     assert "capture failed" not in proc.stderr
-    assert all(r["cuda_graphs"] and r["compiled"] and r["channels_last"] and r["precision"] == "bf16" for r in rows)
+    assert all(r["cuda_graphs"] and {"G", "D"} <= set(r["compiled"]) and r["channels_last"] and r["precision"] == "bf16" for r in rows)
     assert [r["graph_replays"] for r in rows] == [1, 4, 4]  # 3 eager warm-up steps, then every step replayed
     assert rows[0]["lr"] > rows[1]["lr"] > rows[2]["lr"] > 0  # decay from step 6 on, through the graph's lr tensor
     assert all(r["adam"] == "foreach, capturable" for r in rows)
@@ -311,6 +312,7 @@ def test_bench_data_has_a_dali_mixed_row_on_the_gpu(tmp_path):
     assert len(mixed) == 2 and all(r["img_per_s"] > 0 and r["device"].startswith("cuda") for r in mixed)
 
 
+@pytest.mark.slow  # starts p2p processes: gpu-check.sh runs these last (pytest-trainings)
 def test_train_command_on_gpu_with_every_speedup(tmp_path):
     from helpers.runs import TINY, run_p2p
 
@@ -369,6 +371,7 @@ def test_amp_steps_with_every_new_term_are_finite(tmp_path, precision):
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in out.values())
 
 
+@pytest.mark.slow  # starts p2p processes: gpu-check.sh runs these last (pytest-trainings)
 def test_train_command_on_gpu_with_resnet_multiscale_and_ema(tmp_path):
     from helpers.runs import TINY, run_p2p
 
@@ -437,6 +440,7 @@ def test_fused_lab_bench_row_on_cuda():
     assert row["max_abs_diff_vs_skimage"] < 2e-3
 
 
+@pytest.mark.slow  # starts p2p processes: gpu-check.sh runs these last (pytest-trainings)
 def test_eval_on_gpu_gives_the_cpu_numbers(tmp_path):
     """FID/KID/LPIPS on CUDA (float32, TF32 off) equal the CPU's; a bf16 generator stays close."""
     from helpers.requirements import require_module
@@ -559,6 +563,7 @@ def test_nvjpeg_resumes_mid_epoch_with_the_same_batches(coco_shards):
     assert all(torch.equal(a.images, b.images) for a, b in zip(tail, full[2:]))
 
 
+@pytest.mark.slow  # starts p2p processes: gpu-check.sh runs these last (pytest-trainings)
 def test_train_and_resume_on_gpu_with_nvjpeg_and_auto(coco_shards, tmp_path):
     from helpers.runs import TINY, load_ckpt, run_p2p
     from p2p.data import dali_importable

@@ -288,7 +288,7 @@ def test_metrics_rows_say_what_ran_and_carry_the_fallbacks(tmp_path):
     assert len(rows) == 2
     for r in rows:
         assert (r["precision"], r["channels_last"], r["compiled"], r["cuda_graphs"], r["graph_replays"]) == \
-            ("bf16", False, False, False, 0)
+            ("bf16", False, [], False, 0)
         assert r["adam"] in ("fused", "foreach")
     assert any("CUDA graphs need a GPU" in n for n in rows[0]["notices"])
     assert any("torch.compile is used on GPU only" in n for n in rows[0]["notices"])

@@ -216,13 +216,15 @@ def nvjpeg_rows(cfg, source: str, load: int, quick: bool, cores: int, main_threa
               device=dev)
 
 
-def run_data(source: str, options: DataOptions = DataOptions(), progress=print) -> dict:
-    """Measure every row on the shards in `source`; returns {environment, config, results}."""
+def run_data(source: str, options: DataOptions = DataOptions(), progress=print, partial=None) -> dict:
+    """Measure every row on the shards in `source`; returns {environment, config, results}.
+    `partial`, when given, gets {environment, config, results so far, partial: true} after each
+    row, so a run cut at a time limit keeps the rows it measured."""
     from p2p.augment import step_generator
     from p2p.config import load_config, with_values
     from p2p.data.prefetch import PreparedBatches, prepares_ahead
     from p2p.data.shard import read_manifest
-    from p2p.data import decode as decode_module
+    from p2p.data.decode import decoder_fallback_notice, jpeg_decoder
     from p2p.data.wds import WdsLoader
     from p2p.tasks import build_task
 
@@ -257,6 +259,9 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
     default_threads = torch.get_num_threads()
     timing = {"warmup": 1, "repeats": repeats}
     rows: list[dict] = []
+    env, folder = environment(), os.path.abspath(source)
+    if fallback := decoder_fallback_notice():
+        progress(f"notice: {fallback}")
 
     def timed(name: str, backend: str, workers: int | None, stream, prepare: bool, threads: int, device=None,
               row_task=None, ahead: bool = True, **extra) -> None:
@@ -308,8 +313,13 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
                **extra, **r}
         if prepare and backend != "device-step":
             row["prepare_ahead"] = ran_ahead
+        if backend == "wds":  # decoded on the CPU by p2p.data.decode
+            row["decoder"] = jpeg_decoder()
         rows.append(row)
         progress(f"  {name}: {r['img_per_s']:.1f} img/s")
+        if partial is not None and any(x["name"] == BASELINE for x in rows):
+            partial({"environment": env, "config": {"source": folder, "partial": True},
+                     "results": with_ratios([dict(x) for x in rows], BASELINE), "partial": True})
 
     def wds_stream(workers: int, kind: str = "process"):
         return _endless(WdsLoader(with_values(cfg, {"data.workers": workers, "data.worker_kind": kind}), source,
@@ -389,8 +399,10 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print) 
               "baseline_size": 256, "cores": cores, "task": "colorize", "load_avg_at_start": load_avg,
               "load_avg_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
               "device_step": device_step, "kernel_compile_s": task.device_step.compile_s.get("cpu"),
-              "decoder": "simplejpeg" if decode_module.simplejpeg is not None else "torchvision"}
-    return {"environment": environment(), "config": config, "results": rows}
+              "decoder": jpeg_decoder()}
+    if decoder_fallback_notice():
+        config["notices"] = [decoder_fallback_notice()]
+    return {"environment": env, "config": config, "results": rows}
 
 
 def dali_mixed_rows(cfg, source: str, load: int, threads: int, main_threads: int, timed) -> None:

@@ -1,11 +1,14 @@
-"""What `benchmarks/gpu-check.sh` found, from the folder it wrote (`p2p bench gpu-report OUT`).
+"""What `benchmarks/gpu-check.sh` found (`p2p bench gpu-report OUT --work WORK`).
 
-The script runs each part under its own time limit and leaves in OUT: `parts.tsv` (name, exit
-code, seconds, limit), `environment.json`, `pytest.xml` (pytest -m gpu), `step.json`,
-`data.json`, `lab.json` (p2p bench step / data / lab) and `runs/eager`, `runs/fast` (the two
-300-step colorization trainings from the same seed: bf16 eager, and bf16 + CUDA graphs +
-torch.compile). This module reads them into one result, `gpu-check.json`, and a short
-`summary.md`. A part that did not run or did not finish is reported as such, never guessed.
+The script runs each part under its own time limit, in the work folder WORK, and leaves there:
+`check.json` (its plan), `environment.json`, `pytest.xml` / `pytest-trainings.xml` (JUnit, or
+the `-v` logs when pytest was cut), `step.json`, `data.json`, `lab.json` (p2p bench step / data
+/ lab, rewritten as rows are measured) and `runs/eager`, `runs/fast` (the two 300-step
+colorization trainings from the same seed: bf16 eager, and bf16 + CUDA graphs + torch.compile).
+This module reads them into one result, `OUT/gpu-check.json`, a short `OUT/summary.md` and
+`OUT/results.tar.gz` (p2p.bench.gpu_check_files), after every part: the output folder holds a
+current verdict at every moment. A part that did not run or did not finish is reported as such,
+never guessed.
 
 The training check. The two runs see the same batches in the same order, but their dropout
 masks differ (inductor draws its own random numbers) and compiled bf16 kernels round
@@ -13,8 +16,11 @@ differently, so their per-step losses drift apart like two seeds of one run. Wha
 that the fast run trains the same way: the losses averaged over each window of WINDOW steps
 agree within TOLERANCE (G_L1 relative to the eager mean; the adversarial terms, which hover
 around 0.5-0.8, absolute). And the metrics rows must show what ran: every row with
-`cuda_graphs` and `compiled` true, the graph replaying every step after the warm-up, and no
-notice of a failed capture or a recompile limit.
+`cuda_graphs` true and G and D in `compiled`, the graph replaying every step after the
+warm-up, and no notice of a failed capture or a recompile limit.
+
+No torch here (the report runs after every part); GRAPH_WARMUP is p2p.train.graphs.WARMUP_STEPS
+(a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -22,42 +28,16 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from xml.etree import ElementTree
 
-from p2p.train.graphs import WARMUP_STEPS as GRAPH_WARMUP  # eager steps before the capture
+from p2p.bench.gpu_check_files import (MAX_OUT_FILES, merged_pytest, pytest_summary, read_json, read_parts,
+                                       read_rows, write_archive)
 
+GRAPH_WARMUP = 3  # eager steps before the capture (p2p.train.graphs.WARMUP_STEPS)
 WINDOW = 50  # steps per averaged window of the loss comparison
 TOLERANCE = {"G_L1": ("relative", 0.10), "G_GAN": ("absolute", 0.25), "D_real": ("absolute", 0.15),
              "D_fake": ("absolute", 0.15)}
 # Targets of issue 9, checked where their figures exist.
 TARGET_ALL_RATIO, TARGET_ALL_MFU, TARGET_DALI_MIXED, TARGET_DATA_WAIT = 3.0, 0.35, 10_000.0, 0.05
-
-
-def read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_parts(path: Path) -> list[dict]:
-    parts = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            name, rc, seconds, limit = (line.split("\t") + ["", "", "", ""])[:4]
-            if not name:
-                continue
-            status = "skipped (no time left)" if rc == "skipped" else (
-                "ok" if rc == "0" else "timed out" if rc in ("124", "137") else f"failed (exit {rc})")
-            parts.append({"name": name, "status": status, "rc": None if rc == "skipped" else int(rc),
-                          "seconds": float(seconds or 0), "limit_s": int(float(limit or 0))})
-    return parts
 
 
 def window_means(rows: list[dict], window: int = WINDOW) -> dict[int, dict[str, float]]:
@@ -94,10 +74,14 @@ def in_effect(rows: list[dict], steps: int) -> dict:
     bad = [n for n in notices if "capture failed" in n or "recompile limit" in n or "running eager" in n]
     replays = sum(r.get("graph_replays", 0) for r in rows)
     expected = max(0, steps - GRAPH_WARMUP)
-    ok = (bool(rows) and all(r.get("cuda_graphs") for r in rows) and all(r.get("compiled") for r in rows)
-          and replays == expected and not bad)
+    # `compiled` lists the networks that ran compiled ("G", "D", "device step"); the steady state
+    # needs G and D compiled in every row (rows of an older p2p said only true or false)
+    nets = all(isinstance(r.get("compiled"), list) and {"G", "D"} <= set(r["compiled"]) for r in rows)
+    ok = bool(rows) and all(r.get("cuda_graphs") for r in rows) and nets and replays == expected and not bad
     return {"rows": len(rows), "cuda_graphs_every_row": all(r.get("cuda_graphs") for r in rows) if rows else False,
-            "compiled_every_row": all(r.get("compiled") for r in rows) if rows else False,
+            "compiled_every_row": bool(rows) and nets,
+            "compiled": sorted({n for r in rows if isinstance(r.get("compiled"), list) for n in r["compiled"]}),
+            "jpeg_decoder": sorted({r["jpeg_decoder"] for r in rows if r.get("jpeg_decoder")}),
             "graph_replays": replays, "expected_replays": expected, "fallback_notices": bad,
             "precision": sorted({r.get("precision") for r in rows}), "passed": ok}
 
@@ -112,21 +96,6 @@ def run_summary(rows: list[dict]) -> dict:
             "mfu": statistics.median(r["mfu"] for r in steady) if all("mfu" in r for r in steady) else None,
             "peak_mem_gb": max(r.get("peak_mem_gb", 0.0) for r in rows), "last_losses": {
                 k: rows[-1][k] for k in TOLERANCE if k in rows[-1]}}
-
-
-def pytest_summary(path: Path) -> dict | None:
-    """Counts and failing tests of a JUnit XML report (pytest --junitxml)."""
-    if not path.is_file():
-        return None
-    root = ElementTree.parse(path).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    failed = [f"{case.get('classname')}::{case.get('name')}" for s in suites for case in s.iter("testcase")
-              if case.find("failure") is not None or case.find("error") is not None]
-    skipped = [f"{case.get('name')}: {case.find('skipped').get('message', '')}" for s in suites
-               for case in s.iter("testcase") if case.find("skipped") is not None]
-    return {**counts, "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
-            "failed_tests": failed, "skipped_tests": skipped}
 
 
 def _rows_of(payload: dict | None, keys: tuple[str, ...]) -> list[dict]:
@@ -154,30 +123,40 @@ def targets(step: dict | None, data: dict | None, fast: dict) -> list[dict]:
                    wait is not None and wait < TARGET_DATA_WAIT)]
 
 
-def summarize(out: Path) -> dict:
-    """Everything the check found, from the files in `out`."""
-    out = Path(out)
-    step, data, lab = _json(out / "step.json"), _json(out / "data.json"), _json(out / "lab.json")
-    eager, fast = read_rows(out / "runs/eager/metrics.jsonl"), read_rows(out / "runs/fast/metrics.jsonl")
-    steps = (_json(out / "check.json") or {}).get("train_steps", 300)
+def summarize(work: Path, out: Path | None = None) -> dict:
+    """Everything the check found: the parts' files in `work`, parts.tsv in `out` (default: the
+    same folder, e.g. results.tar.gz unpacked next to parts.tsv)."""
+    work = Path(work)
+    out = Path(out) if out is not None else work
+    step, data, lab = read_json(work / "step.json"), read_json(work / "data.json"), read_json(work / "lab.json")
+    eager, fast = read_rows(work / "runs/eager/metrics.jsonl"), read_rows(work / "runs/fast/metrics.jsonl")
+    check = read_json(work / "check.json") or {}
+    steps = check.get("train_steps", 300)
     fast_summary = run_summary(fast)
     training = {"steps": steps, "eager": run_summary(eager), "fast": fast_summary,
                 "losses": compare_losses(eager, fast) if eager and fast else {"passed": False, "why": "a run is missing"},
                 "in_effect": in_effect(fast, steps) if fast else {"passed": False, "why": "no fast run"}}
+    parts = read_parts(out / "parts.tsv", check.get("plan"))
+    pytest = merged_pytest([pytest_summary(work / f"{name}.xml", work / "logs" / f"{name}.log")
+                            for name in ("pytest", "pytest-trainings")])
     result = {
-        "check": _json(out / "check.json"), "environment": _json(out / "environment.json"),
-        "parts": read_parts(out / "parts.tsv"), "pytest": pytest_summary(out / "pytest.xml"),
+        "check": check or None, "environment": read_json(work / "environment.json"),
+        "install": [line for line in (work / "logs/install.log").read_text(errors="replace").splitlines()
+                    if line.strip()] if (work / "logs/install.log").is_file() else None,
+        "parts": parts, "pytest": pytest,
         "step": _rows_of(step, ("name", "precision", "img_per_s", "ratio", "mfu", "peak_flops", "warmup_s",
                                 "cuda_graphs_in_effect", "notices", "skipped")),
-        "step_config": (step or {}).get("config"),
-        "data": _rows_of(data, ("name", "backend", "stage", "device", "img_per_s", "ratio", "skipped")),
-        "data_backends": (out / "backends.txt").read_text().strip() if (out / "backends.txt").is_file() else None,
+        "step_config": (step or {}).get("config"), "step_partial": bool((step or {}).get("partial")),
+        "data": _rows_of(data, ("name", "backend", "stage", "device", "img_per_s", "ratio", "decoder", "skipped")),
+        "data_partial": bool((data or {}).get("partial")),
+        "data_backends": (work / "backends.txt").read_text().strip() if (work / "backends.txt").is_file() else None,
         "lab": _rows_of(lab, ("name", "device", "img_per_s", "ratio", "max_abs_diff_vs_skimage")),
         "training": training, "targets": targets(step, data, fast_summary),
     }
-    pt = result["pytest"]
-    result["passed"] = bool(pt and not pt["failures"] and not pt["errors"] and training["losses"]["passed"]
-                            and training["in_effect"]["passed"] and all(p["status"] == "ok" for p in result["parts"]))
+    result["unfinished"] = [p["name"] for p in parts if p["status"] != "ok"]
+    result["passed"] = bool(pytest and not pytest["failures"] and not pytest["errors"]
+                            and training["losses"]["passed"] and training["in_effect"]["passed"])
+    result["complete"] = not result["unfinished"]
     return result
 
 
@@ -191,13 +170,17 @@ def _fmt(v) -> str:
 
 def summary_markdown(r: dict) -> str:
     env = r.get("environment") or {}
-    lines = [f"# p2p GPU check: {'PASSED' if r['passed'] else 'NOT PASSED'}", "",
+    verdict = "PASSED" if r["passed"] else "NOT PASSED"
+    lines = [f"# p2p GPU check: {verdict}" + ("" if r.get("complete") else
+                                              f" (did not finish: {', '.join(r.get('unfinished', []))})"), "",
              f"GPU {env.get('gpu')}, torch {env.get('torch')} (CUDA {env.get('cuda_build')}), "
              f"DALI {env.get('dali')}, {env.get('date')}", "", "## Parts", ""]
     lines += [f"- {p['name']}: {p['status']}, {p['seconds']:.0f} s (limit {p['limit_s']} s)" for p in r["parts"]]
+    lines += ["", "## Wheels", ""] + [f"- {line}" for line in (r.get("install") or ["not installed (the part did not run)"])]
     pt = r.get("pytest")
     lines += ["", "## pytest -m gpu", ""]
-    lines += ([f"{pt['passed']} passed, {pt['failures'] + pt['errors']} failed, {pt['skipped']} skipped"]
+    lines += ([f"{pt['passed']} passed, {pt['failures'] + pt['errors']} failed, {pt['skipped']} skipped "
+               f"(from the {pt['from']})"]
               + [f"- FAILED {t}" for t in pt["failed_tests"]] + [f"- skipped {t}" for t in pt["skipped_tests"]]
               if pt else ["did not run"])
     t = r["training"]
@@ -206,19 +189,23 @@ def summary_markdown(r: dict) -> str:
               f"- losses: {'within' if loss['passed'] else 'NOT within'} tolerance "
               f"(worst window deviation {', '.join(f'{k} {v:.3g}' for k, v in loss.get('worst_deviation', {}).items())};"
               f" allowed {', '.join(f'{k} {v[1]}' for k, v in TOLERANCE.items())})",
-              f"- in effect: graphs every row {eff.get('cuda_graphs_every_row')}, compiled every row "
-              f"{eff.get('compiled_every_row')}, replays {eff.get('graph_replays')}/{eff.get('expected_replays')}, "
+              f"- in effect: graphs every row {eff.get('cuda_graphs_every_row')}, G and D compiled every row "
+              f"{eff.get('compiled_every_row')} (compiled: {', '.join(eff.get('compiled', [])) or 'nothing'}; "
+              f"JPEG decoder {', '.join(eff.get('jpeg_decoder', [])) or 'not recorded'}), replays {eff.get('graph_replays')}/{eff.get('expected_replays')}, "
               f"fallback notices {len(eff.get('fallback_notices', []))}",
               f"- img/s eager {_fmt(t['eager'].get('img_per_s'))}, fast {_fmt(t['fast'].get('img_per_s'))}; "
               f"data wait fast {_fmt(t['fast'].get('data_wait'))}"]
     c = r.get("step_config") or {}
     lines += ["", f"## bench step ({c.get('model')} model, {c.get('image_size')} px, batch {c.get('batch_size')}, "
-                  f"{c.get('device')})", ""]
+                  f"{c.get('device')})" + (": cut, the rounds measured so far" if r.get("step_partial") else ""), ""]
     lines += [f"- {s['name']}: " + (f"skipped ({s['skipped']})" if s.get("skipped") else
+              f"built and warmed up in {_fmt(s.get('warmup_s'))} s, not timed" if s.get("img_per_s") is None else
               f"{_fmt(s.get('img_per_s'))} img/s, {_fmt(s.get('ratio'))}x, MFU {_fmt(s.get('mfu'))}") for s in r["step"]]
-    lines += ["", "## bench data", "", f"backends: {r.get('data_backends')}"]
+    lines += ["", "## bench data" + (": cut, the rows measured so far" if r.get("data_partial") else ""), "",
+              f"backends: {r.get('data_backends')}"]
     lines += [f"- {d['name']} ({d.get('device') or 'cpu'}): " + (f"skipped ({d['skipped']})" if d.get("skipped") else
-              f"{_fmt(d.get('img_per_s'))} img/s") for d in r["data"]]
+              f"{_fmt(d.get('img_per_s'))} img/s" + (f", JPEG decoder {d['decoder']}" if d.get("decoder") else ""))
+              for d in r["data"]]
     lines += ["", "## bench lab", ""] + [f"- {d['name']} ({d['device']}): {_fmt(d.get('img_per_s'))} img/s"
                                          for d in r["lab"]]
     lines += ["", "## Targets", ""] + [f"- {g['target']}: {_fmt(g['value'])} (goal {g['goal']}): "
@@ -227,11 +214,19 @@ def summary_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path) -> dict:
-    """gpu-check.json and summary.md into `out`; returns the result."""
+def write_report(work: Path, out: Path | None = None) -> dict:
+    """gpu-check.json, summary.md and results.tar.gz into `out` (default `work`, where only the
+    first two are written); returns the result. Never more than MAX_OUT_FILES files in `out`."""
     from p2p.atomic import write_text
 
-    result = summarize(out)
-    write_text(Path(out) / "gpu-check.json", json.dumps(result, indent=2, default=str) + "\n")
-    write_text(Path(out) / "summary.md", summary_markdown(result))
+    out = Path(out) if out is not None else Path(work)
+    result = summarize(work, out)
+    if out.resolve() != Path(work).resolve():
+        result["archive"] = write_archive(Path(work), out)
+        extra = sorted(p.name for p in out.iterdir() if p.name not in
+                       ("gpu-check.json", "summary.md", "parts.tsv", result["archive"]["file"]))
+        if extra or len(list(out.iterdir())) > MAX_OUT_FILES:
+            result["out_folder_warning"] = f"files the runner may not return: {extra}"
+    write_text(out / "gpu-check.json", json.dumps(result, indent=2, default=str) + "\n")
+    write_text(out / "summary.md", summary_markdown(result))
     return result

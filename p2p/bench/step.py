@@ -242,8 +242,10 @@ def plan_step(o: StepOptions) -> StepPlan:
         modes=tuple(modes), quick=quick, cpu_compile=o.cpu_compile, seed=o.seed)
 
 
-def run_step(options: StepOptions, progress=print) -> dict:
-    """Measure the modes; returns {environment, config, results (rows), notes}."""
+def run_step(options: StepOptions, progress=print, partial=None) -> dict:
+    """Measure the modes; returns {environment, config, results (rows), notes}. `partial`, when
+    given, gets the payload of the rounds measured so far after each round (marked
+    `"partial": true`), so a run cut at a time limit keeps its figures."""
     from p2p.tasks import build_task
     from p2p.train.flops import peak_flops, step_flops_per_image
     from p2p.train.nets import architectures
@@ -264,6 +266,48 @@ def run_step(options: StepOptions, progress=print) -> dict:
     if not cuda:
         notes.append("no GPU on this machine: fp16, compile (without --cpu-compile) and CUDA graph rows are "
                      "skipped and no MFU is reported")
+
+    rates: dict[str, list[float]] = {}
+    finite: dict[str, bool] = {}
+    env = environment()
+
+    def measured() -> dict:
+        """The payload from the rates of the rounds so far (none yet: the rows as built)."""
+        for name, r in runners.items():
+            row = rows[name]
+            if not rates.get(name):  # built, not timed yet
+                continue
+            ips = statistics.median(rates[name])
+            row.update(img_per_s=ips, img_per_s_min=min(rates[name]), img_per_s_max=max(rates[name]),
+                       repeats=len(rates[name]), step_ms=1000 * p.batch_size / ips, rounds=rates[name],
+                       losses_finite=finite.get(name, True))
+            # MFU against the peak of the precision that ran (TF32 tensor cores for fp32 convolutions)
+            peak = peak_flops(dev, r.setup.precision)
+            if peak:
+                row["mfu"], row["peak_flops"] = row_flops[name] * ips / peak, peak
+            row["cuda_graphs_in_effect"] = r.graphs_in_effect
+            if r.notices:
+                row["notices"] = r.notices
+        base = rows[BASELINE].get("img_per_s")
+        default = rows.get(DEFAULT, {}).get("img_per_s")
+        for row in rows.values():
+            row["baseline"] = BASELINE
+            row["ratio"] = row["img_per_s"] / base if base and row.get("img_per_s") else None
+            if row["name"] in MODEL_CHOICES:
+                row["vs_p2p_default"] = row["img_per_s"] / default if default and row.get("img_per_s") else None
+            row.setdefault("img_per_s", None)
+        s = p.sizes
+        config = {
+            "device": str(dev), "model": s.name, "ngf": s.ngf, "num_downs": s.num_downs, "ndf": s.ndf,
+            "task": f"{task.name} ({task.in_channels} -> {task.out_channels} channels)", "batch_size": p.batch_size,
+            "image_size": p.image_size, "load_size": cfg.data.load_size, "steps_per_round": p.steps,
+            "warmup_steps": p.warmup, "rounds": p.repeats, "modes": list(p.modes), "flops_per_image": flops,
+            "peak_flops": peak_flops(dev, "bf16"), "gpu_peaks": "per row: the peak of its precision",
+            "threads": torch.get_num_threads(), "quick": p.quick, "cpu_compile": p.cpu_compile,
+            "seed": p.seed, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        }
+        return {"environment": env, "config": config, "results": list(rows.values()), "notes": notes}
 
     rows: dict[str, dict] = {}
     runners: dict[str, Runner] = {}
@@ -297,6 +341,8 @@ def run_step(options: StepOptions, progress=print) -> dict:
             row["warmup_s"] = time.perf_counter() - t0
             runners[name] = r
             progress(f"  {name}: ready ({row['warmup_s']:.1f} s build + warm-up)")
+            if partial is not None:
+                partial({**measured(), "partial": True, "rounds_done": 0})
         except torch.OutOfMemoryError:
             row["skipped"] = f"out of memory at batch {p.batch_size}"
         except Exception as e:  # a mode that fails (e.g. compile on an unusual setup) is reported, not fatal
@@ -307,8 +353,7 @@ def run_step(options: StepOptions, progress=print) -> dict:
                 torch.cuda.empty_cache()
 
     # Interleaved rounds: every mode once per round, the starting mode rotating.
-    rates: dict[str, list[float]] = {n: [] for n in runners}
-    finite: dict[str, bool] = {}
+    rates.update({n: [] for n in runners})
     order = list(runners)
     for rnd in range(p.repeats):
         k = rnd % len(order) if order else 0
@@ -318,37 +363,6 @@ def run_step(options: StepOptions, progress=print) -> dict:
             losses = r.read_losses()
             finite[name] = finite.get(name, True) and all(math.isfinite(v) for v in losses.values())
         progress(f"  round {rnd + 1}/{p.repeats}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in order))
-
-    for name, r in runners.items():
-        row = rows[name]
-        ips = statistics.median(rates[name])
-        row.update(img_per_s=ips, img_per_s_min=min(rates[name]), img_per_s_max=max(rates[name]),
-                   repeats=len(rates[name]), step_ms=1000 * p.batch_size / ips, rounds=rates[name],
-                   losses_finite=finite.get(name, True))
-        # MFU against the peak of the precision that ran (TF32 tensor cores for fp32 convolutions)
-        peak = peak_flops(dev, r.setup.precision)
-        if peak:
-            row["mfu"], row["peak_flops"] = row_flops[name] * ips / peak, peak
-        row["cuda_graphs_in_effect"] = r.graphs_in_effect
-        if r.notices:
-            row["notices"] = r.notices
-    base = rows[BASELINE].get("img_per_s")
-    default = rows.get(DEFAULT, {}).get("img_per_s")
-    for row in rows.values():
-        row["baseline"] = BASELINE
-        row["ratio"] = row["img_per_s"] / base if base and row.get("img_per_s") else None
-        if row["name"] in MODEL_CHOICES:
-            row["vs_p2p_default"] = row["img_per_s"] / default if default and row.get("img_per_s") else None
-        row.setdefault("img_per_s", None)
-    s = p.sizes
-    config = {
-        "device": str(dev), "model": s.name, "ngf": s.ngf, "num_downs": s.num_downs, "ndf": s.ndf,
-        "task": f"{task.name} ({task.in_channels} -> {task.out_channels} channels)", "batch_size": p.batch_size,
-        "image_size": p.image_size, "load_size": cfg.data.load_size, "steps_per_round": p.steps,
-        "warmup_steps": p.warmup, "rounds": p.repeats, "modes": list(p.modes), "flops_per_image": flops,
-        "peak_flops": peak_flops(dev, "bf16"), "gpu_peaks": "per row: the peak of its precision",
-        "threads": torch.get_num_threads(), "quick": p.quick, "cpu_compile": p.cpu_compile,
-        "seed": p.seed, "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-    }
-    return {"environment": environment(), "config": config, "results": list(rows.values()), "notes": notes}
+        if partial is not None and rnd + 1 < p.repeats:
+            partial({**measured(), "partial": True, "rounds_done": rnd + 1})
+    return measured()

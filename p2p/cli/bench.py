@@ -102,7 +102,8 @@ def run_data_suite(args) -> int:
                           dali_threads=counts(args.dali_threads, "--dali-threads"), main_threads=args.main_threads,
                           image_size=args.image_size, load_size=args.load_size, repeats=args.repeats,
                           quick=args.quick)
-    payload = run_data(args.source, options, say)
+    # rewritten after every row: a run cut at a time limit keeps the rows it measured
+    payload = run_data(args.source, options, say, partial=(lambda part: write_json_to(args.json, part)) if args.json else None)
     write_json_to(args.json, payload)
     c, rows = payload["config"], payload["results"]
     columns = ("name", "stage", "workers", "main_threads", "img_per_s", "ratio")
@@ -226,7 +227,8 @@ def run_step_suite(args) -> int:
         f"{torch.get_num_threads()} threads, {p.repeats} rounds of {p.steps} steps")
     if p.device.type != "cuda":
         say("no GPU on this machine: GPU-only rows are recorded as skipped; no MFU")
-    payload = run_step(options, say)
+    # rewritten after every mode built and every round: a run cut at a time limit keeps its figures
+    payload = run_step(options, say, partial=(lambda part: write_json_to(args.json, part)) if args.json else None)
     shown = [{**r, "skipped": "yes" if r.get("skipped") else "",
               "gflop_per_img": r["flops_per_image"] / 1e9 if r.get("flops_per_image") else None}
              for r in payload["results"]]
@@ -453,20 +455,29 @@ def run_scale_suite(args) -> int:
 
 
 def add_gpu_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", metavar="OUT", help="the folder benchmarks/gpu-check.sh wrote; gpu-check.json and "
-                   "summary.md are written into it")
+    p.add_argument("folder", metavar="OUT", help="the output folder of benchmarks/gpu-check.sh (its parts.tsv); "
+                   "gpu-check.json and summary.md are written into it")
+    p.add_argument("--work", metavar="WORK", default=None, help="the check's work folder (the parts' files); "
+                   "results.tar.gz is then written into OUT too (default: OUT holds the parts' files, e.g. "
+                   "results.tar.gz unpacked there)")
+    p.add_argument("--quiet", action="store_true", help="print one line, not the summary")
 
 
 def run_gpu_report(args) -> int:
     from p2p.bench.gpu_check import write_report
 
     out = Path(args.folder)
-    if not out.is_dir():
-        raise UsageError(f"{out}: no such folder (give the OUT folder of benchmarks/gpu-check.sh)")
-    result = write_report(out)
-    print((out / "summary.md").read_text(), end="")
-    print(f"wrote {out / 'gpu-check.json'} and {out / 'summary.md'}")
-    return 0 if result["passed"] else 1
+    work = Path(args.work) if args.work else out
+    for folder in (out, work):
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: no such folder (give the OUT and WORK folders of benchmarks/gpu-check.sh)")
+    result = write_report(work, out)
+    if not args.quiet:
+        print((out / "summary.md").read_text(), end="")
+    print(f"wrote {out / 'gpu-check.json'} and {out / 'summary.md'}: "
+          f"{'passed' if result['passed'] else 'not passed'}"
+          + ("" if result["complete"] else f", did not finish: {', '.join(result['unfinished'])}"))
+    return 0 if result["passed"] and result["complete"] else 1
 
 
 SUITES = {

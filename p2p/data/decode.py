@@ -56,6 +56,19 @@ except ImportError:  # an optional speed-up: torchvision decodes the same pixels
     simplejpeg = None
 
 
+def jpeg_decoder() -> str:
+    """The CPU JPEG decoder of this process, as metrics and bench rows record it."""
+    return "simplejpeg" if simplejpeg is not None else "torchvision"
+
+
+def decoder_fallback_notice() -> str | None:
+    """The notice for a run or benchmark whose CPU decodes fall back to torchvision, else None."""
+    if simplejpeg is not None:
+        return None
+    return ("simplejpeg is not installed: JPEGs are decoded by torchvision.io.decode_jpeg (the same pixels, "
+            "more overhead per image), not the decoder p2p's loaders are measured with; pip install simplejpeg")
+
+
 def jpeg_header_check(data, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Raise ImageRejected when JPEG bytes declare more pixels (or a longer strip) than any
     reader decodes, from the header alone: libjpeg-turbo and nvJPEG allocate the whole image

@@ -28,7 +28,7 @@ copies whole rows (11 us per 286-px image here) instead of transposing every pix
 The device step reads either layout (p2p.fused: any strides).
 
 With `data.worker_kind=process` (the default), DataLoader workers write batches into a ring
-of shared-memory slots made once per epoch (`Ring`) and send only the slot's number; the main
+of shared-memory slots (`Ring`) and send only the slot's number; the main
 process copies the batch out (into pinned memory when the device is CUDA) and frees the slot.
 A fresh shared-memory tensor per batch, DataLoader's usual way, cost about 0.3 ms of page
 faults per 286-px image here, a third of the decode. With `data.worker_kind=thread`,
@@ -37,7 +37,8 @@ training loop takes (pinned on CUDA), a few batches ahead: simplejpeg, pread and
 release the GIL, so decodes run in parallel, and no batch crosses between processes. Where
 cores are few (a CPU-only node) that is faster (`p2p bench data` has both rows); where a GPU
 is fed by many workers, processes keep the per-sample Python work off the training
-process's GIL.
+process's GIL. Either kind of worker, and the Ring, serve consecutive epochs of a training
+(p2p.data.stream): the next epoch's first batches are made while the current one ends.
 
 Measured on the 2-core development machine per 286-px image (one core): decode 0.72 ms,
 window copy 0.18 ms (NCHW; 0.01 ms channels-last), read + key + crop draw 0.03 ms; copy-out in
@@ -71,9 +72,8 @@ import torch
 from p2p.data import Batch
 from p2p.data.decode import fill_sample
 from p2p.data.images import DEFAULT_MAX_PIXELS
-from p2p.data.plan import (RankOrders, batch_count, batches_per_epoch, continued_plan, mix_seed, rank_samples,
-                           train_plan, val_batch_size, val_plan)
-from p2p.data.workers import watched
+from p2p.data.plan import (RankOrders, batch_count, batches_per_epoch, continued_plan, rank_samples, train_plan,
+                           val_batch_size, val_plan)
 from p2p.errors import UsageError
 
 _WARNED: set = set()
@@ -211,7 +211,7 @@ class ShardSet:
 
 class Ring:
     """Shared-memory batch slots, K per DataLoader worker, allocated (and faulted in) once per
-    epoch. A worker fills its slots in turn and sends only a `SlotRef`; the main process copies
+    stream of epochs (p2p.data.stream). A worker fills its slots in turn and sends only a `SlotRef`; the main process copies
     the batch out (into pinned memory for a CUDA device) and hands the slot back through the
     worker's counting semaphore. Measured on the development machine: a fresh shared-memory
     tensor per batch costs the worker and the main process about 0.3 ms per 286-px image in
@@ -399,6 +399,7 @@ class WdsLoader:
             self._val = val_plan(shards.counts, d.val_images, rank, world)
             self.batches_per_epoch = batch_count(len(self._val), self.batch_size)
         self._continued: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, plan, leftovers)
+        self._stream = None  # the workers of consecutive epochs (p2p.data.stream.EpochStream)
 
     def continue_epoch(self, epoch: int, history: list) -> None:
         """Epoch `epoch` goes on after what `history` read with other world or batch sizes
@@ -445,29 +446,13 @@ class WdsLoader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         if start >= self.epoch_batches(epoch):
             return
-        data = self.dataset(epoch)
-        batches = range(start, self.epoch_batches(epoch))
-        workers = min(self.workers, len(batches))
-        if workers == 0 or self.threaded:
+        if self.workers == 0:
+            data = self.dataset(epoch)
             data.pin = self.pin
-            yield from (map(data.__getitem__, batches) if workers == 0 else threaded(data, batches, workers))
+            yield from map(data.__getitem__, range(start, self.epoch_batches(epoch)))
             return
-        ctx = torch.multiprocessing.get_context()
-        prefetch = 2
-        try:  # per worker: `prefetch` batches queued, one being made, one being copied out
-            data.ring = ring = Ring(workers, prefetch + 2, data.shape, ctx) if data.writes_into_ring else None
-        except (RuntimeError, OSError) as e:  # a small /dev/shm (containers): one tensor per batch
-            warn_once(f"data: no shared memory for {workers} x {prefetch + 2} batches ({e}); sending them one "
-                      f"by one")
-            ring = None
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=None, sampler=batches, num_workers=workers, collate_fn=_identity,
-            prefetch_factor=prefetch, multiprocessing_context=ctx,
-            # its own generator: DataLoader would otherwise draw worker seeds from the global
-            # torch RNG, and a resumed run's dropout masks would differ
-            generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank)))
-        for item in watched(loader):  # a killed worker: one error naming it (p2p.data.workers)
-            if ring is not None:
-                yield ring.give(item, self.pin)
-            else:
-                yield item.pin_memory() if self.pin else item
+        # one set of workers for this and the following epochs (p2p.data.stream)
+        from p2p.data.stream import stream_epoch
+
+        yield from stream_epoch(self, epoch, start, self.workers if self.train else
+                                min(self.workers, self.epoch_batches(epoch) - start), keep=self.train)

@@ -100,7 +100,10 @@ class TrainJob(Checkpointable):
             dist.leave()  # however the task ends: see p2p.dist.leave
 
     def _stopped(self, result, requeue) -> dict:
-        where = f"step {result.step} saved to {Path(result.run_dir) / 'checkpoints' / 'last.pt'}"
+        last = Path(result.run_dir) / "checkpoints" / "last.pt"
+        # a signal before the first step ends a run at once (p2p.train.signals): maybe no checkpoint yet
+        where = f"step {result.step} saved to {last}" if last.exists() else \
+            f"stopped before step {result.step + 1} finished, no checkpoint yet"
         limit = int(self.config["slurm"]["max_requeues"])
         resume = "the same `p2p submit` command (same run.name) resumes it"
         if result.signal == "SIGTERM":

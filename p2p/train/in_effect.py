@@ -91,8 +91,19 @@ class InEffect:
     sync_batchnorm: bool | None = None  # None: model.norm is not syncbatch
     step_fn: object = None
     notices: Notices = field(default_factory=Notices)
+    counters: dict = field(default_factory=dict)  # network name -> its GraphCounter (p2p.train.compiled)
+    device_step: object = None  # the task's fused DeviceStep, or None
+    jpeg_decoder: str | None = None  # the CPU JPEG decoder of a loader that decodes with p2p.data.decode
     _replays: int = 0
     _gave_up: int = 0
+
+    def compiled(self) -> list[str]:
+        """The networks that ran compiled so far, each from its own compile: "G", "D" (their
+        GraphCounters) and "device step" (the fused step's compiled function)."""
+        from p2p.train.compiled import device_step_compiled
+
+        names = [name for name, counter in self.counters.items() if counter.graphs > 0]
+        return names + (["device step"] if device_step_compiled(self.device_step) else [])
 
     def row(self) -> dict:
         """Fields for the metrics row of the interval since the last call; takes the notices."""
@@ -100,7 +111,7 @@ class InEffect:
         replays = self.step_fn.replays if graphed else 0
         out = {"precision": self.precision, "channels_last": self.channels_last, "adam": self.adam,
                "cuda_graphs": bool(graphed and self.step_fn.graph is not None and not self.step_fn.failed),
-               "graph_replays": replays - self._replays, "compiled": False}
+               "graph_replays": replays - self._replays, "compiled": self.compiled()}
         self._replays = replays
         if self.compile:
             counts = dynamo_counts()
@@ -109,10 +120,11 @@ class InEffect:
                              f"new input shapes or modes of the networks now run eagerly (TORCH_LOGS=recompiles "
                              f"says why)")
                 self._gave_up = counts["gave_up"]
-            out["compiled"] = counts["graphs"] > 0
             out["compile_graph_breaks"] = counts["graph_breaks"]
         if self.sync_batchnorm is not None:
             out["sync_batchnorm"] = self.sync_batchnorm
+        if self.jpeg_decoder is not None:
+            out["jpeg_decoder"] = self.jpeg_decoder
         notices = self.notices.take()
         if notices:
             out["notices"] = notices

@@ -34,7 +34,7 @@ from p2p.train.straggler import StragglerWatch
 from p2p.train.position import continue_loader, epoch_batches
 from p2p.train.run import Run, build_run
 from p2p.train.schedule import official_schedule_notice
-from p2p.train.signals import StopSignals
+from p2p.train.signals import StoppedBeforeFirstStep, StopSignals
 from p2p.train.step import LOSS_NAMES
 from p2p.train.trackers import check_installed
 from p2p.train.validation import held_out_images, sample_grid, validate, validation_scorer
@@ -91,11 +91,13 @@ def train_run(run: Run) -> TrainResult:
         batches = device_batches(loader, state.epoch, state.batch_in_epoch, run.device) if state.step < end \
             else iter(())
         ahead = prepares_ahead(run.task, run.device)
-        with StopSignals() as stop, prepared_batches(batches, run.prepare_for, state.step, ahead, end) as stream:
+        with StopSignals(at_once=run.world == 1) as stop, \
+                prepared_batches(batches, run.prepare_for, state.step, ahead, end) as stream:
             while state.step < end:
                 epoch, index, (inp, target) = interval.timed_next(stream)  # the device step done ahead on CPU
                 interval.add(run.step(inp, target))
                 run.advance(epoch, index, epoch_batches(loader, epoch))
+                stop.stepped()
 
                 last = state.step == end
                 stopping = stop.agreed(run.accel, every=1 if run.world == 1 else 10, step=state.step)
@@ -115,6 +117,9 @@ def train_run(run: Run) -> TrainResult:
                 if stopping:
                     log.print(f"received {stop.name}: saved step {state.step} to {run.ckpts.last}; exiting")
                     return result(run, metrics, signal=stop.name)
+    except StoppedBeforeFirstStep as e:  # nothing new since the checkpoint this run started from
+        log.print(f"received {e} before the first step finished: nothing new to save; exiting")
+        return result(run, metrics, signal=str(e))
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"out of memory at train.batch_size={t.batch_size}, data.image_size={cfg.data.image_size}, "
@@ -156,6 +161,12 @@ def announce(run: Run, loader, log: RunLogger) -> None:
               f"({backend} loader), "
               f"step {run.state.step} -> {cfg.train.max_steps}, run folder {cfg.run_dir}"
               + (" (resumed)" if run.resumed else ""))
+    if backend == "wds":  # its workers decode with p2p.data.decode: which decoder is in the rows
+        from p2p.data.decode import decoder_fallback_notice, jpeg_decoder
+
+        run.speedups.jpeg_decoder = jpeg_decoder()
+        if fallback := decoder_fallback_notice():
+            run.notices(fallback)
     schedule = official_schedule_notice(cfg, loader.batches_per_epoch)
     if schedule:
         log.print(f"[yellow]notice:[/] {schedule}")

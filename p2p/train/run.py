@@ -244,7 +244,8 @@ def _build(cfg: Config, accel, notices: Notices) -> Run:
     if payload is not None:
         load_weights(payload, G, D, g_arch, d_arch, found.path)
 
-    G, D, D_frozen = wrap_models(G, D, cfg, accel, notices)
+    counters: dict = {}
+    G, D, D_frozen = wrap_models(G, D, cfg, accel, notices, counters)
     graphs = use_cuda_graphs(cfg, device, notices, world)
     precision = Precision(cfg.train.precision, device)
     channels_last = uses_channels_last(cfg, device)
@@ -265,6 +266,7 @@ def _build(cfg: Config, accel, notices: Notices) -> Run:
             notices.append(moved_on)
     step_fn = make_step_fn(nets, cfg, precision, graphs, notices)
     speedups = InEffect(precision.name, channels_last, uses_compile(cfg, device), adam_kind(nets.opt_g),
-                        uses_sync_batchnorm(cfg, device, world), step_fn, notices)
+                        uses_sync_batchnorm(cfg, device, world), step_fn, notices, counters,
+                        task.device_step if task.fused_device_step else None)
     return Run(cfg, accel, task, g_arch, d_arch, nets, precision, step_fn, state, ckpts, payload is not None, notices,
                speedups)

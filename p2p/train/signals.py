@@ -3,6 +3,12 @@ time limit or preemption, and TERM when it cancels or requeues; torchrun forward
 
 The handler only sets a flag. Ranks agree on stopping with a max-all-reduce every few steps, so
 all of them save the same step even when only some received the signal.
+
+One exception: a single-process run that is signalled before its first step of this invocation
+has finished (building, loading, compiling: a cold torch.compile of the full networks takes
+minutes) has nothing new to save, so the handler raises `StoppedBeforeFirstStep` and the run
+ends at once instead of after that step (a time limit's grace would otherwise run out in the
+compile, and a SIGKILL follow).
 """
 
 from __future__ import annotations
@@ -14,13 +20,25 @@ import torch
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
+class StoppedBeforeFirstStep(Exception):
+    """A stop signal arrived before this invocation's first step finished: nothing to save."""
+
+
 class StopSignals:
-    def __init__(self):
+    def __init__(self, at_once: bool = False):
         self.name: str | None = None
+        self.at_once = at_once  # raise StoppedBeforeFirstStep from the handler (until `stepped`)
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
         self.name = signal.Signals(signum).name
+        if self.at_once:
+            self.at_once = False
+            raise StoppedBeforeFirstStep(self.name)
+
+    def stepped(self) -> None:
+        """A step finished: from now on a signal stops at the next step boundary, with a checkpoint."""
+        self.at_once = False
 
     def __enter__(self):
         for s in SIGNALS:

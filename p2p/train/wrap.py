@@ -40,8 +40,11 @@ def uses_sync_batchnorm(cfg, device: torch.device, world: int) -> bool | None:
     return world > 1 and device.type == "cuda"
 
 
-def wrap_models(G: nn.Module, D: nn.Module, cfg, accel, notice) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """-> (G for training, D for its own update, D without DDP for the frozen-critic pass)."""
+def wrap_models(G: nn.Module, D: nn.Module, cfg, accel, notice,
+                counters: dict | None = None) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """-> (G for training, D for its own update, D without DDP for the frozen-critic pass).
+    With torch.compile, `counters` gets each network's GraphCounter ("G"; "D" counts both of
+    D's compiled forms), which says whether that network really compiled."""
     device = accel.device
     if uses_sync_batchnorm(cfg, device, accel.num_processes):
         G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
@@ -55,7 +58,12 @@ def wrap_models(G: nn.Module, D: nn.Module, cfg, accel, notice) -> tuple[nn.Modu
     G, D = accel.prepare(G, D)
     D_frozen = unwrap(D)
     if uses_compile(cfg, device):
-        G, D, D_frozen = torch.compile(G), torch.compile(D), torch.compile(D_frozen)
+        from p2p.train.compiled import GraphCounter
+
+        g, d = GraphCounter("G"), GraphCounter("D")
+        G, D, D_frozen = torch.compile(G, backend=g), torch.compile(D, backend=d), torch.compile(D_frozen, backend=d)
+        if counters is not None:
+            counters.update(G=g, D=d)
     elif cfg.train.compile:
         notice("train.compile=true: torch.compile is used on GPU only; running eager on CPU")
     return G, D, D_frozen

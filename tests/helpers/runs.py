@@ -24,7 +24,10 @@ TINY = [
 
 def p2p_env(**extra) -> dict:
     env = dict(os.environ)
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # ROOT first, the caller's path after it: packages installed with `pip --target` and put on
+    # PYTHONPATH (benchmarks/gpu-check.sh) stay importable in the subprocess
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     env.update(extra)
