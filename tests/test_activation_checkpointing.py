@@ -120,3 +120,23 @@ def test_compile_is_refused_with_one_notice():
 
     cfg = load_config(None, ["train.compile=true", "train.activation_checkpointing=all"])
     assert not uses_compile(cfg, torch.device("cuda"))
+
+
+@pytest.mark.slow
+def test_two_ranks_with_checkpointing_ema_and_a_frozen_global_part_train_as_without(tmp_path):
+    """Under DDP (gloo, 2 ranks) with the EMA and a local enhancer whose global part is frozen for
+    the first 2 of 4 steps, activation checkpointing of everything ends with the same weights,
+    optimizer moments, EMA and logged losses as the plain run."""
+    from helpers.runs import torchrun
+    from test_resume import assert_same_run
+
+    common = ["-m", "p2p", "train", f"run.out_dir={tmp_path}", "run.deterministic=true", "data.image_size=32",
+              "data.load_size=40", "model.generator=local", "model.ngf=4", "model.ndf=8", "model.norm=batch",
+              "model.n_downsample_global=2", "model.n_blocks_global=1", "model.n_blocks_local=1", "model.num_d=2",
+              "model.n_layers_d=2", "loss.lambda_feat=10", "train.ema_decay=0.8", "train.fix_global_steps=2",
+              "train.batch_size=2", "data.epoch_size=16", "data.val_images=2", "data.workers=0",
+              "train.log_every=1", "train.sample_every=0", "train.eval_every=0", "train.ckpt_every=0",
+              "train.max_steps=4"]
+    torchrun(*common, "run.name=plain")
+    torchrun(*common, "run.name=recomputed", "train.activation_checkpointing=all")
+    assert_same_run(tmp_path / "plain", tmp_path / "recomputed")
