@@ -129,7 +129,7 @@ def test_two_ranks_with_checkpointing_ema_and_a_frozen_global_part_train_as_with
     the first 2 of 4 steps, activation checkpointing of everything ends with the same weights,
     optimizer moments, EMA and logged losses as the plain run."""
     from helpers.runs import torchrun
-    from test_resume import assert_same_run
+    from helpers.same_run import assert_same_run
 
     common = ["-m", "p2p", "train", f"run.out_dir={tmp_path}", "run.deterministic=true", "data.image_size=32",
               "data.load_size=40", "model.generator=local", "model.ngf=4", "model.ndf=8", "model.norm=batch",

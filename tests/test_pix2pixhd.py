@@ -201,7 +201,7 @@ def test_global_then_local_train_resume_predict_and_export(tmp_path):
     activation checkpointing on; the same local run cut at 2 and resumed ends identical; its
     checkpoint predicts and exports to ONNX and TorchScript."""
     from helpers.runs import load_ckpt, run_p2p
-    from test_resume import assert_same_run
+    from helpers.same_run import assert_same_run
 
     out = f"run.out_dir={tmp_path}"
     run_p2p("train", out, "run.name=global", *HD_TINY, "model.generator=global", "model.ngf=8", "train.max_steps=2")
