@@ -231,3 +231,26 @@ def test_global_then_local_train_resume_predict_and_export(tmp_path):
     for fmt in ("onnx", "torchscript"):
         proc = run_p2p("export", ckpt, "--format", fmt, "--out", tmp_path / f"G.{fmt}")
         assert (tmp_path / f"G.{fmt}").is_file() and "max |" in proc.stdout
+
+
+# ------------------------------------------------------------------------------ small inputs
+
+
+def test_predict_pads_small_inputs_to_the_two_pixels_the_coarsest_blocks_need():
+    from p2p.config import TaskConfig
+    from p2p.inference import Geometry, predict
+    from p2p.tasks import build_task
+
+    G = build_generator(hd_arch("local", 3, 3, 4, 2, 1, 1, 1, "instance")).eval()  # stride 8: 16 px at least
+    task = build_task(TaskConfig(name="paired"))
+    with torch.no_grad():
+        out = predict(G, task, torch.rand(1, 3, 10, 12), Geometry("scale", 8))
+    assert out.shape == (1, 3, 10, 12) and torch.isfinite(out).all()
+
+
+def test_a_tile_smaller_than_the_network_needs_is_one_line():
+    from p2p.tiling import Tiling
+
+    with pytest.raises(UsageError, match="--tile 8 must be at least 16") as e:
+        Tiling(8, 2).check(8, build_generator(hd_arch("local", 3, 3, 4, 2, 1, 1, 1, "instance")).min_side)
+    assert "\n" not in str(e.value)

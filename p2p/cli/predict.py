@@ -70,7 +70,7 @@ def run(args) -> int:
     tiling = None
     if args.tile:
         tiling = Tiling(args.tile, args.tile // 4 if args.overlap is None else args.overlap)
-        tiling.check(predictor.G.stride)
+        tiling.check(predictor.G.stride, getattr(predictor.G, "min_side", 0))
     elif args.overlap is not None:
         raise UsageError("--overlap needs --tile")
     device = resolve_device(args.device)
