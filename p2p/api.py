@@ -91,7 +91,8 @@ class Model:
         return self.predictor.geometry(size, full_res, squash)
 
     def tiling(self, tile: int = 0, overlap: int | None = None):
-        """p2p.tiling.Tiling of `tile` x `tile` pixels (0: whole images), checked against the stride."""
+        """p2p.tiling.Tiling of `tile` x `tile` pixels (0: whole images), checked against the stride (and the coarsest
+        scale's smallest side)."""
         from p2p.tiling import Tiling
 
         if not tile:
@@ -99,7 +100,7 @@ class Model:
                 raise UsageError("--overlap needs --tile")
             return None
         tiling = Tiling(tile, tile // 4 if overlap is None else overlap)
-        tiling.check(self.G.stride)
+        tiling.check(self.G.stride, getattr(self.G, "min_side", 0))
         return tiling
 
     def run(self, rgb: torch.Tensor, geometry, tiling=None) -> torch.Tensor:

@@ -52,8 +52,9 @@ class ExportReport:
 def base_side(G) -> int:
     """The smallest side the checks use: a multiple of the stride and at least 16, because a
     ResNet's residual blocks reflect-pad by 1 at a quarter of the input's size (a 4-pixel input
-    would leave 1 pixel there, which reflection padding refuses)."""
-    return G.stride * -(-16 // G.stride)
+    would leave 1 pixel there, which reflection padding refuses); pix2pixHD's generators pad at
+    1/stride of it, so they say their own `min_side`."""
+    return max(G.stride * -(-16 // G.stride), getattr(G, "min_side", 0))
 
 
 def check_shapes(G) -> list[tuple[int, ...]]:

@@ -112,10 +112,11 @@ def load_predictor(path: str, task_name: str | None = None, direction: str | Non
     return Predictor(G.train(train_mode), task, cfg, tree is None, used)
 
 
-def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad the bottom and right to a multiple (reflect; replicate where the image is too small)."""
+def pad_to(x: torch.Tensor, multiple: int, at_least: int = 0) -> torch.Tensor:
+    """Pad the bottom and right to a multiple, and to `at_least` (itself a multiple: pix2pixHD's
+    generators need 2 px at their coarsest scale), reflecting; replicating where the image is too small."""
     h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
+    ph, pw = max(-h % multiple, at_least - h), max(-w % multiple, at_least - w)
     if not ph and not pw:
         return x
     return F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
@@ -153,12 +154,13 @@ def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None
         seen = resize(rgb, scaled_size(h, w, geometry.size)).clamp_(0, 1)
     x = task.model_input(seen)
     sh, sw = x.shape[-2:]
+    padded = pad_to(x, G.stride, getattr(G, "min_side", 0))
     if tiling is None:
-        out = _forward(G, pad_to(x, G.stride), precision)
+        out = _forward(G, padded, precision)
     else:
         from p2p.tiling import run_tiled
 
-        out = run_tiled(G, pad_to(x, G.stride), tiling, lambda net, t: _forward(net, t, precision))
+        out = run_tiled(G, padded, tiling, lambda net, t: _forward(net, t, precision))
     out = out[..., :sh, :sw].float()
     if task.name == "colorize":  # ab at the model's scale, L at full resolution
         ab = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False) if (sh, sw) != (h, w) else out

@@ -28,9 +28,12 @@ class Tiling:
     size: int  # tile side at the model's scale, a multiple of the stride
     overlap: int  # pixels shared by neighbouring tiles
 
-    def check(self, stride: int) -> None:
+    def check(self, stride: int, min_side: int = 0) -> None:
         if self.size < stride or self.size % stride:
             raise UsageError(f"--tile {self.size} must be a positive multiple of the network's stride {stride}")
+        if self.size < min_side:
+            raise UsageError(f"--tile {self.size} must be at least {min_side} for this network (2 px at its coarsest "
+                             f"scale)")
         if not 0 <= self.overlap < self.size:
             raise UsageError(f"--overlap {self.overlap} must be in [0, --tile {self.size})")
 

@@ -71,7 +71,8 @@ def test_old_official_resnet_with_instance_norm_running_stats_loads():
 
 
 @pytest.mark.parametrize("state, needle", [
-    (OfficialResnet(3, 3, 8, "instance", False, 2, n_downsampling=4).state_dict(), "4 stride-2 downsamplings"),
+    # 4 downsamplings and dropout: neither pix2pix's ResnetGenerator nor pix2pixHD's GlobalGenerator
+    (OfficialResnet(3, 3, 8, "instance", True, 2, n_downsampling=4).state_dict(), "4 stride-2 downsamplings"),
     ({"foo.weight": torch.zeros(3)}, "not a generator p2p supports"),
     (OfficialNLayerD(6, 8, 3, "batch").state_dict(), "looks like a discriminator"),
 ])
@@ -91,7 +92,7 @@ def test_resnet_with_biases_before_batch_norm_is_refused():
 def test_predict_with_an_unsupported_official_file_is_exit_2(tmp_path):
     from helpers.runs import run_p2p
 
-    torch.save(OfficialResnet(3, 3, 8, "instance", False, 2, n_downsampling=4).state_dict(), tmp_path / "G.pth")
+    torch.save(OfficialResnet(3, 3, 8, "instance", True, 2, n_downsampling=4).state_dict(), tmp_path / "G.pth")
     from PIL import Image
 
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")

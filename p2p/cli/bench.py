@@ -480,6 +480,8 @@ def run_gpu_report(args) -> int:
     return 0 if result["passed"] and result["complete"] else 1
 
 
+from p2p.cli import bench_memory as _memory  # noqa: E402  (it uses the helpers above)
+
 SUITES = {
     "data": ("input pipelines (wds, dali, nvjpeg, folder) vs the per-image PIL + skimage baseline",
              add_data_arguments, run_data_suite),
@@ -490,6 +492,7 @@ SUITES = {
              run_step_suite),
     "scaling": ("weak scaling over processes (gloo on CPU, NCCL on GPUs)", add_scaling_arguments, run_scaling_suite),
     "profile": ("torch.profiler trace and top operators of a real run", add_profile_arguments, run_profile_suite),
+    "memory": (_memory.HELP, _memory.add_memory_arguments, _memory.run_memory_suite),
     "scale": ("growth with the dataset: N COCO-shaped images sharded, planned, trained and resumed",
               add_scale_arguments, run_scale_suite),
     "all": ("everything above into one folder: results.json, report.md, plots", add_all_arguments, run_all_suite),

@@ -28,7 +28,7 @@ TASKS = ("colorize", "gray2rgb", "paired", "restore")
 NORMS = ("batch", "syncbatch", "instance", "none")
 GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
 LR_POLICIES = ("linear", "step", "cosine", "constant", "official")
-GENERATORS = ("unet", "resnet")
+GENERATORS = ("unet", "resnet", "global", "local")
 OPTIM_IMPLS = ("fused", "foreach", "plain")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,6 +36,7 @@ BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_STEPS = ("fused", "eager")
 WORKER_KINDS = ("process", "thread")
+ACTIVATION_CHECKPOINTING = ("none", "generator", "all")
 # what best.pt may be chosen by: the held-out metrics of p2p.evaluation that have a better side
 BEST_METRICS = ("psnr", "ssim", "l1", "lpips", "fid", "kid", "delta_colorfulness")
 
@@ -174,8 +175,9 @@ class DataConfig(Section):
 class ModelConfig(Section):
     SECTION: ClassVar[str] = "model"
 
-    generator: str = _f("unet", "unet (the official unet_256/unet_128) or resnet (the official resnet_9blocks/6blocks)",
-                        GENERATORS)
+    generator: str = _f("unet", "unet (the official unet_256/unet_128), resnet (the official resnet_9blocks/6blocks), "
+                        "global (pix2pixHD's GlobalGenerator) or local (pix2pixHD's LocalEnhancer around a global "
+                        "generator of 2**n_local_enhancers x ngf); global and local have no dropout", GENERATORS)
     ngf: int = _f(32, "generator width (official: 64)")
     ndf: int = _f(32, "discriminator width (official: 64)")
     num_downs: int = _f(6, "U-Net depth: 8 = unet_256, 7 = unet_128; image_size must be divisible by 2**num_downs")
@@ -187,6 +189,12 @@ class ModelConfig(Section):
     dropout: bool = _f(True, "dropout 0.5 in the innermost 512-channel decoder blocks (official: on)")
     init_type: str = _f("normal", "weight init", INIT_TYPES)
     init_gain: float = _f(0.02, "std / gain of the weight init")
+    n_downsample_global: int = _f(4, "global/local: stride-2 convs of the global generator (pix2pixHD: 4)")
+    n_blocks_global: int = _f(9, "global/local: residual blocks of the global generator (pix2pixHD: 9)")
+    n_local_enhancers: int = _f(1, "local: enhancers, each doubling the resolution (pix2pixHD: 1)")
+    n_blocks_local: int = _f(3, "local: residual blocks per enhancer (pix2pixHD: 3)")
+    init_global: str = _f("", "local: a global run's checkpoint (or pix2pixHD's global latest_net_G.pth) whose "
+                          "generator starts the global part of a fresh run (its ngf = 2**n_local_enhancers x ngf)")
 
     def check(self):
         self.within(2, 12, "num_downs")
@@ -195,11 +203,20 @@ class ModelConfig(Section):
         self.within(1, 64, "n_blocks")
         self.within(1, 6, "num_d")
         self.within(1e-8, 10, "init_gain")
+        self.within(1, 8, "n_downsample_global")
+        self.within(1, 64, "n_blocks_global")
+        self.within(1, 4, "n_local_enhancers")
+        self.within(0, 64, "n_blocks_local")
+        self.need(not self.init_global or self.generator == "local", "init_global",
+                  f"starts the global part of a local enhancer; model.generator={self.generator!r} has none")
 
     @property
     def stride(self) -> int:
         """What image sides must be multiples of: the U-Net halves them num_downs times, the
-        ResNet twice."""
+        ResNet twice, pix2pixHD's global generator n_downsample_global times (and its local
+        enhancer's input pyramid n_local_enhancers times more)."""
+        if self.generator in ("global", "local"):
+            return 2 ** (self.n_downsample_global + (self.n_local_enhancers if self.generator == "local" else 0))
         return 2 ** self.num_downs if self.generator == "unet" else 4
 
 
@@ -284,6 +301,11 @@ class TrainConfig(Section):
     device: str = _f("auto", "auto (cuda when present), cpu or cuda", DEVICES)
     ema_decay: float = _f(0.0, "EMA of G's weights, updated after every G step (0 = off; e.g. 0.999); when on, "
                                "validation, best.pt, predict, eval and export use it (--raw-weights: the raw G)")
+    fix_global_steps: int = _f(0, "model.generator=local: the global part is frozen for the first steps, only the "
+                               "local enhancers train (pix2pixHD's niter_fix_global, in steps)")
+    activation_checkpointing: str = _f("none", "recompute activations in the backward pass instead of keeping them "
+                                       "(less memory, one more forward): none, generator (its blocks) or all (the "
+                                       "discriminators too); same losses and gradients", ACTIVATION_CHECKPOINTING)
 
     def check(self):
         self.need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)")
@@ -294,6 +316,7 @@ class TrainConfig(Section):
         self.within(0, 1_000_000, "keep_last")
         self.within(1, 30 * 86400, "timeout_s")
         self.within(0, 100, "straggler_lag")  # a fraction of a step; 0 = off
+        self.within(0, MAX_COUNT, "fix_global_steps")
 
 
 @dataclass(frozen=True)
@@ -375,7 +398,14 @@ class Config:
         d, m = self.data, self.model
         why = (f"must be divisible by 2**model.num_downs = {m.stride} (lower model.num_downs or pick another size)"
                if m.generator == "unet" else "must be divisible by 4: the ResNet generator downsamples twice")
+        if m.generator in ("global", "local"):
+            why = (f"must be a multiple of {m.stride}, at least {2 * m.stride}: pix2pixHD's {m.generator} generator "
+                   f"halves it {m.stride.bit_length() - 1} times and its residual blocks reflect-pad 2 px")
+            _require(d.image_size >= 2 * m.stride, "data.image_size", d.image_size, why)
         _require(d.image_size % m.stride == 0, "data.image_size", d.image_size, why)
+        _require(not self.train.fix_global_steps or m.generator == "local", "train.fix_global_steps",
+                 self.train.fix_global_steps, f"freezes the global part of a local enhancer; model.generator="
+                 f"{m.generator!r} has none")
         # A PatchGAN halves its input n_layers_d times, then two 4x4 stride-1 convs take a pixel
         # off each: below 3 * 2**n_layers_d px no patch is left.
         coarsest = -(-d.image_size // 2 ** (m.num_d - 1))

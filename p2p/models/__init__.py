@@ -1,5 +1,5 @@
-"""Models: the U-Net and ResNet generators, the PatchGAN, PixelGAN and multi-scale
-discriminators, weight init and loading.
+"""Models: the U-Net and ResNet generators, pix2pixHD's global generator and local enhancer, the
+PatchGAN, PixelGAN and multi-scale discriminators, weight init and loading.
 
 `build_generator` / `build_discriminator` make plain modules from an architecture
 (`p2p.models.arch`); nothing here knows about DDP, AMP or devices. `load_generator(path)` /
@@ -13,11 +13,12 @@ corrupt (p2p checksums) or holds anything else raises `p2p.errors.CheckpointErro
 from __future__ import annotations
 
 from p2p.models.arch import (GENERATORS, DiscriminatorArch, GeneratorArch, arch_dict, build_discriminator,
-                             build_generator, init_weights, resnet_arch, same_arch)
+                             build_generator, hd_arch, init_weights, resnet_arch, same_arch)
 from p2p.models.loading import (WEIGHTS, discriminator_arch_of, generator_arch_of, load_discriminator,
                                 load_generator, read_checkpoint, select_generator_weights)
 from p2p.models.multiscale import MultiscaleDiscriminator
 from p2p.models.patchgan import PatchDiscriminator, PixelDiscriminator
+from p2p.models.pix2pixhd import GlobalGenerator, LocalEnhancer
 from p2p.models.resnet import ResnetGenerator
 from p2p.models.unet import UNetGenerator
 
@@ -26,5 +27,5 @@ __all__ = [
     "PixelDiscriminator", "MultiscaleDiscriminator", "GENERATORS", "WEIGHTS", "build_generator",
     "build_discriminator", "init_weights", "load_generator", "load_discriminator", "read_checkpoint",
     "generator_arch_of", "discriminator_arch_of", "select_generator_weights", "arch_dict", "same_arch",
-    "resnet_arch",
+    "resnet_arch", "hd_arch", "GlobalGenerator", "LocalEnhancer",
 ]

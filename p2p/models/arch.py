@@ -10,17 +10,20 @@ from torch.nn import init
 
 from p2p.models.multiscale import MultiscaleDiscriminator
 from p2p.models.patchgan import PatchDiscriminator, PixelDiscriminator
+from p2p.models.pix2pixhd import GlobalGenerator, LocalEnhancer
 from p2p.models.resnet import DOWNSAMPLINGS, ResnetGenerator
 from p2p.models.unet import UNetGenerator
 
-GENERATORS = ("unet", "resnet")
+GENERATORS = ("unet", "resnet", "global", "local")
 
 
 @dataclass
 class GeneratorArch:
     """A U-Net (`num_downs` levels) or the official ResnetGenerator (`n_blocks` residual blocks;
-    its `num_downs` is its two downsamplings). Checkpoints from before `kind` existed hold
-    U-Nets, which the defaults describe."""
+    its `num_downs` is its two downsamplings), or pix2pixHD's `global` generator (`num_downs`
+    downsamplings, `n_blocks` residual blocks) and `local` enhancer (that global generator at
+    2**n_local_enhancers x ngf under `n_local_enhancers` enhancers of `n_blocks_local` blocks).
+    Checkpoints from before `kind` existed hold U-Nets, which the defaults describe."""
 
     in_channels: int
     out_channels: int
@@ -30,16 +33,26 @@ class GeneratorArch:
     dropout: bool = True
     kind: str = "unet"
     n_blocks: int = 0
+    n_local_enhancers: int = 0
+    n_blocks_local: int = 0
 
     @property
     def stride(self) -> int:
         """Input sides must be multiples of this."""
-        return 2 ** self.num_downs
+        return 2 ** (self.num_downs + self.n_local_enhancers)
 
 
 def resnet_arch(in_channels: int, out_channels: int, n_blocks: int, ngf: int, norm: str,
                 dropout: bool) -> GeneratorArch:
     return GeneratorArch(in_channels, out_channels, DOWNSAMPLINGS, ngf, norm, dropout, "resnet", n_blocks)
+
+
+def hd_arch(kind: str, in_channels: int, out_channels: int, ngf: int, n_downsample_global: int,
+            n_blocks_global: int, n_local_enhancers: int, n_blocks_local: int, norm: str) -> GeneratorArch:
+    """pix2pixHD's `global` or `local` generator (no dropout: pix2pixHD has none)."""
+    local = kind == "local"
+    return GeneratorArch(in_channels, out_channels, n_downsample_global, ngf, norm, False, kind, n_blocks_global,
+                         n_local_enhancers if local else 0, n_blocks_local if local else 0)
 
 
 @dataclass
@@ -54,6 +67,11 @@ class DiscriminatorArch:
 def build_generator(arch: GeneratorArch) -> nn.Module:
     if arch.kind == "resnet":
         return ResnetGenerator(arch.in_channels, arch.out_channels, arch.n_blocks, arch.ngf, arch.norm, arch.dropout)
+    if arch.kind == "global":
+        return GlobalGenerator(arch.in_channels, arch.out_channels, arch.ngf, arch.num_downs, arch.n_blocks, arch.norm)
+    if arch.kind == "local":
+        return LocalEnhancer(arch.in_channels, arch.out_channels, arch.ngf, arch.num_downs, arch.n_blocks,
+                             arch.n_local_enhancers, arch.n_blocks_local, arch.norm)
     if arch.kind == "unet":
         return UNetGenerator(arch.in_channels, arch.out_channels, arch.num_downs, arch.ngf, arch.norm, arch.dropout)
     raise ValueError(f"unknown generator kind {arch.kind!r}; choose {', '.join(GENERATORS)}")

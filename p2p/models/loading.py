@@ -3,7 +3,8 @@
 architecture read off the tensors when no `arch` is recorded. Weights that fit none of these are
 a `WeightsError`: one line naming what was found (the commands exit 2 on it). A file that is
 missing, truncated, corrupt (p2p checksums) or holds anything else is a `CheckpointError`, of
-which WeightsError is one kind: callers catch one class.
+which WeightsError is one kind: callers catch one class. pix2pixHD's `latest_net_G.pth` of its
+GlobalGenerator and LocalEnhancer load too (`p2p.models.hd_layout`).
 
 A p2p checkpoint trained with `train.ema_decay > 0` holds two generators: the raw weights
 (`generator`) and their moving average (`generator_ema`). `load_generator(..., weights=)`
@@ -22,6 +23,7 @@ from torch import nn
 from p2p.checkpoint_file import read_checkpoint_file
 from p2p.errors import CheckpointError, UsageError, WeightsError
 from p2p.models.arch import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
+from p2p.models.hd_layout import hd_arch_of
 from p2p.models.official import (drop_stale_norm_stats, generator_from_official, is_official_generator,
                                  is_resnet_layout, resnet_arch_of)
 from p2p.weights_check import check_finite, check_fits
@@ -66,6 +68,8 @@ def generator_arch_of(state: dict, dropout: bool = True) -> GeneratorArch:
     with it, so that is the default. A ResNet's dropout shows in its key names."""
     if "down.0.conv.weight" in state and "up.0.conv.weight" in state:
         return _unet_arch_of(state, dropout)
+    if (hd := hd_arch_of(state)) is not None:  # pix2pixHD's global generator or local enhancer
+        return hd
     if is_resnet_layout(state):
         return resnet_arch_of(state)
     hint = ""
@@ -193,9 +197,9 @@ def _load_checked(path_or_state, name: str | None, kind: str, build) -> nn.Modul
 def load_generator(path_or_state, dropout: bool | None = None, weights: str = "auto", *,
                    name: str | None = None) -> nn.Module:
     """A ready generator (eval mode, CPU) from a p2p checkpoint, a p2p state dict, an official
-    `latest_net_G.pth` (U-Net or ResnetGenerator) or a model folder (p2p.model_folder). `weights`:
-    see the module docstring. Anything else raises `CheckpointError` (`name`: what to call an
-    in-memory `path_or_state` in it)."""
+    `latest_net_G.pth` (U-Net or ResnetGenerator; pix2pixHD's global or local) or a model folder
+    (p2p.model_folder). `weights`: see the module docstring. Anything else raises `CheckpointError`
+    (`name`: what to call an in-memory `path_or_state` in it)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}: choose one of {', '.join(WEIGHTS)}")
     from p2p.model_folder import is_model_folder, load_folder

@@ -108,9 +108,8 @@ def resnet_arch_of(state: dict):
     """Channels, width, blocks, dropout and norm of a ResnetGenerator state dict in the official
     layout: model.1 the 7x7 stem, stride-2 convs up to the first residual block, the blocks'
     second conv at `conv_block.6` (not `.5`) when they have dropout, the last conv's output the
-    image channels. Anything
-    else that starts with a 7x7 conv (pix2pixHD's GlobalGenerator, with 4 downsamplings) is
-    refused in one line."""
+    image channels. pix2pixHD's GlobalGenerator is read by `p2p.models.hd_layout` first; anything
+    else that starts with a 7x7 conv is refused in one line."""
     from p2p.models.arch import resnet_arch
     from p2p.models.resnet import DOWNSAMPLINGS
 
@@ -123,8 +122,8 @@ def resnet_arch_of(state: dict):
     downs = [i for i in convs if 1 < i < blocks[0]]
     if len(downs) != DOWNSAMPLINGS:
         raise WeightsError(f"a ResNet generator with {len(downs)} stride-2 downsamplings before its residual "
-                           f"blocks (pix2pixHD's GlobalGenerator has 4): p2p supports the official "
-                           f"ResnetGenerator (resnet_9blocks / resnet_6blocks), which has {DOWNSAMPLINGS}")
+                           f"blocks and dropout in them: neither the official ResnetGenerator (resnet_9blocks / "
+                           f"resnet_6blocks: {DOWNSAMPLINGS}) nor pix2pixHD's GlobalGenerator (no dropout)")
     stem, head = state["model.1.weight"], state[f"model.{convs[-1]}.weight"]
     if "model.2.weight" in state:  # affine BatchNorm; the official InstanceNorm has no weights
         norm = "batch"

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, init_weights, resnet_arch
+from p2p.models import (DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, hd_arch, init_weights,
+                        resnet_arch)
 from p2p.train.step import Nets, Precision
 from p2p.train.wrap import make_optimizer, unwrap
 
@@ -18,6 +19,9 @@ def architectures(cfg, task) -> tuple[GeneratorArch, DiscriminatorArch]:
     m = cfg.model
     if m.generator == "resnet":
         g = resnet_arch(task.in_channels, task.out_channels, m.n_blocks, m.ngf, m.norm, m.dropout)
+    elif m.generator in ("global", "local"):
+        g = hd_arch(m.generator, task.in_channels, task.out_channels, m.ngf, m.n_downsample_global, m.n_blocks_global,
+                    m.n_local_enhancers, m.n_blocks_local, m.norm)
     else:
         g = GeneratorArch(task.in_channels, task.out_channels, m.num_downs, m.ngf, m.norm, m.dropout)
     d = DiscriminatorArch(task.in_channels + task.out_channels, m.ndf, m.n_layers_d, m.norm, m.num_d)

@@ -19,6 +19,7 @@ from p2p.run_folder import RunFolderLock, lock_run_folder
 from p2p.tasks import Task, build_task
 from p2p.train.checkpoint import (Checkpoints, TrainState, load_weights, make_payload, open_resumable, rank_state,
                                   restore_training, seed_all)
+from p2p.train.coarse_to_fine import frozen_parameters, start_global_part
 from p2p.train.in_effect import InEffect, Notices, adam_kind
 from p2p.train.nets import architectures, build_nets, build_networks
 from p2p.train.position import continue_position
@@ -85,6 +86,7 @@ class Run:
         lr = self.scheduled_lr()
         set_lr(self.nets.opt_g, lr)
         set_lr(self.nets.opt_d, lr)
+        self.nets.frozen_g = frozen_parameters(self.nets.G, self.cfg, self.state.step)
         return self.step_fn(inp, target)
 
     def advance(self, epoch: int, index: int, batches_in_epoch: int) -> None:
@@ -166,6 +168,12 @@ def use_cuda_graphs(cfg: Config, device: torch.device, notice, world: int = 1) -
         notice(f"train.cuda_graphs=true: CUDA graphs are used with one process only ({world} here); "
                f"running eager steps")
         return False
+    if cfg.train.activation_checkpointing != "none" or cfg.train.fix_global_steps:
+        # a captured step would keep the recompute's or the freeze's state of its capture
+        what = ("activation_checkpointing=" + cfg.train.activation_checkpointing
+                if cfg.train.activation_checkpointing != "none" else "fix_global_steps")
+        notice(f"train.cuda_graphs=true: not with train.{what} (not captured here yet); running eager steps")
+        return False
     if cfg.train.precision == "fp16" or cfg.train.on_nonfinite == "skip":
         notice("train.cuda_graphs=true: fp16 loss scaling and on_nonfinite=skip read the gradient check on "
                "the host every step, which a graph cannot; running eager (use bf16)")
@@ -243,6 +251,8 @@ def _build(cfg: Config, accel, notices: Notices) -> Run:
     payload = found.payload if found is not None else None
     if payload is not None:
         load_weights(payload, G, D, g_arch, d_arch, found.path)
+    elif cfg.model.init_global:  # a fresh local run starts from a trained global generator
+        start_global_part(G, cfg.model.init_global)
 
     counters: dict = {}
     G, D, D_frozen = wrap_models(G, D, cfg, accel, notices, counters)

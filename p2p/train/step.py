@@ -45,6 +45,8 @@ class Nets:
     memory_format: torch.memory_format = torch.contiguous_format
     perceptual: nn.Module | None = None  # the VGG19 loss (loss.lambda_vgg > 0)
     ema: object | None = None  # p2p.train.ema.GeneratorEMA (train.ema_decay > 0)
+    # G's parameters this step does not update (p2p.train.coarse_to_fine: a frozen global part)
+    frozen_g: tuple = ()
 
 
 class Precision:
@@ -148,6 +150,8 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
         loss_g = loss_g + g_vgg
         out["G_VGG"] = g_vgg.detach()
     nets.scaler_g.scale(loss_g).backward()
+    for p in nets.frozen_g:  # Adam skips a parameter without a gradient
+        p.grad = None
     nets.scaler_g.step(nets.opt_g)
     nets.scaler_g.update()
     if nets.ema is not None:

@@ -30,7 +30,8 @@ def uses_channels_last(cfg, device: torch.device) -> bool:
 
 
 def uses_compile(cfg, device: torch.device) -> bool:
-    return device.type == "cuda" and cfg.train.compile
+    # activation checkpointing restores batch-norm statistics in its recompute, which dynamo does not trace
+    return device.type == "cuda" and cfg.train.compile and cfg.train.activation_checkpointing == "none"
 
 
 def uses_sync_batchnorm(cfg, device: torch.device, world: int) -> bool | None:
@@ -53,6 +54,10 @@ def wrap_models(G: nn.Module, D: nn.Module, cfg, accel, notice,
         notice("model.norm=syncbatch needs CUDA (SyncBatchNorm has no CPU kernel): using per-rank "
                "batch norm with running stats averaged at checkpoints")
     G, D = G.to(device), D.to(device)
+    if cfg.train.activation_checkpointing != "none":
+        from p2p.train.recompute import apply_activation_checkpointing
+
+        apply_activation_checkpointing(G, D, cfg.train.activation_checkpointing)
     if uses_channels_last(cfg, device):
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G, D = accel.prepare(G, D)
@@ -64,6 +69,9 @@ def wrap_models(G: nn.Module, D: nn.Module, cfg, accel, notice,
         G, D, D_frozen = torch.compile(G, backend=g), torch.compile(D, backend=d), torch.compile(D_frozen, backend=d)
         if counters is not None:
             counters.update(G=g, D=d)
+    elif cfg.train.compile and device.type == "cuda":
+        notice(f"train.compile=true: not with train.activation_checkpointing={cfg.train.activation_checkpointing} "
+               f"(its recompute is not traced); running eager")
     elif cfg.train.compile:
         notice("train.compile=true: torch.compile is used on GPU only; running eager on CPU")
     return G, D, D_frozen

@@ -1,0 +1,199 @@
+"""`p2p bench memory`: the peak memory of one training step (generator forward, discriminator
+update, generator update: what `train_step` does) over resolutions x generators x precisions x
+activation checkpointing, and the largest batch that fits a memory budget: the table to read
+before asking for nodes.
+
+Each row runs in a fresh process, so nothing one row allocated (or a caching allocator kept)
+counts in the next. What is measured:
+- on a GPU: `torch.cuda.max_memory_allocated` over the step (tensors only; the CUDA context and
+  the allocator's cached free blocks come on top);
+- on a CPU: the process's peak resident set (`resource.getrusage(RUSAGE_SELF).ru_maxrss`)
+  minus its peak before the networks were built (torch and p2p imported): weights, gradients,
+  Adam's moments, activations and whatever the C allocator kept. tracemalloc cannot see
+  torch's allocations, so it is not used.
+Each row is measured at two batch sizes (b and 2b); their difference is the memory per image,
+and `max_batch` = the largest batch whose straight-line estimate fits `budget_gb` (estimated,
+not measured: say so where it is quoted).
+
+The networks are the full-size presets (`GENERATORS`) on the paired task (3 -> 3 channels, RGB;
+pix2pixHD's label maps would add input channels to the first conv only) with random inputs:
+memory does not depend on the pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+# the full-size networks each generator is benchmarked as
+GENERATORS = {
+    "unet": ["model.generator=unet", "model.num_downs=8", "model.ngf=64", "model.ndf=64"],  # unet_256
+    "resnet": ["model.generator=resnet", "model.n_blocks=9", "model.ngf=64", "model.ndf=64"],  # resnet_9blocks
+    # pix2pixHD's 512p global generator and 1024p local enhancer, with its 2- and 3-scale D and
+    # feature matching (its VGG loss needs weights p2p does not download: left out)
+    "global": ["model.generator=global", "model.ngf=64", "model.n_downsample_global=4", "model.n_blocks_global=9",
+               "model.norm=instance", "model.ndf=64", "model.num_d=2", "loss.lambda_feat=10"],
+    "local": ["model.generator=local", "model.ngf=32", "model.n_downsample_global=4", "model.n_blocks_global=9",
+              "model.n_local_enhancers=1", "model.n_blocks_local=3", "model.norm=instance", "model.ndf=64",
+              "model.num_d=3", "loss.lambda_feat=10"],
+}
+RESOLUTIONS = {"256": (256, 256), "512": (512, 512), "1024": (1024, 1024), "2048x1024": (1024, 2048)}
+PRECISIONS = ("fp32", "bf16", "fp16")
+CHECKPOINTING = ("none", "generator", "all")
+
+
+@dataclass
+class MemoryOptions:
+    resolutions: tuple[str, ...] = tuple(RESOLUTIONS)
+    generators: tuple[str, ...] = tuple(GENERATORS)
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    checkpointing: tuple[str, ...] = CHECKPOINTING
+    batch_size: int = 1  # measured at this and twice this
+    budget_gb: float = 80.0
+    device: str = "auto"
+    timeout_s: float = 600.0  # per measurement; a row that takes longer is recorded as not measured
+
+    def check(self) -> None:
+        from p2p.errors import UsageError
+
+        for values, known, flag in ((self.resolutions, RESOLUTIONS, "--resolutions"),
+                                    (self.generators, GENERATORS, "--generators"),
+                                    (self.precisions, PRECISIONS, "--precisions"),
+                                    (self.checkpointing, CHECKPOINTING, "--checkpointing")):
+            bad = [v for v in values if v not in known]
+            if bad or not values:
+                raise UsageError(f"{flag} {','.join(values)!r}: choose from {', '.join(known)}")
+        if self.batch_size < 1 or self.budget_gb <= 0 or self.timeout_s <= 0:
+            raise UsageError("--batch-size, --budget-gb and --timeout-s must be positive")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"--device {self.device!r}: choose auto, cpu or cuda")
+
+
+@dataclass
+class Measurement:
+    resolution: str
+    generator: str
+    precision: str
+    checkpointing: str
+    batch_size: int
+    device: str = ""
+    peak_bytes: int | None = None
+    seconds: float | None = None
+    skipped: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def measure_one(resolution: str, generator: str, precision: str, checkpointing: str, batch_size: int,
+                device: str) -> dict:
+    """One training step's peak memory, in this process (`run_memory` calls it in a fresh one)."""
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    import torch
+
+    from p2p.config import load_config
+    from p2p.tasks import build_task
+    from p2p.train.nets import build_nets, build_networks
+    from p2p.train.recompute import apply_activation_checkpointing
+    from p2p.train.step import Precision, train_step
+
+    baseline = max(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    dev = torch.device(device)
+    cfg = load_config(None, [*GENERATORS[generator], "task.name=paired", "data.image_size=256",
+                             "data.load_size=256", f"train.precision={precision}",
+                             f"train.activation_checkpointing={checkpointing}", f"train.batch_size={batch_size}"])
+    task = build_task(cfg.task)
+    torch.manual_seed(0)
+    G, D = build_networks(cfg, task)
+    G, D = G.to(dev), D.to(dev)
+    apply_activation_checkpointing(G, D, checkpointing)
+    prec = Precision(precision, dev)
+    nets = build_nets(G, D, D, cfg, dev, prec, task=task)
+    h, w = RESOLUTIONS[resolution]
+    inp = torch.rand(batch_size, task.in_channels, h, w, device=dev) * 2 - 1
+    target = torch.rand(batch_size, task.out_channels, h, w, device=dev) * 2 - 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        baseline = 0
+    start = time.perf_counter()
+    train_step(nets, inp, target, cfg.loss, prec)  # the first step also allocates Adam's moments
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)  # a CPU-GPU sync point, on purpose: the step must be done
+        peak = torch.cuda.max_memory_allocated(dev)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    return {"peak_bytes": int(peak), "seconds": time.perf_counter() - start,
+            "source": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS (ru_maxrss) - baseline"}
+
+
+def _in_fresh_process(m: Measurement, timeout_s: float) -> Measurement:
+    spec = json.dumps([m.resolution, m.generator, m.precision, m.checkpointing, m.batch_size, m.device])
+    try:
+        proc = subprocess.run([sys.executable, "-m", "p2p.bench.memory", spec], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        m.skipped = f"not measured: over {timeout_s:.0f} s"
+        return m
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        m.skipped = "out of memory" if "out of memory" in err.lower() else f"failed: {err[:160]}"
+        return m
+    out = json.loads(lines[-1])
+    m.peak_bytes, m.seconds, m.extra = out["peak_bytes"], out["seconds"], {"source": out["source"]}
+    return m
+
+
+def summarise(small: Measurement, large: Measurement, budget_gb: float) -> dict:
+    """A table row from the measurements at b and 2b: peak at b, memory per image, the largest
+    batch whose straight-line estimate fits the budget."""
+    row = {"resolution": small.resolution, "generator": small.generator, "precision": small.precision,
+           "checkpointing": small.checkpointing, "batch_size": small.batch_size, "device": small.device,
+           "peak_gb": None, "per_image_gb": None, "max_batch": None, "seconds": small.seconds,
+           "source": small.extra.get("source", ""), "skipped": small.skipped}
+    if small.peak_bytes is None:
+        return row
+    row["peak_gb"] = small.peak_bytes / 1e9
+    if large.peak_bytes is None:
+        row["skipped"] = f"batch {large.batch_size}: {large.skipped}"
+        return row
+    per_image = (large.peak_bytes - small.peak_bytes) / (large.batch_size - small.batch_size)
+    row["per_image_gb"] = per_image / 1e9
+    if per_image > 0:
+        fixed = small.peak_bytes - per_image * small.batch_size
+        row["max_batch"] = max(0, int((budget_gb * 1e9 - fixed) // per_image))
+    return row
+
+
+def run_memory(options: MemoryOptions, progress=print) -> dict:
+    from p2p.bench.common import environment
+
+    options.check()
+    device = _resolve_device(options.device)
+    rows = []
+    for res in options.resolutions:
+        for gen in options.generators:
+            for prec in options.precisions:
+                for ckpt in options.checkpointing:
+                    pair = [_in_fresh_process(Measurement(res, gen, prec, ckpt, b, device), options.timeout_s)
+                            for b in (options.batch_size, 2 * options.batch_size)]
+                    row = summarise(*pair, options.budget_gb)
+                    rows.append(row)
+                    shown = f"{row['peak_gb']:.2f} GB" if row["peak_gb"] is not None else row["skipped"]
+                    progress(f"  {res} {gen} {prec} checkpointing={ckpt} batch {options.batch_size}: {shown}")
+    return {"environment": environment(), "config": {**asdict(options), "device": device}, "results": rows}
+
+
+if __name__ == "__main__":  # one measurement, in the fresh process `_in_fresh_process` started
+    print(json.dumps(measure_one(*json.loads(sys.argv[1]))))

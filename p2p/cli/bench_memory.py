@@ -1,0 +1,44 @@
+"""`p2p bench memory`: flags, progress and the table of p2p.bench.memory (registered as a suite
+in p2p.cli.bench)."""
+
+from __future__ import annotations
+
+import argparse
+
+from p2p.cli.bench import names, print_table, say, write_json_to
+
+HELP = ("peak memory of one training step over resolution x generator x precision x checkpointing, and the largest "
+        "batch that fits --budget-gb")
+
+
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+    from p2p.bench.memory import CHECKPOINTING, GENERATORS, PRECISIONS, RESOLUTIONS
+
+    for flag, known, default in (("--resolutions", RESOLUTIONS, ",".join(RESOLUTIONS)),
+                                 ("--generators", GENERATORS, ",".join(GENERATORS)),
+                                 ("--precisions", PRECISIONS, "fp32,bf16"),
+                                 ("--checkpointing", CHECKPOINTING, ",".join(CHECKPOINTING))):
+        p.add_argument(flag, default=default, help=f"comma-separated subset of {', '.join(known)} (default {default})")
+    p.add_argument("--batch-size", type=int, default=1, help="measured at this and twice this (default 1)")
+    p.add_argument("--budget-gb", type=float, default=80.0, help="memory the largest-batch estimate must fit in")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="per measurement; slower rows: not measured")
+    p.add_argument("--json", metavar="PATH", help="also write {environment, config, results} to PATH")
+
+
+def run_memory_suite(args) -> int:
+    from p2p.bench.memory import MemoryOptions, run_memory
+
+    options = MemoryOptions(names(args.resolutions), names(args.generators), names(args.precisions),
+                            names(args.checkpointing), args.batch_size, args.budget_gb, args.device, args.timeout_s)
+    options.check()  # before anything is printed
+    say(f"bench memory: one training step per row, each in a fresh process, at batch {args.batch_size} and "
+        f"{2 * args.batch_size}")
+    payload = run_memory(options, say)
+    print_table(f"peak memory of one training step (batch {args.batch_size}), {payload['config']['device']}",
+                payload["results"], columns=("resolution", "generator", "precision", "checkpointing", "peak_gb",
+                                             "per_image_gb", "max_batch", "skipped"))
+    print(f"measured as: {next((r['source'] for r in payload['results'] if r['source']), 'nothing measured')}; "
+          f"max_batch: estimated from batches {args.batch_size} and {2 * args.batch_size} for {args.budget_gb:g} GB")
+    write_json_to(args.json, payload)
+    return 0
