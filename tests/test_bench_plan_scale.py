@@ -10,7 +10,8 @@ import math
 import pytest
 
 from helpers.runs import run_p2p
-from p2p.bench.plan_scale import CHANGE_FIGURES, FIGURES, measure_cell, shard_counts, write_folder
+from p2p.bench.plan_scale import measure_cell, shard_counts, write_folder
+from p2p.bench.plan_scale_report import CHANGE_FIGURES, FIGURES
 from p2p.bench.plan_scale_report import fit_growth
 from p2p.data.plan import train_plan
 from p2p.data.wds import ShardSet

@@ -46,24 +46,6 @@ import numpy as np
 
 from p2p.errors import UsageError
 
-FIGURES = {  # key: (what, unit)
-    "manifest_s": ("manifest read (WdsLoader built)", "s"),
-    "plan_s": ("epoch plan of one rank", "s"),
-    "plan_mb": ("epoch plan: peak memory", "MB"),
-    "index_s": ("index files the rank touches, parsed", "s"),
-    "index_mb": ("index files parsed: peak memory", "MB"),
-    "first_keys_s": ("start-up to the first batch's keys", "s"),
-    "first_keys_mb": ("start-up to the first batch's keys: peak memory", "MB"),
-    "baseline_plan_s": ("baseline: whole epoch built, then sliced", "s"),
-    "baseline_plan_mb": ("baseline: peak memory", "MB"),
-}
-CHANGE_FIGURES = {
-    "change_s": ("world-size change mid-epoch: continued plan of one new rank", "s"),
-    "change_mb": ("world-size change: peak memory", "MB"),
-    "change_first_keys_s": ("after the change: start-up to the first batch's keys", "s"),
-}
-
-
 @dataclass(frozen=True)
 class PlanScaleOptions:
     sizes: tuple[int, ...] = (1_000_000, 10_000_000, 100_000_000)

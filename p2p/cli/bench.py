@@ -12,52 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from p2p.cli import bench_memory as _memory
+from p2p.cli.bench_output import counts, names, print_table, say, write_json_to
 from p2p.errors import UsageError
 
 MODEL_HELP = ("full: U-Net-256 (ngf 64, num_downs 8) + 70x70 PatchGAN (ndf 64); small: the demo's sizes "
               "(default: full on GPU, small on CPU)")
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-def print_table(title: str, rows: list[dict], columns: tuple[str, ...] = ("name", "img_per_s", "ratio")) -> None:
-    """Rich table of rows; numbers get 4 significant digits, ratios an x."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="left" if c == "name" else "right")
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c)
-            if isinstance(v, float):
-                cells.append(f"{v:.2f}x" if c == "ratio" else f"{v:.4g}")
-            else:
-                cells.append("" if v is None else str(v))
-        table.add_row(*cells)
-    Console().print(table)
-
-
-def names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
-
-
-def counts(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(n) for n in names(text))
-    except ValueError:
-        raise UsageError(f"{flag} {text!r}: give whole numbers, comma-separated, such as 1,2 or 1,2,4") from None
-
-
-def write_json_to(path, payload: dict) -> None:
-    if path:
-        from p2p.bench.common import write_json
-
-        write_json(path, payload)
 
 
 def add_model_arguments(p: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
@@ -479,8 +439,6 @@ def run_gpu_report(args) -> int:
           + ("" if result["complete"] else f", did not finish: {', '.join(result['unfinished'])}"))
     return 0 if result["passed"] and result["complete"] else 1
 
-
-from p2p.cli import bench_memory as _memory  # noqa: E402  (it uses the helpers above)
 
 SUITES = {
     "data": ("input pipelines (wds, dali, nvjpeg, folder) vs the per-image PIL + skimage baseline",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from p2p.cli.bench import names, print_table, say, write_json_to
+from p2p.cli.bench_output import names, print_table, say, write_json_to
 
 HELP = ("peak memory of one training step over resolution x generator x precision x checkpointing, and the largest "
         "batch that fits --budget-gb")

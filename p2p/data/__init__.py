@@ -31,6 +31,7 @@ decode and crop of stored JPEGs).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
@@ -39,6 +40,16 @@ from p2p.errors import UsageError
 
 if TYPE_CHECKING:  # torch is imported lazily: `p2p shard` workers do not need it
     import torch
+
+
+_WARNED: set = set()
+
+
+def warn_once(message: str) -> None:
+    """A warning shown once per process, however many loaders or epochs meet its cause."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 @dataclass

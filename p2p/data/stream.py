@@ -23,7 +23,9 @@ from typing import Iterator
 
 import torch
 
+from p2p.data import warn_once
 from p2p.data.plan import mix_seed
+from p2p.data.ring import Ring, _identity, threaded
 from p2p.data.workers import watched
 
 
@@ -65,8 +67,6 @@ class EpochStream:
     batch has."""
 
     def __init__(self, loader, epoch: int, start: int, workers: int):
-        from p2p.data.wds import Ring, _identity, threaded, warn_once
-
         # the workers read a copy without the stream: no reference cycle, so a loader nobody
         # holds any more stops its workers at once (refcounting), not at the next GC
         loader = copy.copy(loader)
