@@ -101,6 +101,9 @@ def options_from_text(sizes: str | None, worlds: str, changes: str, shard_size: 
 # the synthetic shard folder
 
 
+MEMBER_STRIDE = 48640  # bytes a synthetic sample (a 46,000-byte jpg and its json, with tar headers) takes
+
+
 def shard_counts(n: int, shard_size: int) -> list[int]:
     full, rest = divmod(n, shard_size)
     return [shard_size] * full + ([rest] if rest else [])
@@ -115,6 +118,7 @@ def write_folder(folder: Path, n: int, shard_size: int) -> None:
     if path.exists():
         m = json.loads(path.read_text())
         if m.get("train", {}).get("count") == n and m.get("simulated_shard_size") == shard_size:
+            ensure_tars(folder, shard_counts(n, shard_size))
             return
     stems = [f"shard-{i:06d}" for i in range(len(shard_counts(n, shard_size)))]
     shards = [{"file": f"{s}.tar", "index": f"{s}.idx", "count": c, "bytes": 0}
@@ -124,14 +128,30 @@ def write_folder(folder: Path, n: int, shard_size: int) -> None:
                 "train": {"shards": shards, "count": n, "bytes": 0},
                 "val": {"shards": [], "count": 0, "bytes": 0}, "count": n}
     (folder / "train").mkdir(parents=True, exist_ok=True)
+    ensure_tars(folder, shard_counts(n, shard_size))
     write_text(path, json.dumps(manifest))
+
+
+def tar_bytes(count: int) -> int:
+    """The size of a shard tar whose members stand where `index_text` says, end blocks included."""
+    return 512 + count * MEMBER_STRIDE + 1024
+
+
+def ensure_tars(folder: Path, counts: list[int]) -> None:
+    """A sparse file of the right size per shard (no blocks on disk): the loader checks every
+    shard's tar against the manifest before it plans, as with real shards."""
+    for i, count in enumerate(counts):
+        path = folder / "train" / f"shard-{i:06d}.tar"
+        if not path.exists() or path.stat().st_size != tar_bytes(count):
+            with open(path, "wb") as f:
+                f.truncate(tar_bytes(count))
 
 
 def index_text(shard: int, count: int, shard_size: int) -> str:
     """A DALI v1.2 index of `count` samples (a jpg and a json member each), as p2p shard writes."""
     lines = [f"v1.2 {count}"]
     for i in range(count):
-        key, jpg = f"img/{shard * shard_size + i:09d}", 512 + i * 48640
+        key, jpg = f"img/{shard * shard_size + i:09d}", 512 + i * MEMBER_STRIDE
         lines.append(f"jpg {jpg} 46000 {key}.jpg json {jpg + 46080} 160 {key}.json")
     return "\n".join(lines) + "\n"
 
