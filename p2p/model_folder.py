@@ -45,7 +45,8 @@ MAX_CONFIG_BYTES = 2**20
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
           "I64": torch.int64}
 CONFIG_SECTIONS = {"task": None, "data": ("load_size", "image_size"),
-                   "model": ("generator", "ngf", "num_downs", "n_blocks", "norm", "dropout"), "run": ("seed",)}
+                   "model": ("generator", "ngf", "num_downs", "n_blocks", "norm", "dropout", "n_downsample_global",
+                             "n_blocks_global", "n_local_enhancers", "n_blocks_local"), "run": ("seed",)}
 
 
 def is_model_folder(path) -> bool:
@@ -70,6 +71,10 @@ def config_tree(arch, cfg, official: bool = False) -> dict:
     model = {"generator": arch.kind, "ngf": arch.ngf, "norm": arch.norm, "dropout": arch.dropout}
     if arch.kind == "unet":
         model["num_downs"] = arch.num_downs
+    elif arch.kind in ("global", "local"):  # pix2pixHD's: its global part, then the enhancers
+        model.update(n_downsample_global=arch.num_downs, n_blocks_global=arch.n_blocks)
+        if arch.kind == "local":
+            model.update(n_local_enhancers=arch.n_local_enhancers, n_blocks_local=arch.n_blocks_local)
     else:
         model["n_blocks"] = arch.n_blocks
     data = {"load_size": cfg.data.load_size, "image_size": cfg.data.image_size}

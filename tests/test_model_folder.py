@@ -285,3 +285,29 @@ def test_a_resnet_generator_round_trips(tmp_path, norm, dropout):
     Image.fromarray(embedded_photo("coffee")[:90, :130]).save(photo)
     want = _predict(tmp_path / "latest_net_G.pth", photo, tmp_path / "a")
     np.testing.assert_array_equal(_predict(tmp_path / "m", photo, tmp_path / "b"), want)
+
+
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_a_pix2pixhd_generator_round_trips(tmp_path, kind):
+    """pix2pixHD's global generator and local enhancer (their own layout, issue 25): the folder's
+    config rebuilds the same network (downsamplings, blocks, enhancers) and predicts as the
+    weights do."""
+    from p2p.models import build_generator, hd_arch
+
+    torch.manual_seed(0)
+    # 3 downsamplings: with 2 and instance norm a global generator is the official ResnetGenerator
+    # (the same computation), which it is then loaded and exported as
+    G = build_generator(hd_arch(kind, 3, 3, 4, 3, 1, 1, 1, "instance"))
+    for p in G.parameters():
+        p.data.normal_(0, 0.2)
+    torch.save(G.state_dict(), tmp_path / "latest_net_G.pth")
+    assert main(["export", str(tmp_path / "latest_net_G.pth"), "--format", "folder", "--out", str(tmp_path / "m"),
+                 "--task", "paired"]) == 0
+    model = json.loads((tmp_path / "m" / "config.json").read_text())["config"]["model"]
+    assert (model["generator"], model["n_downsample_global"], model["n_blocks_global"]) == (kind, 3, 1)
+    assert ("n_local_enhancers" in model) == (kind == "local")
+    assert "pix2pixHD" in (tmp_path / "m" / "README.md").read_text()
+    photo = tmp_path / "photo.png"
+    Image.fromarray(embedded_photo("coffee")[:90, :130]).save(photo)
+    want = _predict(tmp_path / "latest_net_G.pth", photo, tmp_path / "a")
+    np.testing.assert_array_equal(_predict(tmp_path / "m", photo, tmp_path / "b"), want)
