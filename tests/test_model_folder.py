@@ -190,7 +190,8 @@ TAMPERED = {
     "header_not_json": (lambda f: (f / "model.safetensors").write_bytes(struct.pack("<Q", 4) + b"{no}" + b"0" * 8),
                         "not JSON"),
     "config_other_network": (_config(lambda d: d["config"]["model"].update(ngf=16)), "shape"),
-    "config_huge_network": (_config(lambda d: d["config"]["model"].update(ngf=2**30)), "cannot be built"),
+    # refused by the schema's bounds (issue 22) before the network is even built on the meta device
+    "config_huge_network": (_config(lambda d: d["config"]["model"].update(ngf=2**30)), "between 1 and 4096"),
     "config_large_network": (_config(lambda d: d["config"]["model"].update(ngf=2**12)), "shape"),
     "config_out_of_bounds": (_config(lambda d: d["config"]["model"].update(num_downs=40)), "between 2 and 12"),
     "config_unknown_key": (_config(lambda d: d["config"]["model"].update(lr=1)), "model.lr"),
