@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from p2p.errors import UsageError
+from p2p.outputs import writable_parent
 
 FORMATS = ("onnx", "torchscript", "official", "folder")  # folder: p2p.model_folder (safetensors, config, card)
 TOLERANCE = 1e-4
@@ -81,11 +82,7 @@ def _max_diff(run, G, shapes) -> float:
 def _writable(out: Path, force: bool = False) -> None:
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"--out {out}: folder {parent} is not writable")
+    writable_parent(out)
     if (out.exists() or out.is_symlink()) and not force:  # never replaced silently: it may be the only copy
         raise UsageError(f"--out {out} exists; nothing was written (pass --force to replace it)")
 

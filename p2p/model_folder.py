@@ -287,14 +287,12 @@ def load_folder(folder: str | os.PathLike, weights: str = "auto", dropout: bool 
 
 def check_out_folder(out: str | os.PathLike) -> None:
     """`out` can become the model folder: new or empty, in a writable folder (else one line)."""
+    from p2p.outputs import writable_parent
+
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out} exists and is not an empty folder; give a new folder (nothing was written)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"--out {out}: folder {parent} is not writable")
+    writable_parent(out)
 
 
 def export_folder(predictor, source: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -9,6 +9,9 @@ that no result replaces another, an input, or an existing file the user did not 
   the same folder again means.
 - `output_folder`: --out must be a folder that exists or can be made, and can be written.
 
+- `writable_parent`: the folder a new output file or folder goes into exists and can be written
+  (p2p export's files and model folders).
+
 (An export's --out is checked by p2p.export: an existing file is replaced only with --force.)
 """
 
@@ -55,3 +58,12 @@ def output_folder(path: str | os.PathLike) -> Path:
         raise UsageError(f"--out {out}: the folder is not writable")
     return out
 
+
+
+def writable_parent(out: Path) -> None:
+    """The folder `out` is to be created in exists and can be written, or a one-line UsageError."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {out}: folder {parent} is not writable")
