@@ -73,7 +73,7 @@ def target_checks(plain: list[dict], changes: list[dict], growth: dict) -> list[
 def plot_figures(plain: list[dict], changes: list[dict], growth: dict, out: Path) -> list[Path]:
     """One PNG per figure: the value against the share per rank (log-log), one line per N; lines
     that lie on each other are flat in N."""
-    from p2p.bench.report import _pyplot, save_figure
+    from p2p.bench.report import _pyplot, save_loglog
 
     plt = _pyplot()
     paths = []
@@ -86,19 +86,10 @@ def plot_figures(plain: list[dict], changes: list[dict], growth: dict, out: Path
             pts = sorted((r["share"], r[key]) for r in rows if r["n"] == n and r.get(key))
             if pts:
                 ax.plot(*zip(*pts), "o-", label=f"N={n:,}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("samples per rank N/min(W0, W1)" if key in CHANGE_FIGURES else "samples per rank N/W")
-        ax.set_ylabel(unit)
+        xlabel = "samples per rank N/min(W0, W1)" if key in CHANGE_FIGURES else "samples per rank N/W"
         g = growth.get(key)
         fit = f"N^{g['in_n']:.2f} x (N/W)^{g['in_share']:.2f}" if g else "no fit"
-        ax.set_title(f"{what}\n{fit}", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"plan-scale-{key}.png"
-        save_figure(fig, path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_loglog(plt, fig, ax, xlabel, unit, f"{what}\n{fit}", out / f"plan-scale-{key}.png"))
     return paths
 
 

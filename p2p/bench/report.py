@@ -85,6 +85,21 @@ def _pyplot():
     return plt
 
 
+def save_loglog(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Finish a growth plot (both axes logarithmic, small title and legend), write it atomically
+    and close it: the figures of `bench scale` and of its simulation."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plot_throughput(rows: list[dict], title: str, path: Path) -> Path | None:
     """Horizontal bars of img/s, the baseline grey, each labelled with its ratio; skipped rows
     are listed with no bar."""

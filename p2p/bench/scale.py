@@ -262,7 +262,7 @@ def measure_size(n: int, options: ScaleOptions, say: Callable[[str], None]) -> d
 
 def plot_figures(rows: list[dict], exponents: dict, out: Path) -> list[Path]:
     """One PNG per figure: the measured values against N (log-log), with linear growth dashed."""
-    from p2p.bench.report import _pyplot, save_figure
+    from p2p.bench.report import _pyplot, save_loglog
 
     plt = _pyplot()
     paths = []
@@ -276,18 +276,9 @@ def plot_figures(rows: list[dict], exponents: dict, out: Path) -> list[Path]:
         first = next((i for i, v in enumerate(values) if v), None)
         if first is not None:
             ax.plot(ns, [values[first] * n / ns[first] for n in ns], "--", color="#999999", label="linear in N")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("images N")
-        ax.set_ylabel(unit)
         exps = ", ".join("-" if e is None else f"{e:.2f}" for e in exponents[key])
-        ax.set_title(f"{what}\ngrowth exponent {exps}", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"scale-{key}.png"
-        save_figure(fig, path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_loglog(plt, fig, ax, "images N", unit, f"{what}\ngrowth exponent {exps}",
+                                 out / f"scale-{key}.png"))
     return paths
 
 
