@@ -242,11 +242,6 @@ def read_rgb(source, max_pixels: int = DEFAULT_MAX_PIXELS, short_side: int | Non
     return decoded(open_image(source, max_pixels), short_side)
 
 
-def open_rgb(path, short_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """`read_rgb` of a path (the name the folder backend and predict used)."""
-    return read_rgb(path, max_pixels, short_side)
-
-
 def short_side_size(w: int, h: int, size: int) -> tuple[int, int]:
     """(w, h) scaled so that the short side is `size`: the long side is the exact ratio rounded
     (half to even), and at least `size`."""
