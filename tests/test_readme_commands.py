@@ -1,6 +1,7 @@
-"""Every `p2p` command README shows (its code blocks and the Common jobs table; under torchrun
-too) is accepted by that command's real parser, and its config overrides by the config schema:
-a renamed flag or key breaks this test, not a newcomer's first job. Nothing is run."""
+"""Every `p2p` command README and docs/ show (their code blocks and README's Common jobs table;
+under torchrun too) is accepted by that command's real parser, and its config overrides by the
+config schema: a renamed flag or key breaks this test, not a newcomer's first job. Nothing is
+run."""
 
 from __future__ import annotations
 
@@ -19,19 +20,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_COMMANDS = ("train", "submit", "config")  # their positionals are a preset and overrides
 
 
-def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def shown_commands(md: Path, table_rows: bool = False) -> list[str]:
+    text = md.read_text()
     lines = []
     for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
         lines += block.replace("\\\n", " ").splitlines()
-    lines += re.findall(r"^\|[^|]*\| `([^`]+)`", text, flags=re.M)  # the first command of a table row
+    if table_rows:  # README's Common jobs: the first command of a row
+        lines += re.findall(r"^\|[^|]*\| `([^`]+)`", text, flags=re.M)
     commands = []
     for line in lines:
-        line = line.split(" #")[0].strip()
+        line = line.split(" #")[0].strip().removesuffix(" ...")  # "..." stands for keys left out
         m = re.search(r"(?:^|-m )p2p (.*)", line)
         if m and not line.startswith("#"):
             commands.append("p2p " + m.group(1))
     return sorted(set(commands))
+
+
+def readme_commands() -> list[str]:
+    return shown_commands(ROOT / "README.md", table_rows=True)
+
+
+def docs_commands() -> list[str]:
+    return sorted(set().union(*(shown_commands(md) for md in (ROOT / "docs").glob("*.md"))))
 
 
 def parse(command: str) -> argparse.Namespace:
@@ -57,6 +67,11 @@ def test_readme_shows_the_commands_of_every_common_job():
 
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_parses(command):
+    parse(command)
+
+
+@pytest.mark.parametrize("command", sorted(set(docs_commands()) - set(readme_commands())))
+def test_docs_command_parses(command):
     parse(command)
 
 
