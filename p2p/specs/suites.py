@@ -49,23 +49,15 @@ class SuiteSpec:
     report: str | None = None  # "module:attr", function(section, out_dir, hardware) -> lines, for a section
     # whose rows are not a table (profile); replaces the table and the plot
     gpu_check: GpuCheckPart | None = None
+    # its smallest run (seconds on a CPU), which tests/test_suite_specs.py makes of every suite:
+    # flags, where {tmp} is a new folder and {shards} a small shard folder; and where it writes
+    # its JSON. No smoke run: the suite needs what a CPU machine has not.
+    smoke: str = ""
+    smoke_json: str = "{tmp}/out.json"
 
 
 SUITES: Table[SuiteSpec] = Table("bench suite")
 
-SUITES.register(SuiteSpec(
-    "data", "input pipelines (wds, dali, nvjpeg, folder) vs the per-image PIL + skimage baseline",
-    "p2p.bench.suites.data:add_arguments", "p2p.bench.suites.data:run", "p2p.bench.all_bench:data_section",
-    "Input pipelines (files to model-ready tensors)",
-    (("name", "row", "s"), ("stage", "stage", "s"), ("workers", "workers", "s"), ("main_threads", "main threads", "s"),
-     ("img_per_s", "img/s", ".1f"), ("ratio", "vs baseline", "x"), ("gpu_mem_peak_mb", "GPU MB (torch peak)", ".0f"),
-     ("gpu_mem_used_mb", "GPU MB (device)", ".0f")),
-    gpu_check=GpuCheckPart("--source {shards} --images 256 --repeats 2 --backends {backends}",
-                           "--source {shards} --quick --backends wds", 25, 40,
-                           ("name", "backend", "stage", "device", "img_per_s", "ratio", "decoder", "skipped"))))
-SUITES.register(SuiteSpec(
-    "decode", "JPEG decoders on the shards, one core each: img/s and pixel differences",
-    "p2p.bench.suites.decode:add_arguments", "p2p.bench.suites.decode:run"))
 SUITES.register(SuiteSpec(
     "lab", "RGB->Lab: p2p batched vs skimage per image",
     "p2p.bench.suites.lab:add_arguments", "p2p.bench.suites.lab:run", "p2p.bench.all_bench:lab_section",
@@ -73,7 +65,8 @@ SUITES.register(SuiteSpec(
     (("name", "row", "s"), ("device", "device", "s"), ("img_per_s", "img/s", ".1f"), ("ratio", "vs baseline", "x"),
      ("max_abs_diff_vs_skimage", "max abs diff", ".3g")),
     gpu_check=GpuCheckPart("--device cuda", "--device cpu --quick --images 4 --size 64", 15, 40,
-                           ("name", "device", "img_per_s", "ratio", "max_abs_diff_vs_skimage"))))
+                           ("name", "device", "img_per_s", "ratio", "max_abs_diff_vs_skimage")),
+    smoke="--device cpu --quick --images 2 --size 32 --repeats 1 --json {tmp}/out.json"))
 SUITES.register(SuiteSpec(
     "step", "training step img/s: baseline vs each optimisation (and MFU on GPU)",
     "p2p.bench.suites.step:add_arguments", "p2p.bench.suites.step:run", "p2p.bench.all_bench:step_section",
@@ -86,7 +79,24 @@ SUITES.register(SuiteSpec(
                            "--device cpu --quick --ngf 8 --ndf 8 --num-downs 5 --image-size 32 --batch-size 2 "
                            "--steps 1 --repeats 1 --warmup 1", 75, 60,
                            ("name", "precision", "img_per_s", "ratio", "mfu", "peak_flops", "warmup_s",
-                            "cuda_graphs_in_effect", "notices", "skipped"))))
+                            "cuda_graphs_in_effect", "notices", "skipped")),
+    smoke="--device cpu --ngf 8 --ndf 8 --num-downs 5 --image-size 32 --batch-size 2 --steps 1 --warmup 1 --repeats 1 "
+    "--modes channels_last --json {tmp}/out.json"))
+SUITES.register(SuiteSpec(
+    "data", "input pipelines (wds, dali, nvjpeg, folder) vs the per-image PIL + skimage baseline",
+    "p2p.bench.suites.data:add_arguments", "p2p.bench.suites.data:run", "p2p.bench.all_bench:data_section",
+    "Input pipelines (files to model-ready tensors)",
+    (("name", "row", "s"), ("stage", "stage", "s"), ("workers", "workers", "s"), ("main_threads", "main threads", "s"),
+     ("img_per_s", "img/s", ".1f"), ("ratio", "vs baseline", "x"), ("gpu_mem_peak_mb", "GPU MB (torch peak)", ".0f"),
+     ("gpu_mem_used_mb", "GPU MB (device)", ".0f")),
+    gpu_check=GpuCheckPart("--source {shards} --images 256 --repeats 2 --backends {backends}",
+                           "--source {shards} --quick --backends wds", 25, 40,
+                           ("name", "backend", "stage", "device", "img_per_s", "ratio", "decoder", "skipped")),
+    smoke="--source {shards} --quick --backends wds --batch-size 4 --image-size 32 --json {tmp}/out.json"))
+SUITES.register(SuiteSpec(
+    "decode", "JPEG decoders on the shards, one core each: img/s and pixel differences",
+    "p2p.bench.suites.decode:add_arguments", "p2p.bench.suites.decode:run",
+    smoke="--source {shards} --images 8 --repeats 1 --json {tmp}/out.json"))
 SUITES.register(SuiteSpec(
     "ranks", "weak scaling over processes, the same batch per rank (gloo on CPU, NCCL on GPUs)",
     "p2p.bench.suites.ranks:add_arguments", "p2p.bench.suites.ranks:run", "p2p.bench.all_bench:ranks_section",
@@ -94,27 +104,40 @@ SUITES.register(SuiteSpec(
     (("name", "row", "s"), ("threads_per_process", "threads/proc", "s"), ("global_batch", "global batch", "s"),
      ("img_per_s", "img/s (global)", ".2f"), ("img_per_s_per_process", "img/s per process", ".2f"),
      ("efficiency", "efficiency", "%"), ("ratio", "speed-up", "x")),
-    plot="p2p.bench.report:plot_scaling"))
+    plot="p2p.bench.report:plot_scaling",
+    smoke="--procs 1 --device cpu --ngf 8 --ndf 8 --num-downs 5 --image-size 32 --batch-size 2 --steps 1 --warmup 1 "
+    "--repeats 1 --threads 1 --json {tmp}/out.json"))
 SUITES.register(SuiteSpec(
     "profile", "torch.profiler trace and top operators of a real run",
     "p2p.bench.suites.profile:add_arguments", "p2p.bench.suites.profile:run", "p2p.bench.all_bench:profile_section",
-    "Profile of a real run", report="p2p.bench.report:profile_lines"))
+    "Profile of a real run", report="p2p.bench.report:profile_lines",
+    smoke="--quick --steps 1 --warmup 1 --out {tmp}/profile model.ngf=8 model.ndf=8 model.num_downs=5 "
+    "data.image_size=32 data.load_size=40 train.batch_size=2 train.device=cpu data.workers=0",
+    smoke_json="{tmp}/profile/profile.json"))
 SUITES.register(SuiteSpec(
     "memory", "peak memory of one training step over resolution x generator x precision x checkpointing, and the "
     "largest batch that fits --budget-gb",
-    "p2p.bench.suites.memory:add_arguments", "p2p.bench.suites.memory:run"))
+    "p2p.bench.suites.memory:add_arguments", "p2p.bench.suites.memory:run",
+    smoke="--resolutions 256 --generators unet --precisions fp32 --checkpointing none --device cpu "
+    "--timeout-s 0.5 --json {tmp}/out.json"))
 SUITES.register(SuiteSpec(
     "scale", "growth with the dataset: N COCO-shaped images sharded, planned, trained and resumed",
-    "p2p.bench.suites.scale:add_arguments", "p2p.bench.suites.scale:run"))
+    "p2p.bench.suites.scale:add_arguments", "p2p.bench.suites.scale:run",
+    smoke="--simulate --sizes 1000 --worlds 2 --changes 2:1 --shard-size 100 --batch-size 4 "
+    "--work {tmp}/work --out {tmp}/out", smoke_json="{tmp}/out/plan-scale.json"))
 SUITES.register(SuiteSpec(
     "all", "every suite with a report section into one folder: results.json, report.md, plots",
-    "p2p.bench.suites.all:add_arguments", "p2p.bench.suites.all:run"))
+    "p2p.bench.suites.all:add_arguments", "p2p.bench.suites.all:run",
+    smoke="--quick --sections lab --device cpu --ngf 8 --ndf 8 --num-downs 5 --image-size 32 --batch-size 2 "
+    "--out {tmp}/all", smoke_json="{tmp}/all/results.json"))
 SUITES.register(SuiteSpec(
     "report", "re-render report.md and the plots of a `p2p bench all` results.json",
-    "p2p.bench.suites.all:add_report_arguments", "p2p.bench.suites.all:run_report"))
+    "p2p.bench.suites.all:add_report_arguments", "p2p.bench.suites.all:run_report",
+    smoke="{tmp}/results.json", smoke_json=""))
 SUITES.register(SuiteSpec(
     "gpu-report", "summarise a benchmarks/gpu-check.sh folder into gpu-check.json and summary.md (exit 1 when a "
-    "check did not pass)", "p2p.bench.suites.gpu_report:add_arguments", "p2p.bench.suites.gpu_report:run"))
+    "check did not pass)", "p2p.bench.suites.gpu_report:add_arguments", "p2p.bench.suites.gpu_report:run",
+    smoke="{tmp} --quiet", smoke_json="{tmp}/gpu-check.json"))
 
 
 def sections() -> tuple[str, ...]:
