@@ -35,12 +35,18 @@ STUB=${P2P_GPU_CHECK_STUB:-0}
 STEPS=${P2P_GPU_CHECK_STEPS:-300}
 PLANT=${P2P_GPU_CHECK_PLANT:-}
 ONLY=${P2P_GPU_CHECK_ONLY:-}
+# the bench suites with a GPU-check part (p2p.specs.suites, in its order): name, planned seconds
+# and flags, tab-separated; in the flags {shards} is SHARDS and {backends} what `backends` finds
+mapfile -t SUITE_PARTS < <("$PY" -c "import sys; from p2p.bench.gpu_check_files import suite_parts; \
+print('\n'.join(suite_parts(sys.argv[1] == '1')))" "$STUB" 2> /dev/null)
+SUITE_PLAN=()
+for line in "${SUITE_PARTS[@]}"; do IFS=$'\t' read -r name seconds _ <<< "$line"; SUITE_PLAN+=("$name:$seconds"); done
 # name:planned seconds on an H100/H200, in the order they run (440 in all: benchmarks/README.md)
-PLAN=(install:10 environment:15 shards:25 train-eager:55 train-fast:110 pytest:60 lab:15 step:75 data:25
+PLAN=(install:10 environment:15 shards:25 train-eager:55 train-fast:110 pytest:60 "${SUITE_PLAN[@]}"
       pytest-trainings:50)
 # the stub's own shares (CPU costs: every part is mostly Python and torch start-up), also 440 in all
-[ "$STUB" = 1 ] && PLAN=(install:20 environment:40 shards:40 train-eager:60 train-fast:60 pytest:40 lab:40
-                         step:60 data:40 pytest-trainings:40)
+[ "$STUB" = 1 ] && PLAN=(install:20 environment:40 shards:40 train-eager:60 train-fast:60 pytest:40
+                         "${SUITE_PLAN[@]}" pytest-trainings:40)
 
 if [ ! -f p2p/__init__.py ]; then echo "gpu-check: run it from the repository root" >&2; exit 2; fi
 if [ ! -d "$WHEELS" ]; then echo "gpu-check: no wheel folder $WHEELS" >&2; exit 2; fi
@@ -195,19 +201,12 @@ if [ "$STUB" = 1 ]; then  # toy sizes on the CPU: rehearses every part, the dead
     MODEL=(model.ngf=8 model.ndf=8 model.num_downs=5 data.image_size=32 data.load_size=40 train.batch_size=4
            data.workers=1 train.device=cpu)
     LOG_EVERY=2
-    STEP_ARGS=(--device cpu --quick --ngf 8 --ndf 8 --num-downs 5 --image-size 32 --batch-size 2 --steps 1
-               --repeats 1 --warmup 1)
-    LAB_ARGS=(--device cpu --quick --images 4 --size 64)
-    DATA_ARGS=(--quick --backends wds)
 else
 
     PHOTOS=(256 1.0 286)  # 256 COCO-sized JPEGs, shards at the pix2pix load size
     MODEL=(model.ngf=64 model.ndf=64 model.num_downs=8 data.image_size=256 data.load_size=286
            train.batch_size=64 data.workers=8 train.device=cuda)
     LOG_EVERY=10
-    STEP_ARGS=(--device cuda --model full --batch-size 64 --steps 10 --repeats 3 --warmup 2)
-    LAB_ARGS=(--device cuda)
-    DATA_ARGS=(--images 256 --repeats 2)
 fi
 SHARDS=$WORK/shards
 TRAIN=(train run.out_dir="$WORK/runs" run.seed=0 task.name=colorize data.source="$SHARDS" data.backend=wds
@@ -234,10 +233,18 @@ print(build_shards(Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(
 part train-eager "$PY" -m p2p "${TRAIN[@]}" run.name=eager
 part train-fast "$PY" -m p2p "${TRAIN[@]}" run.name=fast train.cuda_graphs=true train.compile=true
 part pytest "${PYTEST[@]}" -m "gpu and not slow" --junitxml "$WORK/pytest.xml"
-part lab "$PY" -m p2p bench lab "${LAB_ARGS[@]}" --json "$WORK/lab.json"
-part step "$PY" -m p2p bench step "${STEP_ARGS[@]}" --json "$WORK/step.json"
-if [ "$STUB" = 1 ]; then echo "wds (stub)" > "$WORK/backends.txt"; else DATA_ARGS+=(--backends "$(backends)"); fi
-part data "$PY" -m p2p bench data --source "$SHARDS" "${DATA_ARGS[@]}" --json "$WORK/data.json"
+[ "$STUB" = 1 ] && echo "wds (stub)" > "$WORK/backends.txt"
+for line in "${SUITE_PARTS[@]}"; do  # p2p bench NAME FLAGS --json WORK/NAME.json
+    IFS=$'\t' read -r name _ flags <<< "$line"
+    read -r -a words <<< "$flags"
+    args=()
+    for word in "${words[@]}"; do
+        word=${word//\{shards\}/$SHARDS}
+        [[ $word == *"{backends}"* ]] && word=${word//\{backends\}/$(backends)}
+        args+=("$word")
+    done
+    part "$name" "$PY" -m p2p bench "$name" "${args[@]}" --json "$WORK/$name.json"
+done
 part pytest-trainings "${PYTEST[@]}" -m "gpu and slow" --junitxml "$WORK/pytest-trainings.xml"
 
 # the final report: after the deadline, with its own limit, whatever the parts did

@@ -6,8 +6,8 @@ The checksum (payload key `checksum`, "sha256:<hex>") covers every other entry o
 each tensor's dtype, shape and bytes and each plain value, in the payload's order (pickle keeps
 dict order, so the walk after loading is the walk before saving). It is computed over the CPU
 copies that are saved, and verified on every load: a flipped bit anywhere in the weights or the
-optimizer state is caught, not trained on. A file of format version 2 or later must carry one;
-official pix2pix weights and older p2p checkpoints have none and load unverified.
+optimizer state is caught, not trained on. Every p2p payload carries one; official pix2pix
+weights (and bare state dicts) have none and load unverified.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from p2p.weights_check import check_declared_storages, check_zip_members, tensor
 
 CHECKSUM_KEY = "checksum"
 ALGORITHM = "sha256"
-SEALED_SINCE_VERSION = 2  # p2p payloads of this version on carry a checksum
 
 
 def to_cpu(obj):
@@ -77,19 +76,12 @@ def sealed(payload: dict) -> dict:
 
 
 def verify(obj, path) -> None:
-    """Raise CheckpointError when a p2p payload's checksum is missing (version 2 on) or wrong."""
+    """Raise CheckpointError when a p2p payload's checksum is missing or wrong."""
     if not isinstance(obj, dict) or obj.get("format") != "p2p":
         return
     stored = obj.get(CHECKSUM_KEY)
-    version = obj.get("version", 1) or 1
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointError(f"{path} is not a p2p checkpoint p2p can read: its format version is "
-                              f"{str(version)[:40]!r}, not a number", str(path))
     if stored is None:
-        if version >= SEALED_SINCE_VERSION:
-            raise CheckpointError(f"{path} is corrupt: a version {obj.get('version')} p2p checkpoint without "
-                                  f"its checksum", str(path))
-        return
+        raise CheckpointError(f"{path} is corrupt: a p2p checkpoint without its checksum", str(path))
     actual = payload_checksum(obj)
     if actual != stored:
         raise CheckpointError(f"{path} is corrupt: its checksum does not match its contents (stored "

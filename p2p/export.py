@@ -1,4 +1,5 @@
-"""A trained generator for use outside p2p: ONNX, TorchScript, or the official pix2pix layout.
+"""A trained generator for use outside p2p: ONNX, TorchScript, the official pix2pix layout, or a
+model folder (p2p.model_folder, written by `export_folder`).
 
 The exported network is the generator itself in eval mode (BatchNorm with its running
 statistics, no dropout: what `p2p predict` runs), from `p2p.models.load_generator(path)` with
@@ -22,14 +23,17 @@ absolute difference is reported and above `tolerance` the file is not written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from p2p.errors import UsageError
 from p2p.outputs import writable_parent
@@ -127,7 +131,7 @@ def export_generator(G, fmt: str, out: str | os.PathLike, metadata: dict | None 
     """Write `G` (a p2p U-Net or ResNet generator, on the CPU, eval mode) as `fmt` to `out`, atomically: the file
     appears only once the check passed. Raises ExportMismatch above `tolerance`; an existing
     `out` is a UsageError unless `force`."""
-    if fmt not in FORMATS or fmt == "folder":  # a folder needs more than G: p2p.model_folder.export_folder
+    if fmt not in FORMATS or fmt == "folder":  # a folder needs more than G: export_folder
         raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     out = Path(out)
     _writable(out, force)
@@ -156,3 +160,91 @@ def export_generator(G, fmt: str, out: str | os.PathLike, metadata: dict | None 
     finally:
         tmp.unlink(missing_ok=True)
     return ExportReport(out, fmt, diff, shapes)
+
+
+# --------------------------------------------------------------------------- a model folder (p2p.model_folder)
+
+
+def generator_arch(G: nn.Module):
+    """The GeneratorArch of a built p2p generator, read off its tensors; a U-Net's dropout has
+    none, so it is whether the module holds dropout layers."""
+    from p2p.models import generator_arch_of
+
+    return generator_arch_of(G.state_dict(), dropout=any(isinstance(m, nn.Dropout) for m in G.modules()))
+
+
+def config_tree(arch, cfg, official: bool = False) -> dict:
+    """The config sections that rebuild `arch` and show images to it as `cfg` does (`official`:
+    weights without a config, which p2p shows images at the official test size)."""
+    model = {"generator": arch.kind, "ngf": arch.ngf, "norm": arch.norm, "dropout": arch.dropout}
+    if arch.kind == "unet":
+        model["num_downs"] = arch.num_downs
+    elif arch.kind in ("global", "local"):  # pix2pixHD's: its global part, then the enhancers
+        model.update(n_downsample_global=arch.num_downs, n_blocks_global=arch.n_blocks)
+        if arch.kind == "local":
+            model.update(n_local_enhancers=arch.n_local_enhancers, n_blocks_local=arch.n_blocks_local)
+    else:
+        model["n_blocks"] = arch.n_blocks
+    data = {"load_size": cfg.data.load_size, "image_size": cfg.data.image_size}
+    if official:
+        from p2p.geometry import OFFICIAL_TEST_SIZE
+
+        data = {"load_size": OFFICIAL_TEST_SIZE, "image_size": OFFICIAL_TEST_SIZE}
+    return {"task": dataclasses.asdict(cfg.task), "data": data, "model": model, "run": {"seed": cfg.run.seed}}
+
+
+def folder_config(predictor, trained: dict) -> dict:
+    from p2p import __version__
+    from p2p.config import from_tree
+    from p2p.model_folder import FORMAT, FORMAT_VERSION, derived
+
+    arch = generator_arch(predictor.G)
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "p2p_version": __version__,
+            "weights": predictor.weights, "config": (tree := config_tree(arch, predictor.cfg, predictor.official)),
+            **derived(from_tree(tree), arch), "trained": trained}
+
+
+def check_out_folder(out: str | os.PathLike) -> None:
+    """`out` can become the model folder: new or empty, in a writable folder (else one line)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and is not an empty folder; give a new folder (nothing was written)")
+    writable_parent(out)
+
+
+def export_folder(predictor, source: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the predictor's generator as a model folder at `out` (a new or empty folder):
+    everything goes to a temporary folder beside it, is read back through `load_folder` and
+    compared, and the folder is renamed into place, so `out` never holds a partial model."""
+    from safetensors.torch import save
+
+    from p2p.atomic import fsync_dir, write_bytes, write_text
+    from p2p.model_card import model_card, training_record
+    from p2p.model_folder import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, load_folder
+
+    out = Path(out)
+    check_out_folder(out)
+    G = predictor.G
+    doc = folder_config(predictor, training_record(source, predictor))
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in G.state_dict().items()}
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_bytes(tmp / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+        write_text(tmp / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
+        write_text(tmp / CARD_FILE, model_card(doc, out.name, sum(p.numel() for p in G.parameters())))
+        back, _, _ = load_folder(tmp)
+        same = repr(back) == repr(G) and all(torch.equal(back.state_dict()[k], v) for k, v in state.items())
+        if not same:
+            raise UsageError(f"--out {out}: the folder read back differs from the generator; nothing written")
+        fsync_dir(tmp)
+        try:
+            os.rename(tmp, out)  # replaces an empty folder; a non-empty one (made meanwhile) fails
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot move the finished folder there ({e.strerror}); nothing "
+                             f"written") from None
+        fsync_dir(out.parent if str(out.parent) else ".")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -29,15 +29,8 @@ from torch.nn import functional as F
 from p2p.config import Config, from_tree, load_config, with_values
 from p2p.errors import CheckpointError, UsageError
 from p2p.models import load_generator, read_checkpoint, select_generator_weights
+from p2p.geometry import OFFICIAL_TEST_SIZE, Geometry, training_geometry
 from p2p.tasks import Task, build_task
-
-OFFICIAL_TEST_SIZE = 256  # official pix2pix test.py: load_size = crop_size = 256
-
-
-@dataclass(frozen=True)
-class Geometry:
-    mode: str = "scale"  # scale | full | squash
-    size: int = OFFICIAL_TEST_SIZE  # scale: the short side; squash: the square's side
 
 
 @dataclass
@@ -67,11 +60,6 @@ class Predictor:
         if size is not None:
             return Geometry("scale", size)
         return training_geometry(self.task, OFFICIAL_TEST_SIZE if self.official else self.cfg.data.load_size)
-
-
-def training_geometry(task: Task, load_size: int) -> Geometry:
-    """How images are shown to a model trained at `load_size` (see the module docstring)."""
-    return Geometry("full", 0) if task.name == "restore" else Geometry("scale", load_size)
 
 
 def infer_task(in_ch: int, out_ch: int) -> str:

@@ -10,6 +10,8 @@
                         the model card says about training (informative only)
     README.md           the model card (p2p.model_card)
 
+This module reads a folder; p2p.export writes one (`export_folder`).
+
 Reading never unpickles anything and never sizes an allocation from the file: config.json is
 bounded, parsed as JSON and validated by the training schema (p2p.config: the same bounds and
 cross-checks as a training config); the network is built from it on the meta device (no memory)
@@ -22,14 +24,11 @@ matched) and checked finite. Anything else is a `CheckpointError`: one line nami
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from p2p.errors import CheckpointError, UsageError
 
@@ -57,53 +56,15 @@ def is_model_folder(path) -> bool:
 # --------------------------------------------------------------------------- what the folder holds
 
 
-def generator_arch(G: nn.Module):
-    """The GeneratorArch of a built p2p generator, read off its tensors; a U-Net's dropout has
-    none, so it is whether the module holds dropout layers."""
-    from p2p.models import generator_arch_of
-
-    return generator_arch_of(G.state_dict(), dropout=any(isinstance(m, nn.Dropout) for m in G.modules()))
-
-
-def config_tree(arch, cfg, official: bool = False) -> dict:
-    """The config sections that rebuild `arch` and show images to it as `cfg` does (`official`:
-    weights without a config, which p2p shows images at the official test size)."""
-    model = {"generator": arch.kind, "ngf": arch.ngf, "norm": arch.norm, "dropout": arch.dropout}
-    if arch.kind == "unet":
-        model["num_downs"] = arch.num_downs
-    elif arch.kind in ("global", "local"):  # pix2pixHD's: its global part, then the enhancers
-        model.update(n_downsample_global=arch.num_downs, n_blocks_global=arch.n_blocks)
-        if arch.kind == "local":
-            model.update(n_local_enhancers=arch.n_local_enhancers, n_blocks_local=arch.n_blocks_local)
-    else:
-        model["n_blocks"] = arch.n_blocks
-    data = {"load_size": cfg.data.load_size, "image_size": cfg.data.image_size}
-    if official:
-        from p2p.inference import OFFICIAL_TEST_SIZE
-
-        data = {"load_size": OFFICIAL_TEST_SIZE, "image_size": OFFICIAL_TEST_SIZE}
-    return {"task": dataclasses.asdict(cfg.task), "data": data, "model": model, "run": {"seed": cfg.run.seed}}
-
-
 def derived(cfg, arch) -> dict:
     """What follows from the config, written for readers that are not p2p (and checked on load)."""
-    from p2p.inference import training_geometry
+    from p2p.geometry import training_geometry
     from p2p.tasks import build_task
 
     task = build_task(cfg.task)
     g = training_geometry(task, cfg.data.load_size)
     return {"geometry": {"mode": g.mode, "size": g.size, "stride": arch.stride},
             "channels": {"in": arch.in_channels, "out": arch.out_channels}}
-
-
-def folder_config(predictor, trained: dict) -> dict:
-    from p2p import __version__
-    from p2p.config import from_tree
-
-    arch = generator_arch(predictor.G)
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "p2p_version": __version__,
-            "weights": predictor.weights, "config": (tree := config_tree(arch, predictor.cfg, predictor.official)),
-            **derived(from_tree(tree), arch), "trained": trained}
 
 
 # --------------------------------------------------------------------------- reading
@@ -280,53 +241,3 @@ def load_folder(folder: str | os.PathLike, weights: str = "auto", dropout: bool 
     if left:  # a tensor outside the state dict would have no value
         raise _fail(folder, f"no weights for {left[:3]}")
     return G.eval(), cfg, doc["weights"]
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def check_out_folder(out: str | os.PathLike) -> None:
-    """`out` can become the model folder: new or empty, in a writable folder (else one line)."""
-    from p2p.outputs import writable_parent
-
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out {out} exists and is not an empty folder; give a new folder (nothing was written)")
-    writable_parent(out)
-
-
-def export_folder(predictor, source: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the predictor's generator as a model folder at `out` (a new or empty folder):
-    everything goes to a temporary folder beside it, is read back through `load_folder` and
-    compared, and the folder is renamed into place, so `out` never holds a partial model."""
-    from safetensors.torch import save
-
-    from p2p.atomic import fsync_dir, write_bytes, write_text
-    from p2p.model_card import model_card, training_record
-
-    out = Path(out)
-    check_out_folder(out)
-    G = predictor.G
-    doc = folder_config(predictor, training_record(source, predictor))
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in G.state_dict().items()}
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write_bytes(tmp / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
-        write_text(tmp / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
-        write_text(tmp / CARD_FILE, model_card(doc, out.name, sum(p.numel() for p in G.parameters())))
-        back, _, _ = load_folder(tmp)
-        same = repr(back) == repr(G) and all(torch.equal(back.state_dict()[k], v) for k, v in state.items())
-        if not same:
-            raise UsageError(f"--out {out}: the folder read back differs from the generator; nothing written")
-        fsync_dir(tmp)
-        try:
-            os.rename(tmp, out)  # replaces an empty folder; a non-empty one (made meanwhile) fails
-        except OSError as e:
-            raise UsageError(f"--out {out}: cannot move the finished folder there ({e.strerror}); nothing "
-                             f"written") from None
-        fsync_dir(out.parent if str(out.parent) else ".")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out

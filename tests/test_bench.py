@@ -1,4 +1,4 @@
-"""`p2p bench step|scaling|profile|all` in toy sizes: well-formed JSON, rows with their baseline and
+"""`p2p bench step|ranks|profile|all` in toy sizes: well-formed JSON, rows with their baseline and
 ratio, skipped rows kept with a reason, report.md with tables, PNG plots. No timing thresholds:
 the numbers on a shared 2-core machine say nothing."""
 
@@ -153,12 +153,12 @@ def test_verdict_names_the_bottleneck():
     assert verdict(0.05, ops, "cpu").startswith("compute-bound: top op aten::convolution_backward 38%")
 
 
-# ------------------------------------------------------------------------------ scaling
+# ------------------------------------------------------------------------------ ranks
 
 
 @pytest.mark.slow
 def test_scaling_launches_real_processes():
-    from p2p.bench.scaling import ScalingOptions, run_scaling
+    from p2p.bench.ranks import ScalingOptions, run_scaling
 
     payload = run_scaling(ScalingOptions(procs=(1, 2), device="cpu", **TOY_STEP), progress=lambda s: None)
     rows = payload["results"]
@@ -182,7 +182,7 @@ def test_all_tiny_writes_results_report_and_plots(tmp_path):
     check_environment(results["environment"])
     assert results["command"].startswith("p2p bench all")
     for name, baseline in (("lab", "skimage.rgb2lab per image (baseline)"), ("step", "baseline"),
-                           ("scaling", "1 process")):
+                           ("ranks", "1 process")):
         assert results[name]["command"].startswith(f"p2p bench {name}")
         check_rows(results[name]["rows"], baseline)
     data = results["data"]
@@ -197,7 +197,7 @@ def test_all_tiny_writes_results_report_and_plots(tmp_path):
     report = (out / "report.md").read_text()
     assert "| mode |" in report and "|---|" in report and "## Weak scaling" in report
     assert "p2p bench step" in report and "![step](step.png)" in report
-    for png in ("step.png", "lab.png", "scaling.png", "profile.png"):
+    for png in ("step.png", "lab.png", "ranks.png", "profile.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC, png
 
 
@@ -213,7 +213,7 @@ def test_report_renders_skips_and_errors(tmp_path):
                "data": {"skipped": "p2p.bench.data is not in this build"},
                "lab": {"error": "RuntimeError: boom"},
                "step": {"command": "p2p bench step", "config": {"model": "tiny"}, "rows": rows},
-               "scaling": {"command": "p2p bench scaling", "rows": [
+               "ranks": {"command": "p2p bench ranks", "rows": [
                    {"name": "1 process", "procs": 1, "img_per_s": 5.0, "img_per_s_per_process": 5.0,
                     "efficiency": 1.0, "ratio": 1.0, "baseline": "1 process"},
                    {"name": "2 processes", "procs": 2, "img_per_s": 9.0, "img_per_s_per_process": 4.5,
@@ -225,7 +225,7 @@ def test_report_renders_skips_and_errors(tmp_path):
     assert "skipped: CUDA graphs need a GPU" in report
     assert "| 2 processes | 9.00 | 4.50 | 90.0% | 1.80x |" in report
     assert (tmp_path / "step.png").read_bytes()[:8] == PNG_MAGIC
-    assert (tmp_path / "scaling.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "ranks.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_all_records_a_missing_data_benchmark(tmp_path, monkeypatch):
@@ -258,7 +258,7 @@ def test_bench_suites_are_registered():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    for suite in ("step", "scaling", "profile", "all"):
+    for suite in ("step", "ranks", "profile", "all"):
         args = parser.parse_args([suite])
         assert args.suite == suite and callable(args.run_suite)
     assert torch.get_num_threads() >= 1

@@ -18,6 +18,8 @@ from PIL import Image
 from helpers.runs import TINY, run_p2p
 from p2p.cli import main
 from p2p.data.folder import EMBEDDED_VAL, embedded_photo
+from p2p.errors import CheckpointError
+from p2p.model_folder import load_folder
 from p2p.models import load_generator, read_checkpoint
 
 
@@ -85,13 +87,15 @@ def test_eval_scores_the_folder_as_the_checkpoint(trained, tmp_path):
     assert json.loads((tmp_path / "folder.json").read_text()) == json.loads((tmp_path / "ckpt.json").read_text())
 
 
-def test_load_generator_and_reexport_take_the_folder(trained, tmp_path):
+def test_load_folder_and_reexport_take_the_folder(trained, tmp_path):
     ckpt, folder, _ = trained
-    G = load_generator(folder)
+    G = load_folder(folder)[0]
     want = load_generator(ckpt).state_dict()
     assert all(torch.equal(v, want[k]) for k, v in G.state_dict().items())
     with pytest.raises(Exception, match="holds only the ema generator"):
-        load_generator(folder, weights="raw")
+        load_folder(folder, weights="raw")
+    with pytest.raises(CheckpointError):  # the models layer reads checkpoints, not folders
+        load_generator(folder)
     assert main(["export", str(folder), "--format", "folder", "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     again = json.loads((tmp_path / "again" / "config.json").read_text())
@@ -247,7 +251,7 @@ def test_a_folder_converted_to_half_precision_loads(trained, tmp_path):
     shutil.copytree(folder, copy)
     state = load_file(str(copy / "model.safetensors"))
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(copy / "model.safetensors"))
-    G, want = load_generator(copy), load_generator(ckpt)
+    G, want = load_folder(copy)[0], load_generator(ckpt)
     for k, v in G.state_dict().items():
         assert v.dtype == want.state_dict()[k].dtype
         torch.testing.assert_close(v, want.state_dict()[k], atol=1e-2, rtol=1e-2)

@@ -157,8 +157,10 @@ def test_p2p_checkpoint_records_the_new_kinds(tmp_path):
 
     g, d = resnet_arch(1, 2, 6, 8, "instance", True), DiscriminatorArch(3, 8, 2, "instance", 2)
     G, D = build_generator(g), build_discriminator(d)
+    from p2p.checkpoint_file import sealed
+
     payload = {"format": "p2p", "arch": arch_dict(g, d), "generator": G.state_dict(), "discriminator": D.state_dict()}
-    torch.save(payload, tmp_path / "ck.pt")
+    torch.save(sealed(payload), tmp_path / "ck.pt")
     assert load_generator(tmp_path / "ck.pt").n_blocks == 6
     assert len(load_discriminator(tmp_path / "ck.pt").scales) == 2
     # an arch saved before `kind`/`num_d` existed describes a U-Net and a single PatchGAN

@@ -1,7 +1,8 @@
 """Every benchmark into one folder (`p2p bench all`).
 
 OUT/results.json holds `environment` (hardware, versions, the options of this run, date) and one
-section per benchmark, `data`, `lab`, `step`, `scaling`, `profile`, each with the command that
+section per suite that has one in p2p.specs.suites (`data`, `lab`, `step`, `ranks`, `profile`:
+the suite's `section` function runs it), each with the command that
 reproduces it, its config and its rows (every row with `baseline` and `ratio`), or `skipped` /
 `error` with the reason. OUT/report.md renders the tables and OUT/*.png the plots
 (p2p.bench.report); OUT/profile/trace.json is the Chrome trace of the profiled run.
@@ -11,7 +12,7 @@ has them; unset, each section uses its own defaults. The data section needs shar
 source, COCO-like JPEGs (64 by default, mixed sizes around 640x480 times `photo_scale`) are cut
 from the photographs inside scikit-image into OUT/work/photos and packed with `p2p shard` into
 OUT/work/shards at the load size for the image size, so the whole suite runs from a fresh clone
-with no download. Sections run one after another in this process (scaling starts its own
+with no download. Sections run one after another in this process (ranks starts its own
 processes); a section that fails is recorded with its error and the others still run.
 """
 
@@ -28,8 +29,10 @@ from pathlib import Path
 from p2p.bench.common import environment, write_json
 from p2p.bench.workload import load_size_for
 from p2p.errors import UsageError
+from p2p import specs
+from p2p.specs.suites import SUITES, sections
 
-SECTIONS = ("data", "lab", "step", "scaling", "profile")
+SECTIONS = sections()
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class AllOptions:
     quick: bool = False
     source: str | None = None  # shard folder for the data section (default: built in OUT/work)
     device: str = "auto"
-    procs: tuple[int, ...] = (1, 2)  # the scaling section's process counts
+    procs: tuple[int, ...] = (1, 2)  # the ranks section's process counts
     sections: tuple[str, ...] = SECTIONS
     image_size: int | None = None
     batch_size: int | None = None
@@ -125,15 +128,15 @@ def step_section(o: AllOptions, out: Path, progress=print) -> dict:
     return {"command": command, "config": payload["config"], "rows": payload["results"], "notes": payload["notes"]}
 
 
-def scaling_section(o: AllOptions, out: Path, progress=print) -> dict:
-    from p2p.bench.scaling import ScalingOptions, plan_scaling, run_scaling
+def ranks_section(o: AllOptions, out: Path, progress=print) -> dict:
+    from p2p.bench.ranks import ScalingOptions, plan_scaling, run_scaling
 
     options = ScalingOptions(procs=o.procs, device=o.device, ngf=o.ngf, ndf=o.ndf, num_downs=o.num_downs,
                              batch_size=o.batch_size, image_size=o.image_size, quick=o.quick)
     p = plan_scaling(options)
     payload = run_scaling(options, progress)
     c = payload["config"]
-    command = _cmd("scaling", "--procs", ",".join(map(str, c["procs"])), "--device", c["device"],
+    command = _cmd("ranks", "--procs", ",".join(map(str, c["procs"])), "--device", c["device"],
                    *_model_flags(p.sizes), "--batch-size", c["batch_per_process"], "--image-size", c["image_size"],
                    "--steps", c["steps_per_round"], "--warmup", c["warmup_steps"], "--repeats", c["rounds"],
                    "--threads", c["threads_per_process"], "--precision", c["precision"])
@@ -159,10 +162,6 @@ def profile_section(o: AllOptions, out: Path, progress=print) -> dict:
     s = payload["summary"]
     command = _cmd("profile", "--steps", s["steps"], "--warmup", s["warmup_steps"], "--out", "profile", *overrides)
     return {"command": command, "config": payload["config"], "summary": s}
-
-
-RUNNERS = {"data": data_section, "lab": lab_section, "step": step_section, "scaling": scaling_section,
-           "profile": profile_section}
 
 
 def command_line(o: AllOptions) -> str:
@@ -202,7 +201,7 @@ def run_all(o: AllOptions, progress=print, on_failure=None) -> dict:
         progress(f"== {name} ==")
         load, t0 = _load(), time.perf_counter()
         try:
-            sec = RUNNERS[name](o, out, progress)
+            sec = specs.load(SUITES[name].section)(o, out, progress)
         except Exception as e:  # one broken section must not lose the others' results
             if on_failure is not None:
                 on_failure(name, traceback.format_exc())

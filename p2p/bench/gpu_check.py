@@ -2,8 +2,9 @@
 
 The script runs each part under its own time limit, in the work folder WORK, and leaves there:
 `check.json` (its plan), `environment.json`, `pytest.xml` / `pytest-trainings.xml` (JUnit, or
-the `-v` logs when pytest was cut), `step.json`, `data.json`, `lab.json` (p2p bench step / data
-/ lab, rewritten as rows are measured) and `runs/eager`, `runs/fast` (the two 300-step
+the `-v` logs when pytest was cut), `NAME.json` for each bench suite with a GPU-check part in
+p2p.specs.suites (data, lab, step: rewritten as rows are measured; the part names the row keys
+kept here) and `runs/eager`, `runs/fast` (the two 300-step
 colorization trainings from the same seed: bf16 eager, and bf16 + CUDA graphs + torch.compile).
 This module reads them into one result, `OUT/gpu-check.json`, a short `OUT/summary.md` and
 `OUT/results.tar.gz` (p2p.bench.gpu_check_files), after every part: the output folder holds a
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from p2p.bench.gpu_check_files import (MAX_OUT_FILES, merged_pytest, pytest_summary, read_json, read_parts,
                                        read_rows, write_archive)
+from p2p.specs.suites import gpu_check_parts
 
 GRAPH_WARMUP = 3  # eager steps before the capture (p2p.train.graphs.WARMUP_STEPS)
 WINDOW = 50  # steps per averaged window of the loss comparison
@@ -128,7 +130,8 @@ def summarize(work: Path, out: Path | None = None) -> dict:
     same folder, e.g. results.tar.gz unpacked next to parts.tsv)."""
     work = Path(work)
     out = Path(out) if out is not None else work
-    step, data, lab = read_json(work / "step.json"), read_json(work / "data.json"), read_json(work / "lab.json")
+    suites = {spec.name: read_json(work / f"{spec.name}.json") for spec in gpu_check_parts()}
+    step, data = suites.get("step"), suites.get("data")  # the targets' figures
     eager, fast = read_rows(work / "runs/eager/metrics.jsonl"), read_rows(work / "runs/fast/metrics.jsonl")
     check = read_json(work / "check.json") or {}
     steps = check.get("train_steps", 300)
@@ -144,15 +147,15 @@ def summarize(work: Path, out: Path | None = None) -> dict:
         "install": [line for line in (work / "logs/install.log").read_text(errors="replace").splitlines()
                     if line.strip()] if (work / "logs/install.log").is_file() else None,
         "parts": parts, "pytest": pytest,
-        "step": _rows_of(step, ("name", "precision", "img_per_s", "ratio", "mfu", "peak_flops", "warmup_s",
-                                "cuda_graphs_in_effect", "notices", "skipped")),
-        "step_config": (step or {}).get("config"), "step_partial": bool((step or {}).get("partial")),
-        "data": _rows_of(data, ("name", "backend", "stage", "device", "img_per_s", "ratio", "decoder", "skipped")),
-        "data_partial": bool((data or {}).get("partial")),
+        "suites": list(suites),
         "data_backends": (work / "backends.txt").read_text().strip() if (work / "backends.txt").is_file() else None,
-        "lab": _rows_of(lab, ("name", "device", "img_per_s", "ratio", "max_abs_diff_vs_skimage")),
         "training": training, "targets": targets(step, data, fast_summary),
     }
+    for spec in gpu_check_parts():  # NAME: the rows' kept keys; NAME_config, NAME_partial
+        payload = suites[spec.name] or {}
+        result[spec.name] = _rows_of(payload, spec.gpu_check.keys)
+        result[f"{spec.name}_config"] = payload.get("config")
+        result[f"{spec.name}_partial"] = bool(payload.get("partial"))
     result["unfinished"] = [p["name"] for p in parts if p["status"] != "ok"]
     result["passed"] = bool(pytest and not pytest["failures"] and not pytest["errors"]
                             and training["losses"]["passed"] and training["in_effect"]["passed"])
@@ -166,6 +169,23 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
+
+
+def _row_line(d: dict) -> str:
+    """One suite row of the summary: skipped, or warmed up and not timed, or its figures."""
+    head = f"- {d.get('name')}" + (f" ({d['device']})" if d.get("device") else "")
+    if d.get("skipped"):
+        return f"{head}: skipped ({d['skipped']})"
+    if d.get("img_per_s") is None and d.get("warmup_s") is not None:
+        return f"{head}: built and warmed up in {_fmt(d.get('warmup_s'))} s, not timed"
+    line = f"{head}: {_fmt(d.get('img_per_s'))} img/s"
+    if d.get("ratio") is not None:
+        line += f", {_fmt(d['ratio'])}x"
+    if "mfu" in d:
+        line += f", MFU {_fmt(d.get('mfu'))}"
+    if d.get("decoder"):
+        line += f", JPEG decoder {d['decoder']}"
+    return line
 
 
 def summary_markdown(r: dict) -> str:
@@ -195,19 +215,14 @@ def summary_markdown(r: dict) -> str:
               f"fallback notices {len(eff.get('fallback_notices', []))}",
               f"- img/s eager {_fmt(t['eager'].get('img_per_s'))}, fast {_fmt(t['fast'].get('img_per_s'))}; "
               f"data wait fast {_fmt(t['fast'].get('data_wait'))}"]
-    c = r.get("step_config") or {}
-    lines += ["", f"## bench step ({c.get('model')} model, {c.get('image_size')} px, batch {c.get('batch_size')}, "
-                  f"{c.get('device')})" + (": cut, the rounds measured so far" if r.get("step_partial") else ""), ""]
-    lines += [f"- {s['name']}: " + (f"skipped ({s['skipped']})" if s.get("skipped") else
-              f"built and warmed up in {_fmt(s.get('warmup_s'))} s, not timed" if s.get("img_per_s") is None else
-              f"{_fmt(s.get('img_per_s'))} img/s, {_fmt(s.get('ratio'))}x, MFU {_fmt(s.get('mfu'))}") for s in r["step"]]
-    lines += ["", "## bench data" + (": cut, the rows measured so far" if r.get("data_partial") else ""), "",
-              f"backends: {r.get('data_backends')}"]
-    lines += [f"- {d['name']} ({d.get('device') or 'cpu'}): " + (f"skipped ({d['skipped']})" if d.get("skipped") else
-              f"{_fmt(d.get('img_per_s'))} img/s" + (f", JPEG decoder {d['decoder']}" if d.get("decoder") else ""))
-              for d in r["data"]]
-    lines += ["", "## bench lab", ""] + [f"- {d['name']} ({d['device']}): {_fmt(d.get('img_per_s'))} img/s"
-                                         for d in r["lab"]]
+    if r.get("data_backends"):
+        lines += ["", f"Data backends on this node: {r['data_backends']}"]
+    for name in r.get("suites", []):
+        c = r.get(f"{name}_config") or {}
+        shown = ", ".join(f"{k} {c[k]}" for k in ("model", "image_size", "batch_size", "device") if c.get(k) is not None)
+        lines += ["", f"## bench {name}" + (f" ({shown})" if shown else "")
+                  + (": cut, the rows measured so far" if r.get(f"{name}_partial") else ""), ""]
+        lines += [_row_line(row) for row in r.get(name) or []] or ["- no rows (the part did not run or finish)"]
     lines += ["", "## Targets", ""] + [f"- {g['target']}: {_fmt(g['value'])} (goal {g['goal']}): "
                                        f"{ {True: 'met', False: 'NOT met', None: 'not measured'}[g['met']] }"
                                        for g in r["targets"]]

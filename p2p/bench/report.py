@@ -1,9 +1,10 @@
 """report.md and PNG plots from a `p2p bench all` results.json.
 
-`write_report(results, out_dir)` writes out_dir/report.md (one section per benchmark: the
-command that reproduces it, a table of its rows with the baseline and ratio, its plot) and the
-plots: `<section>.png` throughput bars with the baseline in grey for data, lab and step,
-`scaling.png` (global img/s against the ideal, and efficiency), `profile.png` (top operators).
+`write_report(results, out_dir)` writes out_dir/report.md (one section per suite with a section
+in p2p.specs.suites, under its title: the command that reproduces it, a table of its rows in the
+suite's columns with the baseline and ratio, the suite's plot) and the plots `<section>.png`:
+throughput bars with the baseline in grey (data, lab, step), global img/s against the ideal and
+efficiency (ranks), top operators (profile, whose section has its own renderer).
 Re-render an existing results file with `p2p bench report DIR/results.json`.
 """
 
@@ -12,36 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2p.atomic import replace_with, write_text
+from p2p.specs import load
+from p2p.specs.suites import SUITES
+
 
 def save_figure(fig, path: Path) -> None:
     """A PNG written atomically (a full disk leaves the previous plot, and no temporary file)."""
     replace_with(path, lambda f: fig.savefig(f, dpi=110, format="png"))
-
-
-SECTION_TITLES = {
-    "data": "Input pipelines (files to model-ready tensors)",
-    "lab": "RGB to Lab conversion",
-    "step": "Training step",
-    "scaling": "Weak scaling over processes",
-    "profile": "Profile of a real run",
-}
-
-# (row key, column header, format) per section; a missing key leaves the cell empty.
-COLUMNS = {
-    "data": (("name", "row", "s"), ("stage", "stage", "s"), ("workers", "workers", "s"),
-             ("main_threads", "main threads", "s"), ("img_per_s", "img/s", ".1f"), ("ratio", "vs baseline", "x"),
-             ("gpu_mem_peak_mb", "GPU MB (torch peak)", ".0f"), ("gpu_mem_used_mb", "GPU MB (device)", ".0f")),
-    "lab": (("name", "row", "s"), ("device", "device", "s"), ("img_per_s", "img/s", ".1f"),
-            ("ratio", "vs baseline", "x"), ("max_abs_diff_vs_skimage", "max abs diff", ".3g")),
-    "step": (("name", "mode", "s"), ("precision", "precision", "s"), ("channels_last", "channels_last", "s"),
-             ("adam", "Adam", "s"), ("sync_every_step", "sync/step", "s"), ("compile", "compile", "s"),
-             ("cuda_graphs", "graphs", "s"), ("img_per_s", "img/s", ".2f"), ("step_ms", "ms/step", ".0f"),
-             ("ratio", "vs baseline", "x"), ("mfu", "MFU", "%")),
-    "scaling": (("name", "row", "s"), ("threads_per_process", "threads/proc", "s"),
-                ("global_batch", "global batch", "s"), ("img_per_s", "img/s (global)", ".2f"),
-                ("img_per_s_per_process", "img/s per process", ".2f"), ("efficiency", "efficiency", "%"),
-                ("ratio", "speed-up", "x")),
-}
 
 
 def _cell(value, fmt: str) -> str:
@@ -212,46 +190,46 @@ def write_report(results: dict, out_dir) -> Path:
         lines.append(f"- reproduce everything: `{results['command']}`")
     lines += ["", "Every section measures its baseline in the same run; `vs baseline` = img/s / the "
               "baseline's img/s. Medians of the timed rounds.", ""]
-    for name, title in SECTION_TITLES.items():
-        sec = results.get(name)
-        if sec is None:
-            continue
-        lines += [f"## {title}", ""]
-        if sec.get("command"):
-            lines += [f"Reproduce: `{sec['command']}`", ""]
-        if sec.get("load_average") is not None:
-            lines += [f"Load average (1 min) before this section: {sec['load_average']:.2f}; "
-                      f"it took {sec.get('seconds', 0):.0f} s.", ""]
-        if sec.get("skipped"):
-            lines += [f"Skipped: {sec['skipped']}", ""]
-            continue
-        if sec.get("error"):
-            lines += [f"**Failed:** `{sec['error']}`", ""]
-            continue
-        config = sec.get("config") or {}
-        if config:
-            shown = ", ".join(f"{k}={v}" for k, v in config.items()
-                              if not isinstance(v, (list, dict)) and v is not None)
-            lines += [f"Config: {shown}", ""]
-        if name == "profile":
-            lines += _profile_lines(sec, out, hardware)
-            continue
-        rows = sec.get("rows") or []
-        lines += [markdown_table(rows, COLUMNS[name]), ""]
-        for note in sec.get("notes") or []:
-            lines += [f"Note: {note}", ""]
-        if name == "scaling":
-            png = plot_scaling(rows, f"weak scaling, {config.get('backend', '')}, {hardware}", out / "scaling.png")
-        else:
-            png = plot_throughput(rows, f"{title}: {hardware}", out / f"{name}.png")
-        if png is not None:
-            lines += [f"![{name}]({png.name})", ""]
+    for spec in SUITES:
+        sec = results.get(spec.name) if spec.section else None
+        if sec is not None:
+            lines += _section_lines(spec, sec, out, hardware)
     path = out / "report.md"
     write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 
-def _profile_lines(sec: dict, out: Path, hardware: str) -> list[str]:
+def _section_lines(spec, sec: dict, out: Path, hardware: str) -> list[str]:
+    """A suite's section of report.md: heading, command, load, then its table and plot."""
+    name, title = spec.name, spec.title
+    lines = [f"## {title}", ""]
+    if sec.get("command"):
+        lines += [f"Reproduce: `{sec['command']}`", ""]
+    if sec.get("load_average") is not None:
+        lines += [f"Load average (1 min) before this section: {sec['load_average']:.2f}; "
+                  f"it took {sec.get('seconds', 0):.0f} s.", ""]
+    if sec.get("skipped"):
+        return lines + [f"Skipped: {sec['skipped']}", ""]
+    if sec.get("error"):
+        return lines + [f"**Failed:** `{sec['error']}`", ""]
+    config = sec.get("config") or {}
+    if config:
+        shown = ", ".join(f"{k}={v}" for k, v in config.items() if not isinstance(v, (list, dict)) and v is not None)
+        lines += [f"Config: {shown}", ""]
+    if spec.report:
+        return lines + load(spec.report)(sec, out, hardware)
+    rows = sec.get("rows") or []
+    lines += [markdown_table(rows, spec.columns), ""]
+    for note in sec.get("notes") or []:
+        lines += [f"Note: {note}", ""]
+    png = load(spec.plot)(rows, f"{title}: {hardware}", out / f"{name}.png")
+    if png is not None:
+        lines += [f"![{name}]({png.name})", ""]
+    return lines
+
+
+def profile_lines(sec: dict, out: Path, hardware: str) -> list[str]:
+    """The profile section: its verdict, the top operators and their plot."""
     s = sec.get("summary") or {}
     kind = "cuda" if s.get("top_ops_cuda") else "cpu"
     lines = [f"**{s.get('bottleneck', '')}**", "",

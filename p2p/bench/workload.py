@@ -1,7 +1,7 @@
 """What a training-step benchmark trains: the trainer's `Config` for a named model (full:
 U-Net-256 + 70x70 PatchGAN; small: the config defaults, i.e. the demo's networks) with optional
 width/depth overrides, an image size and a batch size, and the batch `p2p train` would feed for
-that config. `p2p bench step`, `p2p bench scaling` and its workers all start from here and
+that config. `p2p bench step`, `p2p bench ranks` and its workers all start from here and
 build the rest with the trainer's own functions."""
 
 from __future__ import annotations

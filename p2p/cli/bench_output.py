@@ -1,9 +1,9 @@
-"""What every `p2p bench` suite's command prints and writes: progress lines, rich tables, the
-comma-separated flag values and the --json file (shared by p2p.cli.bench and its suites' modules)."""
+"""How `p2p bench` shows a suite: progress lines flushed as they come, rich tables, errors on
+stderr (the p2p.bench.suite_io.SuiteOutput every suite's run is given)."""
 
 from __future__ import annotations
 
-from p2p.errors import UsageError
+import sys
 
 
 def say(text: str) -> None:
@@ -30,19 +30,14 @@ def print_table(title: str, rows: list[dict], columns: tuple[str, ...] = ("name"
     Console().print(table)
 
 
-def names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
+class PrintedOutput:
+    """A suite's lines and tables on stdout, its errors on stderr."""
 
+    def say(self, text: str) -> None:
+        say(text)
 
-def counts(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(n) for n in names(text))
-    except ValueError:
-        raise UsageError(f"{flag} {text!r}: give whole numbers, comma-separated, such as 1,2 or 1,2,4") from None
+    def table(self, title: str, rows: list[dict], columns: tuple[str, ...] = ("name", "img_per_s", "ratio")) -> None:
+        print_table(title, rows, columns)
 
-
-def write_json_to(path, payload: dict) -> None:
-    if path:
-        from p2p.bench.common import write_json
-
-        write_json(path, payload)
+    def error(self, text: str) -> None:
+        print(text, end="", file=sys.stderr, flush=True)

@@ -38,7 +38,7 @@ def run(args) -> int:
     if args.format not in FORMATS:  # before loading anything
         raise UsageError(f"--format {args.format!r}: choose one of {', '.join(FORMATS)}")
     if args.format == "folder":  # a non-empty --out is refused before anything is loaded
-        from p2p.model_folder import check_out_folder
+        from p2p.export import check_out_folder
 
         check_out_folder(args.out)
     try:
@@ -50,7 +50,7 @@ def run(args) -> int:
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     t0 = time.perf_counter()
     if args.format == "folder":
-        from p2p.model_folder import export_folder
+        from p2p.export import export_folder
 
         out = export_folder(predictor, args.checkpoint, args.out)
         print(f"p2p export: wrote {out}/ (model.safetensors, config.json, README.md; {predictor.task.name}, "

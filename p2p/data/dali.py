@@ -33,11 +33,9 @@ any world size resumes.
 
 Resume: `epoch(e, start)` runs the pipeline and discards `start` batches (DALI's checkpoints
 would need a state saved at that very batch, and the training checkpoint holds only (epoch,
-batch)). The cost is decoding those batches once at the pipeline's speed: on the 2-core
-development machine with threads=2, 30 batches of 16 286-px images took 0.47 s (about 1 ms an
-image), so resuming in the middle of a COCO epoch on 8 ranks (about 7,400 images per rank)
-costs some 7 s of CPU decoding once per restart; nvJPEG on a GPU is several times faster. The
-wds backend skips without decoding.
+batch)). The cost is decoding those batches once per restart, at the pipeline's speed
+(benchmarks/RESULTS.md has the figure for the middle of a COCO epoch); nvJPEG on a GPU decodes
+faster. The wds backend skips without decoding.
 
 Validation: the val shards in manifest order, no shuffle; each rank reads the head of its
 range up to its share of data.val_images (the same samples the wds backend validates on),

@@ -27,10 +27,11 @@ import re
 import stat
 from pathlib import Path
 
+from p2p.config.schema import DEFAULT_MAX_PIXELS
+
 # What `p2p shard`, the folder backend and `p2p predict` list as images (by extension, any case);
 # what they decode is decided by the bytes (`FORMATS`).
 IMAGE_EXTS = frozenset(".jpg .jpeg .jpe .jfif .png .bmp .tif .tiff .webp".split())
-DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_ASPECT = 10.0  # long side / short side above this is refused (a strip, not a photo)
 
 # Pillow plugin name -> the signatures that start such a file (WebP: RIFF, 4 size bytes, WEBP)

@@ -24,14 +24,14 @@ batch counts never change.
 
 Batches are channels-last in memory (N x H x W x 3 bytes behind the N x 3 x H x W shape of
 the batch contract): libjpeg-turbo's own pixel order, so copying a crop window into the batch
-copies whole rows (11 us per 286-px image here) instead of transposing every pixel (76 us).
+copies whole rows instead of transposing every pixel (benchmarks/RESULTS.md has the figures).
 The device step reads either layout (p2p.fused: any strides).
 
 With `data.worker_kind=process` (the default), DataLoader workers write batches into a ring
 of shared-memory slots (`Ring`) and send only the slot's number; the main
 process copies the batch out (into pinned memory when the device is CUDA) and frees the slot.
-A fresh shared-memory tensor per batch, DataLoader's usual way, cost about 0.3 ms of page
-faults per 286-px image here, a third of the decode. With `data.worker_kind=thread`,
+A fresh shared-memory tensor per batch, DataLoader's usual way, pays page faults on every
+batch, a sizeable share of the decode (benchmarks/RESULTS.md). With `data.worker_kind=thread`,
 `data.workers` threads of this process make whole batches straight into the memory the
 training loop takes (pinned on CUDA), a few batches ahead: simplejpeg, pread and numpy's copy
 release the GIL, so decodes run in parallel, and no batch crosses between processes. Where
@@ -40,9 +40,8 @@ is fed by many workers, processes keep the per-sample Python work off the traini
 process's GIL. Either kind of worker, and the Ring, serve consecutive epochs of a training
 (p2p.data.stream): the next epoch's first batches are made while the current one ends.
 
-Measured on the 2-core development machine per 286-px image (one core): decode 0.72 ms,
-window copy 0.18 ms (NCHW; 0.01 ms channels-last), read + key + crop draw 0.03 ms; copy-out in
-the main process 0.03 ms.
+Where a sample's time goes (decode, window copy, read, copy-out): benchmarks/RESULTS.md,
+"Figures from code comments (issue 23)"; the decode dominates.
 
 Validation
 ----------

@@ -196,16 +196,13 @@ def _load_checked(path_or_state, name: str | None, kind: str, build) -> nn.Modul
 
 def load_generator(path_or_state, dropout: bool | None = None, weights: str = "auto", *,
                    name: str | None = None) -> nn.Module:
-    """A ready generator (eval mode, CPU) from a p2p checkpoint, a p2p state dict, an official
-    `latest_net_G.pth` (U-Net or ResnetGenerator; pix2pixHD's global or local) or a model folder
-    (p2p.model_folder). `weights`: see the module docstring. Anything else raises `CheckpointError`
-    (`name`: what to call an in-memory `path_or_state` in it)."""
+    """A ready generator (eval mode, CPU) from a p2p checkpoint, a p2p state dict or an official
+    `latest_net_G.pth` (U-Net or ResnetGenerator; pix2pixHD's global or local); a model folder
+    is read by p2p.model_folder.load_folder (p2p.inference.load_predictor takes either). `weights`:
+    see the module docstring. Anything else raises `CheckpointError` (`name`: what to call an
+    in-memory `path_or_state` in it)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}: choose one of {', '.join(WEIGHTS)}")
-    from p2p.model_folder import is_model_folder, load_folder
-
-    if is_model_folder(path_or_state):  # a model folder: safetensors, never unpickled
-        return load_folder(path_or_state, weights, dropout)[0]
     return _load_checked(path_or_state, name, "generator", lambda obj: _generator_from(obj, dropout, weights))
 
 

@@ -145,6 +145,10 @@ def test_payload_checksum_is_written_and_verified(tmp_path):
     torch.save(raw, tmp_path / "stripped.pt")
     with pytest.raises(CheckpointError, match="without its checksum"):
         read_checkpoint(tmp_path / "stripped.pt")
+    for old in ({**raw, "version": 1}, {k: v for k, v in raw.items() if k != "version"}):
+        torch.save(old, tmp_path / "old.pt")  # no pre-checksum p2p was released: none loads unverified
+        with pytest.raises(CheckpointError, match="without its checksum"):
+            read_checkpoint(tmp_path / "old.pt")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Weak scaling of the training step over processes (`p2p bench scaling`).
+"""Weak scaling of the training step over processes (`p2p bench ranks`).
 
 For each N in `procs`, N real processes are started with torchrun (`python -m
-torch.distributed.run --nproc-per-node N`), each running p2p.bench.scaling_worker: the
+torch.distributed.run --nproc-per-node N`), each running p2p.bench.ranks_worker: the
 trainer's own run (p2p.train.run.build_run: DDP through p2p.dist.start, gloo on CPU, NCCL on
 GPUs; wrap_models, fused Adam) stepping on the batch the trainer would feed, of the same size in
 every process (weak scaling: the global batch grows with N). Every process uses `threads`
@@ -99,7 +99,7 @@ def launch(n: int, worker_args: list[str], threads: int, timeout: float) -> dict
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n),
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               "-m", "p2p.bench.scaling_worker", "--result", str(result), *worker_args]
+               "-m", "p2p.bench.ranks_worker", "--result", str(result), *worker_args]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env(threads))
         if proc.returncode != 0 or not result.exists():

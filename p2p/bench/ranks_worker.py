@@ -1,5 +1,5 @@
-"""One process of the scaling benchmark, started by torchrun from p2p.bench.scaling (`python -m
-torch.distributed.run ... -m p2p.bench.scaling_worker --result PATH ...`); not a user command.
+"""One process of the scaling benchmark, started by torchrun from p2p.bench.ranks (`python -m
+torch.distributed.run ... -m p2p.bench.ranks_worker --result PATH ...`); not a user command.
 
 It builds the trainer's run for the sizes it is given (p2p.train.run.build_run: the process
 group, networks, wrap_models, optimizers, the step) and steps it on the batch the trainer would
@@ -20,7 +20,7 @@ from p2p.bench.common import sync, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m p2p.bench.scaling_worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m p2p.bench.ranks_worker", description=__doc__.splitlines()[0])
     p.add_argument("--result", required=True, help="rank 0 writes its JSON result here")
     p.add_argument("--device", choices=("cpu", "cuda"), required=True)
     for name in ("ngf", "ndf", "num-downs", "batch-size", "image-size", "steps", "warmup", "repeats"):

@@ -1,17 +1,13 @@
-"""`p2p bench memory`: flags, progress and the table of p2p.bench.memory (registered as a suite
-in p2p.cli.bench)."""
+"""`p2p bench memory`: peak memory of one training step per row, and the largest batch that fits."""
 
 from __future__ import annotations
 
 import argparse
 
-from p2p.cli.bench_output import names, print_table, say, write_json_to
-
-HELP = ("peak memory of one training step over resolution x generator x precision x checkpointing, and the largest "
-        "batch that fits --budget-gb")
+from p2p.bench.suite_io import SuiteOutput, names, write_json_to
 
 
-def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     from p2p.bench.memory import CHECKPOINTING, GENERATORS, PRECISIONS, RESOLUTIONS
 
     for flag, known, default in (("--resolutions", RESOLUTIONS, ",".join(RESOLUTIONS)),
@@ -26,19 +22,19 @@ def add_memory_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="also write {environment, config, results} to PATH")
 
 
-def run_memory_suite(args) -> int:
+def run(args, out: SuiteOutput) -> int:
     from p2p.bench.memory import MemoryOptions, run_memory
 
     options = MemoryOptions(names(args.resolutions), names(args.generators), names(args.precisions),
                             names(args.checkpointing), args.batch_size, args.budget_gb, args.device, args.timeout_s)
     options.check()  # before anything is printed
-    say(f"bench memory: one training step per row, each in a fresh process, at batch {args.batch_size} and "
-        f"{2 * args.batch_size}")
-    payload = run_memory(options, say)
-    print_table(f"peak memory of one training step (batch {args.batch_size}), {payload['config']['device']}",
-                payload["results"], columns=("resolution", "generator", "precision", "checkpointing", "peak_gb",
-                                             "per_image_gb", "max_batch", "skipped"))
-    print(f"measured as: {next((r['source'] for r in payload['results'] if r['source']), 'nothing measured')}; "
-          f"max_batch: estimated from batches {args.batch_size} and {2 * args.batch_size} for {args.budget_gb:g} GB")
+    out.say(f"bench memory: one training step per row, each in a fresh process, at batch {args.batch_size} and "
+            f"{2 * args.batch_size}")
+    payload = run_memory(options, out.say)
+    out.table(f"peak memory of one training step (batch {args.batch_size}), {payload['config']['device']}",
+              payload["results"], ("resolution", "generator", "precision", "checkpointing", "peak_gb",
+                                   "per_image_gb", "max_batch", "skipped"))
+    out.say(f"measured as: {next((r['source'] for r in payload['results'] if r['source']), 'nothing measured')}; "
+            f"max_batch: estimated from batches {args.batch_size} and {2 * args.batch_size} for {args.budget_gb:g} GB")
     write_json_to(args.json, payload)
     return 0
