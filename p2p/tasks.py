@@ -129,8 +129,8 @@ class FusedColour(Task):
 class Colorize(FusedColour):
     def convert(self, images, gen):
         lab = color.rgb_to_lab(images)  # uint8 fast path; float32 out
-        # color.normalize_l / normalize_ab, in place: two full-size temporaries fewer (the eager
-        # CPU step's cost, benchmarks/RESULTS.md "Input pipelines and RGB to Lab").
+        # color.normalize_l / normalize_ab, in place: two full-size temporaries fewer (what that
+        # saves: benchmarks/RESULTS.md, "The in-place Lab normalisation of the eager colorize step").
         lab[:, :1].div_(50.0).sub_(1.0)
         lab[:, 1:].div_(110.0)
         return lab[:, :1], lab[:, 1:]
