@@ -166,3 +166,58 @@ def test_tasks_sit_below_the_config_and_the_shards():
     code = ("import sys, p2p.specs.tasks; heavy = [m for m in ('torch', 'numpy') if m in sys.modules]; "
             "assert not heavy, heavy; import p2p.data.shards; assert 'p2p.config' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_a_spec_may_take_its_channels_from_the_task_config_and_refuses_unknown_kinds():
+    """A label-map task (issue 25) has as many input channels as its config's classes."""
+    from types import SimpleNamespace
+
+    labels = TaskSpec("labels", "p2p.tasks:Paired", "", in_channels=lambda cfg: cfg.label_nc + cfg.instance,
+                      paired=True, input_kind="labels")
+    assert labels.channels(SimpleNamespace(label_nc=35, instance=1)) == (36, 3) and labels.geometry == "2:1"
+    assert TASKS["colorize"].channels() == (1, 2) and TASKS["colorize"].sample_shape(8) == (3, 8, 8)
+    with pytest.raises(ValueError, match="recombination='lab' is not one of"):
+        TaskSpec("x", "m:X", "", recombination="lab")
+    with pytest.raises(ValueError, match="shard filter applies to single images"):
+        TaskSpec("x", "m:X", "", paired=True, shard_filter="colour")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_predict_follows_the_spec_for_weights_that_record_no_task(name, tmp_path):
+    from helpers.official_layout import OfficialUnet, randomize
+    from p2p.inference import infer_task, load_predictor, predict
+
+    spec = TASKS[name]
+    cin, cout = spec.channels(TaskConfig(name=name))
+    torch.save(randomize(OfficialUnet(cin, cout, 5, 8, "batch")).state_dict(), tmp_path / "latest_net_G.pth")
+    guessed = load_predictor(str(tmp_path / "latest_net_G.pth"))
+    assert guessed.task.name == infer_task(cin, cout) and guessed.task.spec.channels() == (cin, cout)
+    p = load_predictor(str(tmp_path / "latest_net_G.pth"), name)
+    assert p.task.spec is spec and p.geometry().mode == spec.predict_geometry
+    rgb = _sample(spec, n=1, side=40)[..., :40].float() / 255
+    out = predict(p.G, p.task, rgb[..., :36], p.geometry())
+    assert out.shape == (1, 3, 40, 36) and out.min() >= 0 and out.max() <= 1
+
+
+def test_weights_whose_channels_no_task_has_are_a_usage_error(tmp_path):
+    from helpers.official_layout import OfficialUnet, randomize
+    from p2p.errors import UsageError
+    from p2p.inference import load_predictor
+
+    torch.save(randomize(OfficialUnet(3, 1, 5, 8, "batch")).state_dict(), tmp_path / "odd.pth")
+    with pytest.raises(UsageError, match=r"odd.pth maps 3->1 channels, which no task does \(colorize 1->2"):
+        load_predictor(str(tmp_path / "odd.pth"))
+
+
+def test_ab_inputs_and_b_dir_need_a_paired_task(tmp_path):
+    from helpers.runs import run_p2p
+
+    (tmp_path / "a").mkdir()
+    _save(tmp_path / "a" / "x.png", photo_batch(1, 32)[0].permute(1, 2, 0).numpy())
+    single = next(s.name for s in TASKS if not s.paired)
+    proc = run_p2p("predict", tmp_path / "none.pt", tmp_path / "a", "--out", tmp_path / "o", "--ab", "--task", single,
+                   check=False)
+    assert proc.returncode == 2 and "--ab only applies to a task of A|B pairs (--task paired)" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = run_p2p("shard", tmp_path / "a", tmp_path / "s", "--b-dir", tmp_path / "a", "--task", single, check=False)
+    assert proc.returncode == 2 and "needs a paired task (--task paired)" in proc.stderr, proc.stderr
