@@ -17,4 +17,4 @@ class Geometry:
 
 def training_geometry(task, load_size: int) -> Geometry:
     """How images are shown to a model trained at `load_size` (a p2p.tasks.Task's)."""
-    return Geometry("full", 0) if task.name == "restore" else Geometry("scale", load_size)
+    return Geometry("full", 0) if task.spec.predict_geometry == "full" else Geometry("scale", load_size)

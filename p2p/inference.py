@@ -8,14 +8,15 @@ Geometry (`Geometry.mode`):
   scale in every training crop, whatever `data.image_size` (the crop) was. For official pix2pix
   weights, which carry no config, it is 256, the official `test.py` load size.
 - "full": the fully convolutional generator on the whole image at its own resolution (padded).
-  The default for restore: its degradations are drawn on the pixel grid the model sees, so the
-  native resolution is its training scale.
+  The default for a task whose spec says so (restore: its degradations are drawn on the pixel
+  grid the model sees, so the native resolution is its training scale).
 - "squash": the official pix2pix test-time resize of the whole image to size x size.
 
-Colorize predicts ab at the model's scale, upsamples it and recombines it with the original
-full-resolution L, so the output keeps every detail of the input. Other tasks return the
-upsampled output. `p2p predict`, `p2p eval` and validation during training all go through
-`predict`, so a reported score is the score of the images a user gets.
+How output and input become RGB is the task spec's `recombination`: colorize predicts ab at the
+model's scale, upsamples it and recombines it with the original full-resolution L, so the output
+keeps every detail of the input; other tasks return the upsampled output. `p2p predict`, `p2p
+eval` and validation during training all go through `predict`, so a reported score is the score
+of the images a user gets.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from p2p.config import Config, from_tree, load_config, with_values
+from p2p.config import Config, TaskConfig, from_tree, load_config, with_values
 from p2p.errors import CheckpointError, UsageError
 from p2p.models import load_generator, read_checkpoint, select_generator_weights
 from p2p.geometry import OFFICIAL_TEST_SIZE, Geometry, training_geometry
+from p2p.specs.tasks import TASKS
 from p2p.tasks import Task, build_task
 
 
@@ -62,14 +64,21 @@ class Predictor:
         return training_geometry(self.task, OFFICIAL_TEST_SIZE if self.official else self.cfg.data.load_size)
 
 
-def infer_task(in_ch: int, out_ch: int) -> str:
-    return {(1, 2): "colorize", (1, 3): "gray2rgb"}.get((in_ch, out_ch), "paired")
+def task_channels() -> dict[str, tuple[int, int]]:
+    """Each registered task's generator channels (in, out) at its default task config."""
+    return {spec.name: spec.channels(TaskConfig(name=spec.name)) for spec in TASKS}
+
+
+def infer_task(in_ch: int, out_ch: int) -> str | None:
+    """The task of weights that record none (official pix2pix): the first registered task whose
+    generator maps in_ch -> out_ch; None when no task does."""
+    return next((name for name, ch in task_channels().items() if ch == (in_ch, out_ch)), None)
 
 
 def load_predictor(path: str, task_name: str | None = None, direction: str | None = None, weights: str = "auto",
                    train_mode: bool = False) -> Predictor:
     """A predictor from any supported checkpoint or model folder. For official weights the task is inferred from
-    the channel counts (1->2 colorize, 1->3 gray2rgb, else paired). `weights`: a checkpoint's
+    the channel counts (`infer_task`: 1->2 colorize, 1->3 gray2rgb, 3->3 paired). `weights`: a checkpoint's
     EMA or raw generator (p2p.models.load_generator). `train_mode`: the paper's test-time
     behaviour, the official test.py default without --eval: dropout on and BatchNorm with the
     statistics of the batch it sees (each image, here); the global torch RNG that dropout draws
@@ -90,6 +99,9 @@ def load_predictor(path: str, task_name: str | None = None, direction: str | Non
             raise CheckpointError(f"{path}: its recorded config is refused: {e}", str(path)) from None
     channels = (G.in_channels, G.out_channels)
     name = task_name or (cfg.task.name if tree is not None else infer_task(*channels))
+    if name is None:
+        known = ", ".join(f"{n} {i}->{o}" for n, (i, o) in task_channels().items())
+        raise UsageError(f"{path} maps {channels[0]}->{channels[1]} channels, which no task does ({known})")
     cfg = with_values(cfg, {"task.name": name, "task.direction": direction or cfg.task.direction})
     task = build_task(cfg.task)
     if (task.in_channels, task.out_channels) != channels:
@@ -150,7 +162,7 @@ def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None
 
         out = run_tiled(G, padded, tiling, lambda net, t: _forward(net, t, precision))
     out = out[..., :sh, :sw].float()
-    if task.name == "colorize":  # ab at the model's scale, L at full resolution
+    if task.spec.recombination == "input_lightness":  # ab at the model's scale, L at full resolution
         ab = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False) if (sh, sw) != (h, w) else out
         return task.output_rgb(task.model_input(rgb), ab)
     if (sh, sw) != (h, w):

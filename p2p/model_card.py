@@ -16,13 +16,8 @@ import math
 import os
 from pathlib import Path
 
-TASK_TEXT = {
-    "colorize": "colourises grayscale photographs (the network predicts Lab a*b* from L*; the output keeps the "
-                "input's full-resolution L*)",
-    "gray2rgb": "turns grayscale images into RGB ones",
-    "paired": "translates images of one domain into another, learned from aligned pairs",
-    "restore": "restores photographs degraded by noise, blur and JPEG compression",
-}
+from p2p.specs.tasks import TASKS
+
 VAL_TAIL_BYTES = 4 * 2**20  # val.jsonl rows are short; the last ones are what the card needs
 RECORD_TYPES = {"checkpoint": str, "source": str, "val_source": str, "steps": int, "epochs": int,
                 "global_batch": int, "images_seen": int, "processes": int, "ema_decay": (int, float), "from": str}
@@ -156,7 +151,7 @@ def model_card(doc: dict, name: str, parameters: int) -> str:
            else "each image at its own resolution")
     weights = (f"the moving average of the generator (train.ema_decay={t.get('ema_decay')})"
                if doc["weights"] == "ema" else "the trained generator")
-    direction = f" ({cfg['task']['direction']})" if task == "paired" else ""
+    direction = f" ({cfg['task']['direction']})" if TASKS[task].paired else ""
     lines = [
         "---",
         "# license: not set. The owner of these weights chooses one before sharing (e.g. apache-2.0, mit,",
@@ -166,7 +161,7 @@ def model_card(doc: dict, name: str, parameters: int) -> str:
         "tags:", "- pix2pix", "- image-to-image", f"- {task}",
         "---", "",
         f"# {name}", "",
-        f"A pix2pix generator trained with p2p{direction}: it {TASK_TEXT[task]}.", "",
+        f"A pix2pix generator trained with p2p{direction}: it {TASKS[task].summary}.", "",
         "## Model", "",
         "| | |", "|---|---|",
         f"| task | {task}{direction} |",

@@ -1,5 +1,7 @@
 """Tasks turn a uint8 RGB batch (N x 3 x H x W, on the training device) into the generator's
-(input, target) in float32, and model tensors back into viewable RGB in [0, 1].
+(input, target) in float32, and model tensors back into viewable RGB in [0, 1]. What each task
+is (its name, channels, pairing, geometry, recombination, shard filter, fused kernel) is its
+spec in p2p.specs.tasks; the classes here do the tensor work.
 
 - colorize: L -> ab of CIELAB, normalised as the official colorization model (L/50-1, ab/110);
   the output is recombined with the input L.
@@ -23,6 +25,8 @@ from p2p import color
 from p2p.augment import apply_windows, crop_flip, draw_windows
 from p2p.config import TaskConfig
 from p2p.fused import DeviceStep
+from p2p.specs import load
+from p2p.specs.tasks import TASKS, TaskSpec
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -46,17 +50,31 @@ def gray(rgb01: torch.Tensor) -> torch.Tensor:
 
 
 class Task:
-    """Base: crop/flip, then `convert` the cropped uint8 batch to (input, target)."""
+    """Base: crop/flip, then `convert` the cropped uint8 batch to (input, target). A subclass is
+    built for the spec whose `impl` names it (`build_task`, or the class called directly)."""
 
-    name = "task"
-    in_channels = 3
-    out_channels = 3
-    fused_device_step = False  # True: prepare() runs through p2p.fused where it can
-
-    def __init__(self, cfg: TaskConfig, device_step: str = "fused"):
+    def __init__(self, cfg: TaskConfig, device_step: str = "fused", spec: TaskSpec | None = None):
         self.cfg = cfg
+        self.spec = spec or _spec_of(type(self))
         self.device_step = DeviceStep(device_step)  # colorize, gray2rgb: crop..normalise in one kernel
         self.notice = None  # where a fallback is reported (the run's notices); None: a Python warning
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec.channels(self.cfg)[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self.spec.channels(self.cfg)[1]
+
+    @property
+    def fused_device_step(self) -> bool:
+        """Whether prepare() runs through p2p.fused where it can."""
+        return self.spec.device_step is not None
 
     def prepare(self, images: torch.Tensor, size: int, gen: torch.Generator | None, flip: bool = True,
                 crop_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,27 +109,28 @@ class Task:
 
 
 class FusedColour(Task):
-    """A task whose whole device step has a fused kernel (p2p.fused): crop, flip and `convert`
-    in one pass; the eager crop + `convert` where it cannot run. Both crop by the same windows."""
+    """A task whose whole device step has a fused kernel (the spec's `device_step`): crop, flip
+    and `convert` in one pass; the eager crop + `convert` where it cannot run. Both crop by the
+    same windows."""
 
-    fused_device_step = True
+    def __init__(self, cfg: TaskConfig, device_step: str = "fused", spec: TaskSpec | None = None):
+        super().__init__(cfg, device_step, spec)
+        self._kernel = load(self.spec.device_step)  # DeviceStep.colorize etc., unbound
 
     def prepare(self, images, size, gen, flip=True, crop_gen=None):
         n, _, h, w = images.shape
         windows = draw_windows(n, h, w, size, crop_gen, flip)
-        fused = getattr(self.device_step, self.name)(images, windows, size)
+        fused = self._kernel(self.device_step, images, windows, size)
         if fused is not None:
             return fused
         return self.convert(apply_windows(images, windows, size), gen)
 
 
 class Colorize(FusedColour):
-    name, in_channels, out_channels = "colorize", 1, 2
-
     def convert(self, images, gen):
         lab = color.rgb_to_lab(images)  # uint8 fast path; float32 out
-        # color.normalize_l / normalize_ab, in place: two full-size temporaries fewer, which
-        # halves this step's cost on a CPU.
+        # color.normalize_l / normalize_ab, in place: two full-size temporaries fewer (what that
+        # saves: benchmarks/RESULTS.md, "The in-place Lab normalisation of the eager colorize step").
         lab[:, :1].div_(50.0).sub_(1.0)
         lab[:, 1:].div_(110.0)
         return lab[:, :1], lab[:, 1:]
@@ -131,8 +150,6 @@ class Colorize(FusedColour):
 
 
 class Gray2RGB(FusedColour):
-    name, in_channels, out_channels = "gray2rgb", 1, 3
-
     def convert(self, images, gen):
         rgb = _to_unit(images)
         return _signed(gray(rgb)), _signed(rgb)
@@ -142,8 +159,6 @@ class Gray2RGB(FusedColour):
 
 
 class Paired(Task):
-    name = "paired"
-
     def prepare(self, images, size, gen, flip=True, crop_gen=None):
         w = images.shape[-1] // 2
         a, b = images[..., :w], images[..., w:2 * w]
@@ -161,8 +176,6 @@ class Paired(Task):
 
 
 class Restore(Task):
-    name = "restore"
-
     def convert(self, images, gen):
         clean = _to_unit(images)
         return _signed(degrade(clean, self.cfg, gen, self.notice)), _signed(clean)
@@ -260,9 +273,15 @@ def jpeg_round_trip(u8: torch.Tensor, qualities: list[int], notice=None) -> torc
     return torch.stack([decode_jpeg(d) for d in coded]).to(u8.device)
 
 
-TASKS = {t.name: t for t in (Colorize, Gray2RGB, Paired, Restore)}
+def _spec_of(cls: type) -> TaskSpec:
+    """The registered spec whose `impl` is `cls` (a subclass made outside the table has none)."""
+    for spec in TASKS:
+        if load(spec.impl) is cls:
+            return spec
+    raise ValueError(f"{cls.__qualname__} is not the implementation of a registered task (p2p.specs.tasks)")
 
 
 def build_task(cfg: TaskConfig, device_step: str = "fused") -> Task:
     """The task of `cfg`; `device_step` (data.device_step) picks the fused or eager device step."""
-    return TASKS[cfg.name](cfg, device_step)
+    spec = TASKS[cfg.name]
+    return spec.task_class()(cfg, device_step, spec)

@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 
 from p2p.cli.predict import add_generator_arguments, weights_choice
-from p2p.config import TASKS
 from p2p.errors import UsageError
+from p2p.specs.tasks import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="p2p checkpoint, official latest_net_G.pth or a model folder")
     parser.add_argument("--data", required=True, help="image folder, shard folder or 'embedded'")
     parser.add_argument("--json", help="write the metrics here as JSON (and what was scored to <stem>.meta.json)")
-    parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it")
+    parser.add_argument("--task", choices=TASKS.names(), help="task, when the checkpoint does not record it")
     parser.add_argument("--size", type=int, help="short side the model sees (default: the training scale, as "
                         "p2p predict)")
     parser.add_argument("--full-res", action="store_true", help="score at each image's own resolution")

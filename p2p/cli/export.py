@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from p2p.config import TASKS
 from p2p.errors import UsageError
+from p2p.specs.tasks import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, help="file to write (official: conventionally latest_net_G.pth; "
                         "folder: a new or empty folder)")
-    parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it")
+    parser.add_argument("--task", choices=TASKS.names(), help="task, when the checkpoint does not record it")
     parser.add_argument("--force", action="store_true", help="replace --out when it is an existing file "
                         "(without it, that is an error and nothing is written; a non-empty folder is never replaced)")
 

@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from p2p.config import TASKS
 from p2p.errors import UsageError
+from p2p.specs.tasks import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
     parser.add_argument("--out", required=True, help="output folder: OUT/<stem>.png per input; inputs sharing a "
                         "stem keep their extension (a.jpg.png, a.png.png)")
-    parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it (official weights)")
+    parser.add_argument("--task", choices=TASKS.names(),
+                        help="task, when the checkpoint does not record it (official weights)")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), help="paired: which half of A|B inputs is the input")
     parser.add_argument("--ab", action="store_true", help="paired: inputs are A|B side-by-side images")
     parser.add_argument("--size", type=int, help="short side the model sees (default: the training scale, the "
@@ -52,6 +53,10 @@ def weights_choice(args) -> str:
     return "raw" if args.raw_weights else "auto"
 
 
+def _paired_names() -> str:
+    return " or ".join(s.name for s in TASKS if s.paired)
+
+
 def run(args) -> int:
     from torchvision.utils import save_image
 
@@ -61,8 +66,8 @@ def run(args) -> int:
     from p2p.inference import list_inputs
     from p2p.outputs import output_folder, prediction_paths
 
-    if args.ab and (args.task or "paired") != "paired":
-        raise UsageError("--ab only applies to --task paired")
+    if args.ab and args.task is not None and not TASKS[args.task].paired:
+        raise UsageError(f"--ab only applies to a task of A|B pairs (--task {_paired_names()}), not --task {args.task}")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     # the Python API (p2p.api) is this command's library: the same loading, geometry and pixels
@@ -87,7 +92,7 @@ def run(args) -> int:
             skipped += 1
             return None
         rgb = rgb_batch(img)
-        if task.name == "paired" and args.ab:
+        if task.spec.paired and args.ab:
             half = rgb.shape[-1] // 2
             rgb = rgb[..., :half] if task.cfg.direction == "AtoB" else rgb[..., half:2 * half]
         return rgb

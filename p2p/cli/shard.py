@@ -11,18 +11,25 @@ import argparse
 import sys
 import time
 
-from p2p.config import TASKS
 from p2p.data.shards import (DEFAULT_QUALITY, DEFAULT_SHARD_MB, DEFAULT_SIZE, DEFAULT_VAL_FRACTION, ShardOptions,
                              ShardRun, run_shards)
 from p2p.data.shards.format import MANIFEST, SPLITS
+from p2p.specs.tasks import TASKS
+
+
+def _keeps(spec) -> str:
+    """What `p2p shard --task NAME` stores, from the task's spec."""
+    if spec.paired:
+        return f"{spec.name} stores A|B pairs with size x size halves"
+    return f"{spec.name} keeps " + ("colour images only" if spec.shard_filter == "colour" else "every image")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC", help="image folder (searched recursively); with train/ and "
                    "val/ subfolders those are the splits; --task paired: A|B images, or A/ and B/ folders")
     p.add_argument("out", metavar="OUT", help="output folder: OUT/{train,val}/shard-NNNNNN.{tar,idx} + manifest.json")
-    p.add_argument("--task", choices=TASKS, default="colorize",
-                   help="colorize (default) skips grayscale images; paired stores A|B images with size x size halves")
+    p.add_argument("--task", choices=TASKS.names(), default="colorize",
+                   help="the task the shards are for (default colorize): " + "; ".join(map(_keeps, TASKS)))
     p.add_argument("--size", type=int, default=DEFAULT_SIZE,
                    help=f"short side after resizing: the pix2pix load size (default {DEFAULT_SIZE}); "
                    "paired: each half is size x size")

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from p2p.config.schema import (BACKENDS, DEVICES, GAN_MODES, GENERATORS, INIT_TYPES, LR_POLICIES, NORMS, OPTIM_IMPLS,
-                               PRECISIONS, TASKS,
+                               PRECISIONS,
                                Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, RunConfig,
                                SlurmConfig, TaskConfig, TrainConfig, bounds_of, sections)
 from p2p.config.quoting import shown
@@ -28,7 +28,7 @@ from p2p.errors import UsageError
 
 __all__ = [
     "Config", "RunConfig", "TaskConfig", "DataConfig", "ModelConfig", "LossConfig", "OptimConfig", "TrainConfig",
-    "EvalConfig", "SlurmConfig", "TASKS", "NORMS", "GAN_MODES", "LR_POLICIES", "INIT_TYPES", "PRECISIONS", "BACKENDS",
+    "EvalConfig", "SlurmConfig", "NORMS", "GAN_MODES", "LR_POLICIES", "INIT_TYPES", "PRECISIONS", "BACKENDS",
     "DEVICES", "GENERATORS", "OPTIM_IMPLS",
     "load_config", "from_tree", "parse_override", "split_args", "config_from_args", "with_values", "help_table",
 ]

@@ -22,8 +22,8 @@ import yaml
 from p2p.config.quoting import shown
 from p2p.errors import UsageError
 from p2p.run_folder import run_folder
+from p2p.specs.tasks import TASKS
 
-TASKS = ("colorize", "gray2rgb", "paired", "restore")
 NORMS = ("batch", "syncbatch", "instance", "none")
 GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
 LR_POLICIES = ("linear", "step", "cosine", "constant", "official")
@@ -124,7 +124,7 @@ class RunConfig(Section):
 class TaskConfig(Section):
     SECTION: ClassVar[str] = "task"
 
-    name: str = _f("colorize", "what the generator learns", TASKS)
+    name: str = _f("colorize", "what the generator learns", TASKS.names())
     direction: str = _f("AtoB", "paired task: which half is the input", ("AtoB", "BtoA"))
     noise_std: float = _f(0.1, "restore: largest Gaussian noise std (image range 0..1); 0 disables")
     blur_sigma: float = _f(1.5, "restore: largest Gaussian blur sigma in pixels; 0 disables")

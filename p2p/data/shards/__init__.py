@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2p.atomic import write_text
-from p2p.config import TASKS
 from p2p.data.shards.format import MANIFEST, read_manifest, shard_files
 from p2p.data.shards.plan import OutputLock, OutputOptions, check_options, clean, complete_meta, plan_shards
 from p2p.data.shards.scan import DEFAULT_VAL_FRACTION, scan
 from p2p.data.shards.write import Progress, build_manifest, sidecar_usable, write_shards
 from p2p.errors import UsageError
+from p2p.specs.tasks import TASKS
 
 __all__ = ["ShardOptions", "ShardRun", "make_shards", "run_shards", "read_manifest", "shard_files",
            "DEFAULT_SIZE", "DEFAULT_VAL_FRACTION", "DEFAULT_SHARD_MB", "DEFAULT_QUALITY"]
@@ -74,7 +74,7 @@ class ShardOptions:
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise UsageError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
+            raise UsageError(f"--task {self.task!r} is not one of {', '.join(TASKS.names())}")
         if self.size < 8:
             raise UsageError(f"--size {self.size} is too small (at least 8)")
         if not 1 <= self.quality <= 100:
@@ -86,8 +86,9 @@ class ShardOptions:
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers} must be at least 1")
         if self.b_dir is not None:
-            if self.task != "paired":
-                raise UsageError("--b-dir pairs two folders of images: it needs --task paired")
+            if not TASKS[self.task].paired:
+                raise UsageError("--b-dir pairs two folders of images: it needs a paired task (--task "
+                                 + " or ".join(s.name for s in TASKS if s.paired) + ")")
             if not Path(self.b_dir).is_dir():
                 raise UsageError(f"--b-dir {self.b_dir} is not a folder")
         if self.val_dir is not None and not Path(self.val_dir).is_dir():

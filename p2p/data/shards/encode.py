@@ -7,9 +7,9 @@ pix2pix load size; the loader crops later) and stored as JPEG at --quality (4:4:
 quality >= 90: colorization learns chroma, and 4:2:0 would halve its resolution). Paired A|B
 data is stored as one side-by-side image per sample whose halves are each size x size.
 
-Faults (unreadable, truncated, empty, non-image, grayscale for colorize, too small, extreme
-aspect) raise `Skip` with a reason from p2p.data.shards.format.REASONS, never anything else
-the writer would have to stop for.
+Faults (unreadable, truncated, empty, non-image, grayscale where the task's shard filter keeps
+colour only, too small, extreme aspect) raise `Skip` with a reason from
+p2p.data.shards.format.REASONS, never anything else the writer would have to stop for.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from p2p.data.images import ImageRejected, decode_failure, open_image, short_sid
 from p2p.data.shards.format import MAX_ASPECT, REASONS
 from p2p.data.shards.plan import OutputOptions
 from p2p.data.shards.scan import Item
+from p2p.specs.tasks import TASKS
 
 GRAY_TOLERANCE = 3  # max |R-G|, |G-B| (0..255) at or below which an RGB image counts as gray
 GRAY_MODES = frozenset(("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"))
@@ -93,13 +94,19 @@ def load_rgb(path: str, target: Callable[[int, int], tuple[int, int]], check: Ca
         return rgb, info
 
 
+def _keeps_colour_only(opts: OutputOptions) -> bool:
+    return TASKS[opts.task].shard_filter == "colour"
+
+
 def _check_single(opts: OutputOptions) -> Callable:
+    colour_only = _keeps_colour_only(opts)
+
     def check(w, h, mode):
         if max(w, h) > MAX_ASPECT * min(w, h):
             raise Skip("extreme_aspect", f"{w}x{h}")
         if min(w, h) < opts.size and not opts.upscale_small:
             raise Skip("too_small", f"{w}x{h}, short side {min(w, h)} < {opts.size}")
-        if opts.task == "colorize" and mode in GRAY_MODES:
+        if colour_only and mode in GRAY_MODES:
             raise Skip("grayscale", f"mode {mode}")
 
     return check
@@ -131,7 +138,7 @@ def process_item(item: Item, opts: OutputOptions) -> tuple[bytes, dict, tuple[in
         upscaled = min(info["width"], info["height"]) < s
         if im.size != (ow, oh):
             im = im.resize((ow, oh), lanczos, reducing_gap=3.0)
-        if opts.task == "colorize":
+        if _keeps_colour_only(opts):
             c = max_chroma(im)
             if c <= GRAY_TOLERANCE:
                 raise Skip("grayscale", f"RGB without chroma (max |R-G|,|G-B| = {c})")

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from p2p.data.images import IMAGE_EXTS
 from p2p.data.shards.format import SPLITS, hash_unit, sample_key, skip_record
 from p2p.errors import UsageError
+from p2p.specs.tasks import TASKS
 
 DEFAULT_VAL_FRACTION = 0.01
 
@@ -71,12 +72,13 @@ class _Roots:
 
 def scan(src, out, task: str, b_dir=None, val_dir=None, val_fraction: float | None = None) -> Scan:
     """Resolve SRC into splits and list every split's items. Raises UsageError for a layout
-    that the options contradict."""
+    that the options contradict. A paired task (its spec's `paired`) pairs A|B images or folders."""
     roots = _Roots(os.path.realpath(src), os.path.realpath(out))
-    mode, sources, ignored = _resolve_splits(Path(src), roots, task, Path(b_dir) if b_dir else None,
+    pairs = TASKS[task].paired
+    mode, sources, ignored = _resolve_splits(Path(src), roots, pairs, Path(b_dir) if b_dir else None,
                                              val_dir, val_fraction is not None)
     paired = None
-    if task == "paired":
+    if pairs:
         paired = "folders" if any(s.b is not None for s in sources.values()) else "side_by_side"
     vf = None
     if mode == "hash":
@@ -96,15 +98,15 @@ def _has_splits(d: Path) -> bool:
     return (d / "train").is_dir() and (d / "val").is_dir()
 
 
-def _source(root: Path, b: Path | None, task: str) -> Source:
+def _source(root: Path, b: Path | None, pairs: bool) -> Source:
     if b is not None:
         return Source(root, b)
-    if task == "paired" and (root / "A").is_dir() and (root / "B").is_dir():
+    if pairs and (root / "A").is_dir() and (root / "B").is_dir():
         return Source(root / "A", root / "B")
     return Source(root)
 
 
-def _resolve_splits(src: Path, roots: _Roots, task: str, b: Path | None, val_dir, explicit_vf: bool
+def _resolve_splits(src: Path, roots: _Roots, pairs: bool, b: Path | None, val_dir, explicit_vf: bool
                     ) -> tuple[str, dict[str, Source], list[str]]:
     """(split mode, {split: Source}, names of SRC entries left out)."""
     if val_dir is not None:
@@ -115,7 +117,7 @@ def _resolve_splits(src: Path, roots: _Roots, task: str, b: Path | None, val_dir
             raise UsageError(f"SRC {src} has train/ and val/ folders; drop --val-dir")
         if explicit_vf:
             raise UsageError("--val-dir gives the val split; drop --val-fraction")
-        return "folders", {"train": _source(src, None, task), "val": _source(Path(val_dir), None, task)}, []
+        return "folders", {"train": _source(src, None, pairs), "val": _source(Path(val_dir), None, pairs)}, []
     if _has_splits(src):
         if explicit_vf:
             raise UsageError(f"SRC {src} has train/ and val/ folders, which are the splits; "
@@ -123,15 +125,15 @@ def _resolve_splits(src: Path, roots: _Roots, task: str, b: Path | None, val_dir
         if b is not None and not _has_splits(b):
             raise UsageError(f"SRC has train/ and val/ folders but --b-dir {b} does not")
         ignored = _ignored(src, SPLITS, roots)
-        return "folders", {s: _source(src / s, b / s if b else None, task) for s in SPLITS}, ignored
-    if (task == "paired" and b is None and (src / "A").is_dir() and (src / "B").is_dir()
+        return "folders", {s: _source(src / s, b / s if b else None, pairs) for s in SPLITS}, ignored
+    if (pairs and b is None and (src / "A").is_dir() and (src / "B").is_dir()
             and _has_splits(src / "A") and _has_splits(src / "B")):
         if explicit_vf:
             raise UsageError("A/ and B/ have train/ and val/ folders, which are the splits; "
                              "drop --val-fraction")
         ignored = _ignored(src, ("A", "B"), roots)
         return "folders", {s: Source(src / "A" / s, src / "B" / s) for s in SPLITS}, ignored
-    return "hash", {"all": _source(src, b, task)}, []
+    return "hash", {"all": _source(src, b, pairs)}, []
 
 
 def _ignored(src: Path, used: tuple, roots: _Roots) -> list[str]:
