@@ -21,6 +21,7 @@ import yaml
 
 from p2p.config.quoting import shown
 from p2p.errors import UsageError
+from p2p.limits import DEFAULT_MAX_PIXELS
 from p2p.run_folder import run_folder
 from p2p.specs.tasks import TASKS
 
@@ -59,8 +60,6 @@ def _require(ok: bool, key: str, value: Any, why: str) -> None:
 BOUNDS: dict[str, tuple[float, float]] = {}
 MAX_COUNT = 2**40  # steps, epochs, images: about 1.1e12, beyond any run and far from int64's end
 MAX_SIDE = 16384  # pixels: image sides, load sizes
-# data.max_pixels by default, and the image reader's (p2p.data.images) when it is not given one
-DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_WEIGHT = 1e6  # loss weights
 
 

@@ -27,7 +27,7 @@ import re
 import stat
 from pathlib import Path
 
-from p2p.config.schema import DEFAULT_MAX_PIXELS
+from p2p.limits import DEFAULT_MAX_PIXELS
 
 # What `p2p shard`, the folder backend and `p2p predict` list as images (by extension, any case);
 # what they decode is decided by the bytes (`FORMATS`).
