@@ -262,6 +262,10 @@ def jpeg_round_trip(u8: torch.Tensor, qualities: list[int], notice=None) -> torc
 
 TASKS = {t.name: t for t in (Colorize, Gray2RGB, Paired, Restore)}
 
+from p2p.label_task import LabelMaps  # noqa: E402  (its module derives from Task, defined above)
+
+TASKS[LabelMaps.name] = LabelMaps
+
 
 def build_task(cfg: TaskConfig, device_step: str = "fused") -> Task:
     """The task of `cfg`; `device_step` (data.device_step) picks the fused or eager device step."""

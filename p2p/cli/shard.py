@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "val/ subfolders those are the splits; --task paired: A|B images, or A/ and B/ folders")
     p.add_argument("out", metavar="OUT", help="output folder: OUT/{train,val}/shard-NNNNNN.{tar,idx} + manifest.json")
     p.add_argument("--task", choices=TASKS, default="colorize",
-                   help="colorize (default) skips grayscale images; paired stores A|B images with size x size halves")
+                   help="colorize (default) skips grayscale images; paired stores A|B images with size x size halves; "
+                   "labels: pix2pixHD's train_label/, train_img/ (train_inst/) folders, see docs/label-maps.md")
     p.add_argument("--size", type=int, default=DEFAULT_SIZE,
                    help=f"short side after resizing: the pix2pix load size (default {DEFAULT_SIZE}); "
                    "paired: each half is size x size")
@@ -42,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", "--jpeg-quality", dest="quality", type=int, default=DEFAULT_QUALITY,
                    help=f"JPEG quality of the stored images (default {DEFAULT_QUALITY}; >= 90: 4:4:4 chroma, "
                    "else 4:2:0)")
+    p.add_argument("--label-nc", type=int, default=None,
+                   help="--task labels: skip maps with a class id >= N (default: any id up to 254 is stored; "
+                   "training checks task.label_nc)")
     p.add_argument("--upscale-small", action="store_true",
                    help="upscale images whose short side is below --size (default: skip and record them)")
     p.add_argument("--force", action="store_true",
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     options = ShardOptions(task=args.task, size=args.size, val_fraction=args.val_fraction, val_dir=args.val_dir,
                            b_dir=args.b_dir, seed=args.seed, workers=args.workers,
                            shard_size_mb=args.shard_size_mb, quality=args.quality,
-                           upscale_small=args.upscale_small, force=args.force)
+                           upscale_small=args.upscale_small, force=args.force, label_nc=args.label_nc)
     with ProgressDisplay() as progress:
         result = run_shards(args.src, args.out, options, progress=progress.update)
     print_summary(result)

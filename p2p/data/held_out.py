@@ -55,6 +55,10 @@ def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None) -> li
     source = d.val_source or d.source
     limit = d.val_images if limit is None else limit
     backend = resolve_backend(source, d.backend)
+    if cfg.task.name == "labels":  # the A half from label maps (p2p.data.label_loaders)
+        from p2p.data.label_loaders import label_held_out
+
+        return label_held_out(cfg, source, backend, rank, world, limit)
     if source == "embedded":
         return _embedded(cfg, rank, world, limit)
     if backend in ("wds", "dali", "nvjpeg"):
