@@ -13,6 +13,7 @@ is a device-side assert that kills the process with no word of which file was wr
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from p2p.errors import UsageError
@@ -102,3 +103,71 @@ class LabelMaps(Task):
         if self.boundaries:
             rgb = torch.maximum(rgb, inp[:, -1:].float().expand(-1, 3, -1, -1))
         return rgb
+
+
+def instance_maps(folder: str | None, task) -> dict | None:
+    """`p2p predict --instances DIR`: {match key: instance map path}, checked against the task."""
+    from pathlib import Path
+
+    from p2p.labels import _by_key
+
+    if task.name != "labels":
+        if folder:
+            raise UsageError("--instances only applies to a model of task labels")
+        return None
+    if task.boundaries and not folder:
+        raise UsageError("this model was trained with task.instance_boundaries: give its instance maps with "
+                         "--instances DIR (matched to the label maps by name)")
+    if folder and not task.boundaries:
+        raise UsageError("--instances: this model was trained without instance boundaries (task.instance_boundaries=false)")
+    if not folder:
+        return None
+    if not Path(folder).is_dir():
+        raise UsageError(f"--instances {folder} is not a folder")
+    return {Path(k).name: p for k, p in _by_key(Path(folder)).items()}
+
+
+def model_size(geometry, h: int, w: int) -> tuple[int, int]:
+    """(h, w) the model sees an h x w input at (p2p.inference.predict's resize)."""
+    from p2p.inference import scaled_size
+
+    if geometry.mode == "full":
+        return h, w
+    if geometry.mode == "squash":
+        return geometry.size, geometry.size
+    return scaled_size(h, w, geometry.size)
+
+
+def label_input(path, instances: dict | None, geometry, task, max_pixels: int) -> torch.Tensor:
+    """A label map file (and its instance map from `instances`) -> the A half as float in [0, 1],
+    1 x 3 x H x W at the map's size: what `p2p.inference.predict` takes for this task.
+
+    Boundaries are taken where pix2pixHD takes them, on the instance map NEAREST-resized to the
+    size the model sees, and brought back to the map's size by NEAREST: predict's own NEAREST
+    resize to the model's size then gives exactly those boundaries (both sample pixel centres)."""
+    from pathlib import Path
+
+    from p2p.labels import LabelMapError, a_half, check_ids, instance_edges, match_key, read_id_map, resize_nearest
+
+    try:
+        ids = read_id_map(path, "label map", max_pixels)
+        check_ids(ids, task.label_nc, "label map")
+        a = a_half(ids, None)
+        if instances is not None:
+            found = instances.get(match_key(Path(path).stem))
+            if found is None:
+                raise UsageError(f"{path}: no instance map for it in --instances (matched by name)")
+            inst = read_id_map(found, "instance map", max_pixels)
+            if inst.shape != ids.shape:
+                raise LabelMapError("size_mismatch", f"its instance map {found} is {inst.shape[1]}x{inst.shape[0]}, "
+                                                     f"the label map {ids.shape[1]}x{ids.shape[0]}")
+            h, w = ids.shape
+            sh, sw = model_size(geometry, h, w)
+            if (sh, sw) != (h, w) and sh <= h and sw <= w:
+                edges = resize_nearest(instance_edges(resize_nearest(inst, (sw, sh))).astype(np.int32), (w, h))
+            else:
+                edges = instance_edges(inst)
+            a[..., 1] = (edges > 0) * np.uint8(255)
+    except LabelMapError as e:
+        raise UsageError(f"{path}: {e}") from None
+    return torch.from_numpy(a).permute(2, 0, 1)[None].float().div_(255)

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, help="task, when the checkpoint does not record it (official weights)")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), help="paired: which half of A|B inputs is the input")
     parser.add_argument("--ab", action="store_true", help="paired: inputs are A|B side-by-side images")
+    parser.add_argument("--instances", help="labels: the folder of instance maps (PNG) matched to the label maps by "
+                        "name, for a model trained with task.instance_boundaries")
     parser.add_argument("--size", type=int, help="short side the model sees (default: the training scale, the "
                         "checkpoint's data.load_size; 256 for official weights); with --squash the square's side")
     parser.add_argument("--full-res", action="store_true", help="run at each image's own resolution")
@@ -74,6 +76,9 @@ def run(args) -> int:
     task = model.task
     files = list_inputs(args.inputs)
     targets = prediction_paths(files, args.out)  # decided before anything runs: no result lost
+    from p2p.label_task import instance_maps, label_input
+
+    instances = instance_maps(args.instances, task)  # labels: inputs are label maps (docs/label-maps.md)
     out_dir = output_folder(args.out)
 
     skipped = 0
@@ -81,6 +86,8 @@ def run(args) -> int:
     def load(path):
         nonlocal skipped
         try:
+            if task.name == "labels":
+                return label_input(path, instances, geometry, task, predictor.cfg.data.max_pixels)
             img = read_rgb(path, predictor.cfg.data.max_pixels)
         except ImageRejected as e:  # one line each; a run that writes nothing is an input error
             print(f"p2p predict: skipping {path}: {e.reason}: {e}", file=sys.stderr)

@@ -9,7 +9,8 @@ side by side, with the A half made of a label map (p2p.labels: id, boundary 0/25
 - wds: shards of `p2p shard --task labels`: per sample `<key>.png` (the A half, lossless) and
   `<key>.jpg` (the photo). Both members are read at their index offsets; a stored size other than
   load_size is resized, NEAREST for the map.
-- dali and nvjpeg decode JPEG members on the GPU and have no PNG path: they refuse the task.
+- dali and nvjpeg decode JPEG members on the GPU and have no PNG path: they refuse the task in
+  one line, and data.backend=auto picks wds for label shards on a GPU too.
 
 Every batch is checked on the CPU, in the training process, before it goes to the device
 (`LabelChecked`): an id >= task.label_nc, or a map the folder loader could not use (a colour
@@ -40,6 +41,8 @@ BAD = "\x00refused:"  # a key so marked carries the one-line reason a worker ref
 
 def build_label_loader(cfg, split: str, rank: int, world: int, device, backend: str, source: str):
     """The loader of `backend` for task labels, wrapped in the id check."""
+    if backend in ("dali", "nvjpeg") and cfg.data.backend == "auto":
+        backend = "wds"  # auto on a GPU: the one shard backend that reads PNG members
     if backend in ("dali", "nvjpeg"):
         raise UsageError(f"data.backend={backend} decodes JPEG on the GPU and cannot read the PNG label maps of "
                          f"task.name=labels; use data.backend=wds (or auto)")
