@@ -307,3 +307,24 @@ def test_bad_label_maps_at_shard_time_are_skipped_and_nothing_usable_exits_2(tmp
     assert reasons[labels[0].name] == "label_not_ids"
     assert reasons[labels[1].name] == "label_out_of_range"
     assert reasons[labels[2].name] == "size_mismatch"
+
+
+def test_label_shards_and_other_shards_are_not_mixed_up(tmp_path, capsys):
+    from p2p.config import load_config, with_values
+    from p2p.data import build_loader
+    from p2p.errors import UsageError
+
+    src = make_layout(tmp_path / "src", n_train=2, instances=False)
+    assert cli(capsys, "shard", "--task", "labels", src, tmp_path / "out", "--size", "16", "--workers", "1")[0] == 0
+    for task in ("colorize", "paired"):
+        cfg = with_values(load_config(), {"task.name": task, "data.source": str(tmp_path / "out"), "data.backend": "wds"})
+        with pytest.raises(UsageError, match="holds label maps .* set task.name=labels"):
+            build_loader(cfg, "train")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photos / f"{i}.jpg")
+    assert cli(capsys, "shard", photos, tmp_path / "plain", "--size", "16", "--workers", "1", "--val-fraction", "0")[0] == 0
+    cfg = with_values(load_config(), {"task.name": "labels", "data.source": str(tmp_path / "plain")})
+    with pytest.raises(UsageError, match="task.name=labels needs label shards"):
+        build_loader(cfg, "train")

@@ -220,11 +220,8 @@ class LabelWdsLoader(WdsLoader):
 
     def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
         super().__init__(cfg, source, split, rank, world, device)
-        m = self.shards.manifest
+        m = self.shards.manifest  # open_split has checked that it holds label shards
         what = f"data.source={source!r}"
-        if m.get("task") != "labels":
-            raise UsageError(f"task.name=labels needs label shards, and {what} holds {m.get('task')!r} shards: "
-                             f"make them with 'p2p shard --task labels'")
         opts = m.get("options") if isinstance(m.get("options"), dict) else {}
         if cfg.task.instance_boundaries and not opts.get("instances"):
             raise UsageError(f"task.instance_boundaries needs shards with instance boundaries, and {what} has none "
