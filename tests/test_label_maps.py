@@ -103,6 +103,10 @@ def test_folder_to_shards_to_training_to_predict(tmp_path, capsys):
     (made,) = pred.iterdir()
     with Image.open(made) as im:
         assert im.mode == "RGB" and im.size == (40, 40)
+    for data in (out, src):  # eval's held-out pairs: the val shards, and the folder's val_* maps
+        rc, err = cli(capsys, "eval", ckpt, "--data", data, "--json", tmp_path / "eval.json")
+        assert rc == 0, err
+        assert '"count": 1' in (tmp_path / "eval.json").read_text()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -239,29 +239,15 @@ class LabelWdsLoader(WdsLoader):
 def label_held_out(cfg, source: str, backend: str, rank: int, world: int, limit: int):
     """p2p.data.held_out's HeldOutSet for task labels: A|B images whose A half is the map's
     (at its own size; shards: the stored size). A map p2p refuses is one line (UsageError)."""
-    from p2p.data.held_out import HeldOut, HeldOutSet, _tensor
+    from p2p.data.held_out import HeldOut, HeldOutSet, _shards, _tensor
 
-    out = HeldOutSet()
     if backend in ("wds", "dali", "nvjpeg"):
-        from p2p.data.plan import sequence_range
+        shards = LabelWdsLoader(cfg, source, "val", 0, 1).shards
 
-        loader = LabelWdsLoader(cfg, source, "val", 0, 1)
-        shards = loader.shards
-        rows = sequence_range(shards.counts, np.arange(len(shards.counts)), 0, min(limit, shards.total)).tolist()
-        try:
-            for i, (s, m) in enumerate(rows):
-                if i % world != rank:
-                    continue
-                key = shards.key(s, m)
-                try:
-                    data = shards.read(s, m)
-                    side = int(decode_rgb_header_side(data[0]))
-                    out.append(HeldOut(i, key, decode_label_sample(data, side, shards.max_pixels)))
-                except (OSError, RuntimeError, ValueError) as e:
-                    out.skip(f"{key} ({shards.tars[s]})", e)
-        finally:
-            shards.close()
-        return out
+        def decode(data):  # at the stored size
+            return decode_label_sample(data, stored_side(data[0]), shards.max_pixels)
+
+        return _shards(cfg, source, rank, world, limit, shards, decode)
     from p2p.data.images import ImageRejected, read_rgb
 
     if source == "embedded":
@@ -269,6 +255,7 @@ def label_held_out(cfg, source: str, backend: str, rank: int, world: int, limit:
     items = label_split_items(source, "val", cfg)[:limit]
     if not items:
         raise UsageError(f"data.source={source!r}: no label map with its photo for the val split")
+    out = HeldOutSet()
     for i in range(rank, len(items), world):
         item = items[i]
         try:
@@ -283,7 +270,7 @@ def label_held_out(cfg, source: str, backend: str, rank: int, world: int, limit:
     return out
 
 
-def decode_rgb_header_side(png: bytes) -> int:
+def stored_side(png: bytes) -> int:
     """The height of a stored map (its side: stored maps are square), from its header."""
     from p2p.data.images import open_image
 
