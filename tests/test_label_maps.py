@@ -332,3 +332,29 @@ def test_label_shards_and_other_shards_are_not_mixed_up(tmp_path, capsys):
     cfg = with_values(load_config(), {"task.name": "labels", "data.source": str(tmp_path / "plain")})
     with pytest.raises(UsageError, match="task.name=labels needs label shards"):
         build_loader(cfg, "train")
+
+
+def test_predict_takes_boundaries_at_the_scale_the_model_sees(tmp_path):
+    """`p2p predict --instances`: after predict's own NEAREST resize to the model's size, the
+    boundary channel is pix2pixHD's edges of the instance map resized to that size (as its test
+    resizes to loadSize, then takes edges), not edges of the full-size map shrunk."""
+    from p2p.config import load_config, with_values
+    from p2p.inference import Geometry, resize, scaled_size
+    from p2p.label_task import instance_maps, label_input
+    from p2p.labels import instance_edges, resize_nearest
+    from p2p.tasks import build_task
+
+    task = build_task(with_values(load_config(), {"task.name": "labels", "task.label_nc": 8,
+                                                  "task.instance_boundaries": True}).task)
+    rng = np.random.default_rng(0)
+    (tmp_path / "inst").mkdir()
+    for h, w, s in ((40, 40, 23), (64, 48, 20), (37, 53, 11), (30, 30, 30)):
+        blocks = rng.integers(0, 3, (h // 3 + 1, w // 3 + 1)).repeat(3, 0).repeat(3, 1)[:h, :w]
+        inst = (blocks * 1000 + 26001).astype(np.uint16)
+        Image.fromarray(rng.integers(0, 8, (h, w)).astype(np.uint8), "L").save(tmp_path / "m_gtFine_labelIds.png")
+        Image.fromarray(inst).save(tmp_path / "inst" / "m_gtFine_instanceIds.png")
+        a = label_input(tmp_path / "m_gtFine_labelIds.png", instance_maps(str(tmp_path / "inst"), task),
+                        Geometry("scale", s), task, 1 << 24)
+        sh, sw = scaled_size(h, w, s)
+        seen = resize(a, (sh, sw), "nearest-exact")[0, 1].numpy() > 0.5
+        assert np.array_equal(seen, instance_edges(resize_nearest(inst.astype(np.int32), (sw, sh)))), (h, w, s)
