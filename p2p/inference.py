@@ -125,6 +125,8 @@ def pad_to(x: torch.Tensor, multiple: int, at_least: int = 0) -> torch.Tensor:
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if mode.startswith("nearest"):  # label maps: ids are never blended
+        return F.interpolate(x, size=size, mode=mode)
     return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
 
 
@@ -146,12 +148,13 @@ def predict(G, task: Task, rgb: torch.Tensor, geometry: Geometry, precision=None
     """RGB in [0, 1] (N x 3 x H x W) -> the task's output RGB in [0, 1] at H x W. `tiling`
     (p2p.tiling.Tiling) runs the model input in overlapping tiles."""
     h, w = rgb.shape[-2:]
+    how = getattr(task, "input_resize", "bicubic")  # labels: nearest
     if geometry.mode == "full":
         seen = rgb
     elif geometry.mode == "squash":
-        seen = resize(rgb, (geometry.size, geometry.size)).clamp_(0, 1)
+        seen = resize(rgb, (geometry.size, geometry.size), how).clamp_(0, 1)
     else:
-        seen = resize(rgb, scaled_size(h, w, geometry.size)).clamp_(0, 1)
+        seen = resize(rgb, scaled_size(h, w, geometry.size), how).clamp_(0, 1)
     x = task.model_input(seen)
     sh, sw = x.shape[-2:]
     padded = pad_to(x, G.stride, getattr(G, "min_side", 0))

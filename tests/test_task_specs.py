@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from helpers.image_folders import make_coco_like, make_paired, photo_batch
+from helpers.label_maps import make_layout
 from p2p.config import TaskConfig, load_config
 from p2p.specs import load
 from p2p.specs.tasks import TASKS, TaskSpec
@@ -25,6 +26,12 @@ def _sample(spec: TaskSpec, n: int = 2, side: int = SIDE) -> torch.Tensor:
     """A uint8 batch shaped as the loaders deliver it for `spec`: real photos, A|B for pairs
     (two different photos, so a swapped half shows)."""
     photos = photo_batch(3, side)
+    if spec.input_kind == "labels":  # A: class ids (< the default label_nc) in channel 0, boundaries 0/255 in 1
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, TaskConfig().label_nc, (n, 1, side, side), generator=g, dtype=torch.uint8)
+        edges = torch.randint(0, 2, (n, 1, side, side), generator=g, dtype=torch.uint8) * 255
+        a = torch.cat([ids, edges, torch.zeros_like(ids)], dim=1)
+        return torch.cat([a, photos[:n]], dim=-1).contiguous()
     if spec.paired:
         return torch.cat([photos[:n], photos[1:n + 1].flip(-1)], dim=-1).contiguous()
     return photos[:n].contiguous()
@@ -56,6 +63,8 @@ def test_round_trip_recombines_the_target_into_the_image(name, device_step, dire
     should produce (eval_pair's target) within the task's known loss, and `model_input` of the
     RGB a user would give predict is what training fed the model."""
     spec = TASKS[name]
+    if spec.input_kind == "labels" and direction == "BtoA":
+        pytest.skip("a label map is only ever the input (task.direction=BtoA is refused for it)")
     cfg = TaskConfig(name=name, direction=direction)
     task = build_task(cfg, device_step)
     images = _sample(spec)
@@ -99,7 +108,9 @@ def test_channel_counts_are_the_generators(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_geometry_is_what_the_loader_delivers(name, tmp_path):
     spec = TASKS[name]
-    if spec.paired:
+    if spec.input_kind == "labels":
+        make_layout(tmp_path / "src", n_train=4, size=48, instances=False)
+    elif spec.paired:
         make_paired(tmp_path / "src", n=4, size=48, seed=1)
     else:
         make_coco_like(tmp_path / "src", n=4, seed=1, scale=0.25)
@@ -133,7 +144,11 @@ def test_p2p_shard_keeps_what_the_shard_filter_says(name, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     photo = photo_batch(1, 48)[0].permute(1, 2, 0).numpy()
-    if spec.paired:
+    if spec.input_kind == "labels":  # pix2pixHD's folders; a colour picture given as a map is left out
+        src = make_layout(tmp_path / "labels", n_train=2, size=48, instances=False)
+        _save(sorted((src / "train_label").iterdir())[0], photo)
+        kept, skipped = 2, {"label_not_ids": 1}  # 1 of 2 train pairs + the val pair
+    elif spec.paired:
         _save(src / "pair.jpg", np.concatenate([photo, photo[:, ::-1]], axis=1))  # 96 x 48: A|B
         _save(src / "tall.jpg", np.concatenate([photo, photo], axis=0))  # 48 x 96: not two halves
         kept, skipped = 1, {"not_side_by_side": 1}
@@ -141,7 +156,8 @@ def test_p2p_shard_keeps_what_the_shard_filter_says(name, tmp_path):
         _save(src / "colour.jpg", photo)
         _save(src / "gray.png", photo, "L")
         kept, skipped = (1, {"grayscale": 1}) if spec.shard_filter == "colour" else (2, {})
-    m = make_shards(src, tmp_path / "out", task=name, size=32, val_fraction=0.0, workers=1)
+    m = make_shards(src, tmp_path / "out", task=name, size=32, workers=1,
+                    val_fraction=None if spec.input_kind == "labels" else 0.0)  # labels: val_* folders are the split
     assert m["train"]["count"] + m["val"]["count"] == kept
     assert {r: n for r, n in m["skipped_counts"].items() if n} == skipped
 
@@ -191,7 +207,7 @@ def test_predict_follows_the_spec_for_weights_that_record_no_task(name, tmp_path
     cin, cout = spec.channels(TaskConfig(name=name))
     torch.save(randomize(OfficialUnet(cin, cout, 5, 8, "batch")).state_dict(), tmp_path / "latest_net_G.pth")
     guessed = load_predictor(str(tmp_path / "latest_net_G.pth"))
-    assert guessed.task.name == infer_task(cin, cout) and guessed.task.spec.channels() == (cin, cout)
+    assert guessed.task.name == infer_task(cin, cout) and guessed.task.spec.channels(guessed.task.cfg) == (cin, cout)
     p = load_predictor(str(tmp_path / "latest_net_G.pth"), name)
     assert p.task.spec is spec and p.geometry().mode == spec.predict_geometry
     rgb = _sample(spec, n=1, side=40)[..., :40].float() / 255

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task, when the checkpoint does not record it (official weights)")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), help="paired: which half of A|B inputs is the input")
     parser.add_argument("--ab", action="store_true", help="paired: inputs are A|B side-by-side images")
+    parser.add_argument("--instances", help="labels: the folder of instance maps (PNG) matched to the label maps by "
+                        "name, for a model trained with task.instance_boundaries")
     parser.add_argument("--size", type=int, help="short side the model sees (default: the training scale, the "
                         "checkpoint's data.load_size; 256 for official weights); with --squash the square's side")
     parser.add_argument("--full-res", action="store_true", help="run at each image's own resolution")
@@ -54,7 +56,7 @@ def weights_choice(args) -> str:
 
 
 def _paired_names() -> str:
-    return " or ".join(s.name for s in TASKS if s.paired)
+    return " or ".join(s.name for s in TASKS if s.image_pairs)
 
 
 def run(args) -> int:
@@ -66,7 +68,7 @@ def run(args) -> int:
     from p2p.inference import list_inputs
     from p2p.outputs import output_folder, prediction_paths
 
-    if args.ab and args.task is not None and not TASKS[args.task].paired:
+    if args.ab and args.task is not None and not TASKS[args.task].image_pairs:
         raise UsageError(f"--ab only applies to a task of A|B pairs (--task {_paired_names()}), not --task {args.task}")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
@@ -79,6 +81,9 @@ def run(args) -> int:
     task = model.task
     files = list_inputs(args.inputs)
     targets = prediction_paths(files, args.out)  # decided before anything runs: no result lost
+    from p2p.label_task import instance_maps, label_input
+
+    instances = instance_maps(args.instances, task)  # labels: inputs are label maps (docs/label-maps.md)
     out_dir = output_folder(args.out)
 
     skipped = 0
@@ -86,13 +91,15 @@ def run(args) -> int:
     def load(path):
         nonlocal skipped
         try:
+            if task.name == "labels":
+                return label_input(path, instances, geometry, task, predictor.cfg.data.max_pixels)
             img = read_rgb(path, predictor.cfg.data.max_pixels)
         except ImageRejected as e:  # one line each; a run that writes nothing is an input error
             print(f"p2p predict: skipping {path}: {e.reason}: {e}", file=sys.stderr)
             skipped += 1
             return None
         rgb = rgb_batch(img)
-        if task.spec.paired and args.ab:
+        if task.spec.image_pairs and args.ab:
             half = rgb.shape[-1] // 2
             rgb = rgb[..., :half] if task.cfg.direction == "AtoB" else rgb[..., half:2 * half]
         return rgb

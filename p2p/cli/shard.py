@@ -19,6 +19,8 @@ from p2p.specs.tasks import TASKS
 
 def _keeps(spec) -> str:
     """What `p2p shard --task NAME` stores, from the task's spec."""
+    if spec.input_kind == "labels":
+        return f"{spec.name} reads pix2pixHD's train_label/, train_img/ (train_inst/) folders (docs/label-maps.md)"
     if spec.paired:
         return f"{spec.name} stores A|B pairs with size x size halves"
     return f"{spec.name} keeps " + ("colour images only" if spec.shard_filter == "colour" else "every image")
@@ -49,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", "--jpeg-quality", dest="quality", type=int, default=DEFAULT_QUALITY,
                    help=f"JPEG quality of the stored images (default {DEFAULT_QUALITY}; >= 90: 4:4:4 chroma, "
                    "else 4:2:0)")
+    p.add_argument("--label-nc", type=int, default=None,
+                   help="--task labels: skip maps with a class id >= N (default: any id up to 254 is stored; "
+                   "training checks task.label_nc)")
     p.add_argument("--upscale-small", action="store_true",
                    help="upscale images whose short side is below --size (default: skip and record them)")
     p.add_argument("--force", action="store_true",
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     options = ShardOptions(task=args.task, size=args.size, val_fraction=args.val_fraction, val_dir=args.val_dir,
                            b_dir=args.b_dir, seed=args.seed, workers=args.workers,
                            shard_size_mb=args.shard_size_mb, quality=args.quality,
-                           upscale_small=args.upscale_small, force=args.force)
+                           upscale_small=args.upscale_small, force=args.force, label_nc=args.label_nc)
     with ProgressDisplay() as progress:
         result = run_shards(args.src, args.out, options, progress=progress.update)
     print_summary(result)

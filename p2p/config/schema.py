@@ -128,11 +128,18 @@ class TaskConfig(Section):
     noise_std: float = _f(0.1, "restore: largest Gaussian noise std (image range 0..1); 0 disables")
     blur_sigma: float = _f(1.5, "restore: largest Gaussian blur sigma in pixels; 0 disables")
     jpeg_quality: int = _f(30, "restore: lowest JPEG quality, drawn from [q, 95]; 100 disables")
+    label_nc: int = _f(35, "labels: classes of the label maps (ids 0..label_nc-1, one-hot on the device; "
+                       "Cityscapes labelIds 35, ADE20K 151); at most 255: ids ride in a uint8 channel and "
+                       "255 marks an id too large for it")
+    instance_boundaries: bool = _f(False, "labels: add pix2pixHD's instance-boundary channel (needs instance maps)")
 
     def check(self):
         self.within(0, 1, "noise_std")  # the image range is 0..1
         self.within(0, 64, "blur_sigma")  # the kernel is about 6 sigma wide
         self.within(1, 100, "jpeg_quality")
+        self.within(1, 255, "label_nc")  # p2p.labels.MAX_LABEL_NC: ids are stored in a uint8 channel
+        self.need(self.name != "labels" or self.direction == "AtoB", "direction",
+                  "is AtoB for task.name=labels: a label map is the input, the photo the output")
 
 
 @dataclass(frozen=True)

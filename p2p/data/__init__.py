@@ -112,6 +112,10 @@ def build_loader(cfg, split: str, rank: int = 0, world: int = 1, device: torch.d
     d = cfg.data
     source = d.val_source if (split == "val" and d.val_source) else d.source
     backend = resolve_backend(source, d.backend, device)
+    if cfg.task.name == "labels":  # label maps: their own readers and an id check (p2p.data.label_loaders)
+        from p2p.data.label_loaders import build_label_loader
+
+        return build_label_loader(cfg, split, rank, world, device, backend, source)
     if backend == "folder":
         from p2p.data.folder import FolderLoader
 

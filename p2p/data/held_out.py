@@ -55,6 +55,10 @@ def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None) -> li
     source = d.val_source or d.source
     limit = d.val_images if limit is None else limit
     backend = resolve_backend(source, d.backend)
+    if cfg.task.name == "labels":  # the A half from label maps (p2p.data.label_loaders)
+        from p2p.data.label_loaders import label_held_out
+
+        return label_held_out(cfg, source, backend, rank, world, limit)
     if source == "embedded":
         return _embedded(cfg, rank, world, limit)
     if backend in ("wds", "dali", "nvjpeg"):
@@ -78,12 +82,14 @@ def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
                       if i % world == rank)
 
 
-def _shards(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
+def _shards(cfg, source: str, rank: int, world: int, limit: int, shards=None, decode=None) -> list[HeldOut]:
+    """`shards` and `decode` (what `shards.read` gives -> uint8 3 x H x W): task labels' own."""
     from p2p.data.decode import decode_rgb
     from p2p.data.plan import sequence_range
     from p2p.data.wds import open_split
 
-    shards = open_split(cfg, source, "val")
+    shards = open_split(cfg, source, "val") if shards is None else shards
+    decode = decode or (lambda data: decode_rgb(data, shards.max_pixels))
     # the first `limit` rows only: a train split standing in for val may hold 100M samples
     rows = sequence_range(shards.counts, np.arange(len(shards.counts)), 0, min(limit, shards.total)).tolist()
     out = HeldOutSet()
@@ -93,7 +99,7 @@ def _shards(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut
                 continue
             key = shards.key(s, m)
             try:
-                out.append(HeldOut(i, key, decode_rgb(shards.read(s, m), shards.max_pixels)))
+                out.append(HeldOut(i, key, decode(shards.read(s, m))))
             except (OSError, RuntimeError, ValueError) as e:  # as the wds loader's replacement loop
                 out.skip(f"{key} ({shards.tars[s]})", e)
     finally:

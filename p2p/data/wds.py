@@ -271,6 +271,10 @@ def open_split(cfg, source: str, split: str) -> ShardSet:
     if shards.total == 0:
         raise UsageError(f"{what}: the {shards.split} split has no samples (see the manifest's skipped list)")
     paired = cfg.task.name == "paired"
+    if (shards.manifest.get("task") == "labels") != (cfg.task.name == "labels"):  # p2p.data.label_loaders
+        raise UsageError(f"{what} holds label maps (p2p shard --task labels): set task.name=labels"
+                         if cfg.task.name != "labels" else
+                         f"task.name=labels needs label shards: make them with 'p2p shard --task labels'")
     if shards.paired != paired:
         raise UsageError(f"{what} holds paired A|B images (p2p shard --task paired); set task.name=paired"
                          if shards.paired else

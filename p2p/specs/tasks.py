@@ -81,6 +81,12 @@ class TaskSpec:
         return tuple(c(cfg) if callable(c) else c for c in (self.in_channels, self.out_channels))  # type: ignore
 
     @property
+    def image_pairs(self) -> bool:
+        """Samples are two RGB images side by side (what `p2p predict --ab` and `p2p shard --b-dir`
+        take); a label map with its photo is paired too, but made from its own folders."""
+        return self.paired and self.input_kind == "rgb"
+
+    @property
     def geometry(self) -> str:
         """What the loader delivers per sample: "2:1" (A|B side by side) or "square"."""
         return "2:1" if self.paired else "square"
@@ -91,6 +97,11 @@ class TaskSpec:
 
     def task_class(self) -> type:
         return load(self.impl)
+
+
+def _label_channels(cfg: Any) -> int:
+    """task.label_nc one-hot channels, plus one for pix2pixHD's instance boundaries."""
+    return cfg.label_nc + int(cfg.instance_boundaries)
 
 
 TASKS: Table[TaskSpec] = Table("task.name")
@@ -108,3 +119,7 @@ TASKS.register(TaskSpec("paired", "p2p.tasks:Paired",
                         "translates images of one domain into another, learned from aligned pairs", paired=True))
 TASKS.register(TaskSpec("restore", "p2p.tasks:Restore",
                         "restores photographs degraded by noise, blur and JPEG compression", predict_geometry="full"))
+TASKS.register(TaskSpec("labels", "p2p.label_task:LabelMaps",
+                        "paints photographs from semantic label maps (pix2pixHD's Cityscapes/ADE20K inputs: class ids, "
+                        "optional instance boundaries)",
+                        in_channels=_label_channels, paired=True, input_kind="labels"))

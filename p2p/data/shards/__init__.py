@@ -69,6 +69,8 @@ class ShardOptions:
     """JPEG quality of the stored images (>= 90: 4:4:4 chroma, else 4:2:0)"""
     upscale_small: bool = False
     """upscale images whose short side is below size (else skip and record them)"""
+    label_nc: int | None = None
+    """task labels: skip maps with an id >= label_nc (None: ids up to 254 are stored)"""
     force: bool = False
     """delete the shards in OUT and rewrite them (needed when options changed)"""
 
@@ -86,11 +88,13 @@ class ShardOptions:
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers} must be at least 1")
         if self.b_dir is not None:
-            if not TASKS[self.task].paired:
+            if not TASKS[self.task].image_pairs:
                 raise UsageError("--b-dir pairs two folders of images: it needs a paired task (--task "
-                                 + " or ".join(s.name for s in TASKS if s.paired) + ")")
+                                 + " or ".join(s.name for s in TASKS if s.image_pairs) + ")")
             if not Path(self.b_dir).is_dir():
                 raise UsageError(f"--b-dir {self.b_dir} is not a folder")
+        if self.label_nc is not None and (self.task != "labels" or not 1 <= self.label_nc <= 255):
+            raise UsageError(f"--label-nc {self.label_nc}: only with --task labels, within 1..255")
         if self.val_dir is not None and not Path(self.val_dir).is_dir():
             raise UsageError(f"--val-dir {self.val_dir} is not a folder")
 
@@ -123,9 +127,16 @@ def run_shards(src: str | os.PathLike, out: str | os.PathLike, options: ShardOpt
     src, out = os.fspath(src), Path(out)
     _check_paths(Path(src), out)
     o = options
-    found = scan(src, out, o.task, o.b_dir, o.val_dir, o.val_fraction)
+    if o.task == "labels":  # pix2pixHD's layout and two members per sample (p2p.data.shards.labels)
+        from p2p.data.shards.labels import label_options, scan_labels
+
+        found = scan_labels(src, out, o.val_dir, o.val_fraction)
+    else:
+        found = scan(src, out, o.task, o.b_dir, o.val_dir, o.val_fraction)
     opts = OutputOptions(o.task, o.size, o.quality, bool(o.upscale_small), o.seed, found.val_fraction,
                          float(o.shard_size_mb), found.split_mode, found.paired)
+    if o.task == "labels":
+        opts = label_options(opts, o.label_nc, found)
     if found.found == 0:
         from p2p.data.images import IMAGE_EXTS
 

@@ -49,6 +49,10 @@ REASONS = {
     "not_side_by_side": "paired image narrower than tall: not two halves A|B",
     "unpaired": "no partner with the same relative path in the other folder",
     "duplicate_key": "another file maps to the same sample key",
+    "label_not_ids": "--task labels: a colour image given as a label map (it must hold one channel of ids)",
+    "label_not_png": "--task labels: a label or instance map that is not a PNG (maps must be lossless)",
+    "label_out_of_range": "--task labels: a class id >= --label-nc (or >= 255)",
+    "size_mismatch": "--task labels: a map whose size differs from its photo's",
 }
 
 

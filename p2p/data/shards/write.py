@@ -20,6 +20,7 @@ from typing import Callable
 
 from p2p.atomic import fsync_dir, write_bytes, write_error
 from p2p.data.shards.encode import Skip, process_item
+from p2p.data.shards.labels import process_label_item
 from p2p.data.shards.format import FORMAT, FORMAT_VERSION, SPLITS, skip_record
 from p2p.data.shards.index import Component, format_index
 from p2p.data.shards.plan import OutputOptions, ShardTask, images_per_shard
@@ -200,7 +201,8 @@ def _fill(t: ShardTask, w: TarWriter, samples: list, skipped: list, src_stats: S
     for item in t.items:
         try:
             try:
-                jpg, meta, src_size, out_size = process_item(item, t.opts)
+                encode = process_label_item if t.opts.task == "labels" else process_item
+                jpg, meta, src_size, out_size = encode(item, t.opts)
             except Skip:
                 raise
             except MemoryError:
@@ -211,10 +213,9 @@ def _fill(t: ShardTask, w: TarWriter, samples: list, skipped: list, src_stats: S
             skipped.append(skip_record(item.shown, e.reason, e.detail))
         else:
             js = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-            oj = w.add(f"{item.key}.jpg", jpg)
-            om = w.add(f"{item.key}.json", js)
-            samples.append(([Component("jpg", oj, len(jpg), f"{item.key}.jpg"),
-                             Component("json", om, len(js), f"{item.key}.json")], bool(meta.get("upscaled"))))
+            members = {**(jpg if isinstance(jpg, dict) else {"jpg": jpg}), "json": js}  # labels: png, jpg
+            samples.append(([Component(ext, w.add(f"{item.key}.{ext}", data), len(data), f"{item.key}.{ext}")
+                             for ext, data in members.items()], bool(meta.get("upscaled"))))
             src_stats.add(*src_size)
             out_stats.add(*out_size)
         if _item_done is not None:
@@ -354,6 +355,7 @@ def build_manifest(opts: OutputOptions, tasks: list[ShardTask], done: dict, foun
             "index": "DALI wds2idx v1.2 (<shard>.idx)",
             "chroma_subsampling": "4:4:4" if opts.quality >= 90 else "4:2:0",
             "images_per_shard": images_per_shard(opts),
+            **(opts.layout() if hasattr(opts, "layout") else {}),  # labels: the map member
         },
         "complete": all((t.split, t.index) in done for t in tasks),
         "train": splits["train"],
