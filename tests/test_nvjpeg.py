@@ -28,9 +28,9 @@ from helpers.jpeg_stand_in import CpuJpegDecoder
 from helpers.requirements import hide_dali
 from helpers.runs import ROOT, load_ckpt, p2p_env, run_p2p
 from p2p.config import Config, with_values
-from p2p.data import build_loader, resolve_backend
+from p2p.data import build_loader, loader_args, resolve_backend
 from p2p.data.nvjpeg import JpegBatch, NvjpegLoader
-from p2p.data.shard import make_shards, shard_files
+from p2p.data.shards import make_shards, shard_files
 from p2p.data.shards.index import read_index
 from p2p.errors import UsageError
 
@@ -61,7 +61,7 @@ def make_cfg(source, backend="wds", **over) -> Config:
 
 
 def stand_in_loader(cfg, split="train", rank=0, world=1, decoder=None) -> NvjpegLoader:
-    return NvjpegLoader(cfg, cfg.data.source, split, rank, world, None, decoder or CpuJpegDecoder())
+    return NvjpegLoader(cfg.data.source, split, rank, world, loader_args(cfg), None, decoder or CpuJpegDecoder())
 
 
 def assert_same_batches(got, want) -> None:
@@ -223,16 +223,16 @@ def test_submit_refuses_nvjpeg_without_gpus(data, tmp_path):
 def test_auto_picks_dali_then_nvjpeg_on_a_gpu_and_wds_on_the_cpu(data, monkeypatch):
     shards, images = str(data / "shards"), str(data / "src")
     for device in (None, "cpu", torch.device("cpu")):
-        assert resolve_backend(shards, "auto", device) == "wds"
-    assert resolve_backend(images, "auto", "cuda") == "folder"
+        assert resolve_backend(shards, "auto", device).name == "wds"
+    assert resolve_backend(images, "auto", "cuda").name == "folder"
     try:
         import nvidia.dali  # noqa: F401
-        assert resolve_backend(shards, "auto", torch.device("cuda", 0)) == "dali"
+        assert resolve_backend(shards, "auto", torch.device("cuda", 0)).name == "dali"
     except ImportError:
         pass
     hide_dali(monkeypatch)
-    assert resolve_backend(shards, "auto", torch.device("cuda", 0)) == "nvjpeg"
-    assert resolve_backend(shards, "auto", "cuda:1") == "nvjpeg"
+    assert resolve_backend(shards, "auto", torch.device("cuda", 0)).name == "nvjpeg"
+    assert resolve_backend(shards, "auto", "cuda:1").name == "nvjpeg"
     with pytest.raises(UsageError, match="needs a shard folder"):
         resolve_backend(images, "nvjpeg", "cuda")
 

@@ -23,6 +23,7 @@ from p2p.data.images import DEFAULT_MAX_PIXELS
 from p2p.config.quoting import shown
 from p2p.errors import UsageError
 from p2p.run_folder import run_folder
+from p2p.specs.backends import BACKENDS as backend_table
 
 TASKS = ("colorize", "gray2rgb", "paired", "restore")
 NORMS = ("batch", "syncbatch", "instance", "none")
@@ -32,7 +33,7 @@ GENERATORS = ("unet", "resnet", "global", "local")
 OPTIM_IMPLS = ("fused", "foreach", "plain")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
-BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
+BACKENDS = ("auto", *backend_table.names())  # auto: p2p.data.auto_backend
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_STEPS = ("fused", "eager")
 WORKER_KINDS = ("process", "thread")

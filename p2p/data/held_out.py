@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2p.data import resolve_backend
+from p2p.data import Backend, LoaderArgs, loader_args, resolve_backend
 from p2p.errors import UsageError
 
 
@@ -50,16 +50,21 @@ class HeldOutSet(list):
         self.skipped.append((key, f"{getattr(error, 'reason', type(error).__name__)}: {detail}"))
 
 
-def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None) -> list[HeldOut]:
+def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None,
+             backend: Backend | None = None) -> list[HeldOut]:
+    """This rank's share of the held-out images; `backend` is the resolved data.backend (resolved
+    here, without a device, when not given or when it was resolved for another source)."""
     d = cfg.data
     source = d.val_source or d.source
     limit = d.val_images if limit is None else limit
-    backend = resolve_backend(source, d.backend)
+    if backend is None or backend.source != source:
+        backend = resolve_backend(source, d.backend, backend.device_type if backend is not None else None)
+    args = loader_args(cfg)
     if source == "embedded":
-        return _embedded(cfg, rank, world, limit)
-    if backend in ("wds", "dali", "nvjpeg"):
-        return _shards(cfg, source, rank, world, limit)
-    return _folder(cfg, source, rank, world, limit)
+        return _embedded(args, rank, world, limit)
+    if backend.spec.needs_shards:
+        return _shards(args, source, rank, world, limit)
+    return _folder(args, source, rank, world, limit)
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
@@ -67,10 +72,10 @@ def _tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1).contiguous()
 
 
-def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
+def _embedded(args: LoaderArgs, rank: int, world: int, limit: int) -> list[HeldOut]:
     from p2p.data.folder import EMBEDDED_VAL, embedded_photo
 
-    if cfg.task.name == "paired":
+    if args.paired:
         raise UsageError("task.name=paired needs paired data (A|B images or A/ and B/ folders); "
                          "the embedded photos are single images")
     names = EMBEDDED_VAL[:limit]
@@ -78,12 +83,12 @@ def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
                       if i % world == rank)
 
 
-def _shards(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
+def _shards(args: LoaderArgs, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
     from p2p.data.decode import decode_rgb
     from p2p.data.plan import sequence_range
     from p2p.data.wds import open_split
 
-    shards = open_split(cfg, source, "val")
+    shards = open_split(source, "val", args)
     # the first `limit` rows only: a train split standing in for val may hold 100M samples
     rows = sequence_range(shards.counts, np.arange(len(shards.counts)), 0, min(limit, shards.total)).tolist()
     out = HeldOutSet()
@@ -101,15 +106,15 @@ def _shards(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut
     return out
 
 
-def _folder(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
+def _folder(args: LoaderArgs, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
     from p2p.data.folder import split_items
     from p2p.data.images import IMAGE_EXTS, ImageRejected, read_rgb
 
-    items = split_items(Path(source), "val", cfg)[:limit]
+    items = split_items(Path(source), "val", args.paired, args.val_fraction)[:limit]
     if not items:
         raise UsageError(f"data.source={source!r}: no images for the val split "
                          f"(looked for {', '.join(sorted(IMAGE_EXTS))})")
-    out, limit_px = HeldOutSet(), cfg.data.max_pixels
+    out, limit_px = HeldOutSet(), args.max_pixels
     for i in range(rank, len(items), world):
         item = items[i]
         key = str(item[0] if isinstance(item, tuple) else item)
