@@ -13,13 +13,13 @@ backend whose spec says it cannot (`continues_other_world`: dali) is refused wit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from p2p.data.plan import batches_per_epoch, images_read
 from p2p.errors import UsageError
 
 if TYPE_CHECKING:
-    from p2p.data import Backend, Loader
+    from p2p.data import Backend, ContinuingLoader, Loader
 
 
 def saved_shape(payload: dict) -> tuple[int, int]:
@@ -61,4 +61,4 @@ def continue_loader(loader: Loader, state, backend: Backend) -> None:
             f"{backend.spec.cannot_continue}; resume "
             f"with {w0} process(es) and train.batch_size={b0} for the {left} batch(es) left of the epoch "
             f"(train.stop_after={left}), then change the world or batch size at the epoch boundary")
-    loader.continue_epoch(state.epoch, history)
+    cast("ContinuingLoader", loader).continue_epoch(state.epoch, history)  # the spec says it is one
