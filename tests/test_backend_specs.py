@@ -7,6 +7,7 @@ cannot run here (a GPU, an optional package) is skipped with the reason."""
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 
@@ -136,9 +137,10 @@ def test_a_refusal_under_auto_names_the_backend_auto_chose(data):
 def test_auto_reads_the_table_and_is_resolved_once(data):
     shards, images = str(data / "shards"), str(data / "src")
     on_cpu = resolve_backend(shards, "auto", torch.device("cpu"))
-    assert (on_cpu.name, on_cpu.by_auto, str(on_cpu)) == ("wds", True, "data.backend=wds (chosen by auto)")
-    assert resolve_backend(images, "auto").name == "folder"
-    assert str(resolve_backend(shards, "wds")) == "data.backend=wds"
+    assert (on_cpu, on_cpu.by_auto, on_cpu.setting) == ("wds", True, "data.backend=wds (chosen by auto)")
+    assert on_cpu.spec is BACKENDS["wds"] and pickle.loads(pickle.dumps(on_cpu)).setting == on_cpu.setting
+    assert resolve_backend(images, "auto") == "folder"
+    assert resolve_backend(shards, "wds").setting == "data.backend=wds"
     for spec in BACKENDS:  # on a GPU, auto takes the lowest auto_rank that imports: never one that cannot run
         if spec.needs_shards and "cpu" not in spec.auto_devices:
             assert spec.package or spec.needs_gpu

@@ -223,16 +223,16 @@ def test_submit_refuses_nvjpeg_without_gpus(data, tmp_path):
 def test_auto_picks_dali_then_nvjpeg_on_a_gpu_and_wds_on_the_cpu(data, monkeypatch):
     shards, images = str(data / "shards"), str(data / "src")
     for device in (None, "cpu", torch.device("cpu")):
-        assert resolve_backend(shards, "auto", device).name == "wds"
-    assert resolve_backend(images, "auto", "cuda").name == "folder"
+        assert resolve_backend(shards, "auto", device) == "wds"
+    assert resolve_backend(images, "auto", "cuda") == "folder"
     try:
         import nvidia.dali  # noqa: F401
-        assert resolve_backend(shards, "auto", torch.device("cuda", 0)).name == "dali"
+        assert resolve_backend(shards, "auto", torch.device("cuda", 0)) == "dali"
     except ImportError:
         pass
     hide_dali(monkeypatch)
-    assert resolve_backend(shards, "auto", torch.device("cuda", 0)).name == "nvjpeg"
-    assert resolve_backend(shards, "auto", "cuda:1").name == "nvjpeg"
+    assert resolve_backend(shards, "auto", torch.device("cuda", 0)) == "nvjpeg"
+    assert resolve_backend(shards, "auto", "cuda:1") == "nvjpeg"
     with pytest.raises(UsageError, match="needs a shard folder"):
         resolve_backend(images, "nvjpeg", "cuda")
 

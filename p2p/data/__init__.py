@@ -107,21 +107,28 @@ def importable(package: str) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Backend:
-    """The backend that reads one source, resolved once (`auto` included) and then passed on, so
-    that every message names the backend really in use."""
+class Backend(str):
+    """The name of the backend that reads one source, resolved once (`auto` included) and then
+    passed on: it compares and prints as that name, and carries its `spec` and how messages name
+    the setting (`setting`: "data.backend=dali (chosen by auto)"), so that every message names
+    the backend really in use."""
 
-    spec: BackendSpec
-    source: str
-    by_auto: bool = False  # data.backend=auto chose it
-    device_type: str | None = None  # the device type it was resolved for (None: not known)
+    def __new__(cls, spec: BackendSpec, source: str, by_auto: bool = False, device_type: str | None = None):
+        self = super().__new__(cls, spec.name)
+        self.spec, self.source = spec, source
+        self.by_auto = by_auto  # data.backend=auto chose it
+        self.device_type = device_type  # the device type it was resolved for (None: not known)
+        return self
+
+    def __getnewargs__(self):
+        return self.spec, self.source, self.by_auto, self.device_type
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    def __str__(self) -> str:
+    @property
+    def setting(self) -> str:
         return f"data.backend={self.name}" + (" (chosen by auto)" if self.by_auto else "")
 
 

@@ -56,7 +56,7 @@ def continue_loader(loader: Loader, state, backend: Backend) -> None:
         w0, b0, k0 = history[-1]
         left = batches_per_epoch(loader.sample_count, b0, w0) - k0
         raise UsageError(
-            f"{backend} cannot continue epoch {state.epoch} with {loader.world} process(es) of batch "
+            f"{backend.setting} cannot continue epoch {state.epoch} with {loader.world} process(es) of batch "
             f"{loader.batch_size}: the checkpoint's {w0} process(es) of batch {b0} read {k0} batches each, and "
             f"{backend.spec.cannot_continue}; resume "
             f"with {w0} process(es) and train.batch_size={b0} for the {left} batch(es) left of the epoch "
