@@ -14,7 +14,7 @@ import pytest
 from helpers import image_folders as F
 from helpers.runs import ROOT, TINY, p2p_env
 from helpers.requirements import dali_problem, require_dali
-from p2p.data.shard import make_shards
+from p2p.data.shards import make_shards
 
 pytestmark = pytest.mark.slow
 SIZE = 48

@@ -271,7 +271,7 @@ def test_two_process_batches_are_unchanged_by_the_fusion(tmp_path):
     batch ahead, sees the same samples and gives the same pixels as the eager one, per step."""
     from helpers import image_folders as F
     from helpers.runs import torchrun
-    from p2p.data.shard import make_shards
+    from p2p.data.shards import make_shards
 
     F.make_coco_like(tmp_path / "src", n=24, seed=3, scale=0.25)
     make_shards(tmp_path / "src", tmp_path / "shards", size=72, val_fraction=0.0, shard_size_mb=0.05, workers=1)

@@ -283,16 +283,18 @@ def test_dali_loader_on_the_gpu_gives_the_cpu_loaders_pixels(tmp_path):
     from helpers.requirements import require_dali
 
     require_dali()
+    from p2p.data import loader_args
     from p2p.data.dali import DaliLoader
-    from p2p.data.shard import make_shards
+    from p2p.data.shards import make_shards
 
     F.make_coco_like(tmp_path / "src", n=24, seed=5, scale=0.25)
     make_shards(tmp_path / "src", tmp_path / "shards", size=72, val_fraction=0.5, shard_size_mb=0.05, workers=1)
     cfg = with_values(load_config(), {"data.source": str(tmp_path / "shards"), "data.backend": "dali",
                                       "data.load_size": 72, "data.image_size": 64, "data.val_images": 8,
                                       "train.batch_size": 4})
-    on_gpu = list(DaliLoader(cfg, cfg.data.source, "val", 0, 1, CUDA).epoch(0))
-    on_cpu = list(DaliLoader(cfg, cfg.data.source, "val", 0, 1, None).epoch(0))
+    args = loader_args(cfg)
+    on_gpu = list(DaliLoader(cfg.data.source, "val", 0, 1, args, CUDA).epoch(0))
+    on_cpu = list(DaliLoader(cfg.data.source, "val", 0, 1, args, None).epoch(0))
     assert [b.keys for b in on_gpu] == [b.keys for b in on_cpu] and on_gpu
     for a, b in zip(on_gpu, on_cpu):
         assert a.images.is_cuda
@@ -498,7 +500,7 @@ def test_tiled_predict_on_gpu_matches_cpu():
 def coco_shards(tmp_path_factory):
     """COCO-sized photos (about 640 x 480) sharded at the pix2pix load size, 286."""
     from helpers import image_folders as F
-    from p2p.data.shard import make_shards
+    from p2p.data.shards import make_shards
 
     root = tmp_path_factory.mktemp("gpu_shards")
     F.make_coco_like(root / "src", n=48, seed=2)
@@ -566,7 +568,7 @@ def test_nvjpeg_resumes_mid_epoch_with_the_same_batches(coco_shards):
 @pytest.mark.slow  # starts p2p processes: gpu-check.sh runs these last (pytest-trainings)
 def test_train_and_resume_on_gpu_with_nvjpeg_and_auto(coco_shards, tmp_path):
     from helpers.runs import TINY, load_ckpt, run_p2p
-    from p2p.data import dali_importable
+    from p2p.data import importable
 
     common = [f"run.out_dir={tmp_path}", *TINY, f"data.source={coco_shards}", "data.workers=2",
               "train.max_steps=4"]
@@ -575,7 +577,7 @@ def test_train_and_resume_on_gpu_with_nvjpeg_and_auto(coco_shards, tmp_path):
     run_p2p("train", *common, "data.backend=nvjpeg", "run.name=nv")
     assert load_ckpt(tmp_path / "nv" / "checkpoints" / "last.pt")["step"] == 4
     auto = run_p2p("train", *common, "data.backend=auto", "run.name=auto")
-    picked = "dali" if dali_importable() else "nvjpeg"
+    picked = "dali" if importable("nvidia.dali") else "nvjpeg"
     assert f"({picked} loader)" in auto.stderr, auto.stderr[-3000:]
 
 

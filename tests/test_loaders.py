@@ -18,7 +18,7 @@ from helpers.runs import TINY, run_p2p
 from helpers.requirements import dali_problem, hide_dali, require_c_compiler, require_dali
 from p2p.config import Config, with_values
 from p2p.data import build_loader
-from p2p.data.shard import make_shards, read_manifest, shard_files
+from p2p.data.shards import make_shards, read_manifest, shard_files
 from p2p.data.plan import rank_range, train_plan
 from p2p.data.shards.index import read_index
 from p2p.data.wds import ShardSet

@@ -28,9 +28,9 @@ from helpers.jpeg_stand_in import CpuJpegDecoder
 from helpers.requirements import hide_dali
 from helpers.runs import ROOT, load_ckpt, p2p_env, run_p2p
 from p2p.config import Config, with_values
-from p2p.data import build_loader, resolve_backend
+from p2p.data import build_loader, loader_args, resolve_backend
 from p2p.data.nvjpeg import JpegBatch, NvjpegLoader
-from p2p.data.shard import make_shards, shard_files
+from p2p.data.shards import make_shards, shard_files
 from p2p.data.shards.index import read_index
 from p2p.errors import UsageError
 
@@ -61,7 +61,7 @@ def make_cfg(source, backend="wds", **over) -> Config:
 
 
 def stand_in_loader(cfg, split="train", rank=0, world=1, decoder=None) -> NvjpegLoader:
-    return NvjpegLoader(cfg, cfg.data.source, split, rank, world, None, decoder or CpuJpegDecoder())
+    return NvjpegLoader(cfg.data.source, split, rank, world, loader_args(cfg), None, decoder or CpuJpegDecoder())
 
 
 def assert_same_batches(got, want) -> None:

@@ -101,7 +101,7 @@ def test_signalled_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from p2p.data.shard import make_shards
+    from p2p.data.shards import make_shards
 
     root = tmp_path_factory.mktemp("resume_shards")
     F.make_coco_like(root / "src", n=40, seed=3, scale=0.25)

@@ -509,7 +509,7 @@ def test_paired_two_folders(tmp_path):
 
 
 def test_python_api_make_shards(tmp_path):
-    from p2p.data.shard import make_shards
+    from p2p.data.shards import make_shards
     from p2p.errors import UsageError
 
     F.make_coco_like(tmp_path / "src", n=3, scale=0.25)

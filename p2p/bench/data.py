@@ -32,7 +32,8 @@ The loader-alone rows are the CPU work a GPU node's cores do per image (the devi
 runs on the GPU), against the baseline that does all of its work on CPU cores. Whenever a GPU
 is present (and DALI installed) two `dali_mixed` rows follow the dali ones: DALI's mixed
 decoder (nvJPEG, the crop in the pipeline) with the device step on the GPU, model-ready and
-the loader alone (`dali_mixed_rows`).
+the loader alone (`p2p.bench.data_rows.dali_mixed_rows`). Each backend's rows are its spec's `bench_rows`
+(p2p.specs.backends), in the order `--backends` names them.
 
 Each row: one untimed warm-up round (worker start-up, first batches), then `repeats` timed
 rounds of `images` images each from one continuing stream of batches (epochs follow each other
@@ -55,7 +56,11 @@ import numpy as np
 import torch
 
 from p2p.bench.common import environment, gpu_memory_mb, measure, with_ratios
+from p2p.bench.data_rows import endless
+from p2p.bench.data_rows import stream as stream_of
 from p2p.errors import UsageError
+from p2p.specs import load as load_ref
+from p2p.specs.backends import BACKENDS
 
 BASELINE = "seed-style PIL + skimage Dataset (baseline)"
 
@@ -66,7 +71,7 @@ class DataOptions:
 
     batch_size: int = 16  # as the baseline
     images: int = 512  # per timed round
-    backends: tuple[str, ...] = ("wds", "dali", "nvjpeg", "folder")  # p2p backends besides the baseline
+    backends: tuple[str, ...] = BACKENDS.names()  # p2p backends besides the baseline (each its spec's bench_rows)
     workers: tuple[int, ...] | None = None  # wds worker counts (default 0, 1, 2, cores)
     dali_threads: tuple[int, ...] = (1, 2)  # DALI CPU thread counts
     main_threads: int = 0  # torch threads for the device step (0 = the cores the loader leaves, >= 1)
@@ -112,19 +117,6 @@ class SeedStyleDataset(torch.utils.data.Dataset):
 def _repeat(batch):
     while True:
         yield batch
-
-
-def _endless(make_iter):
-    """Batches from make_iter(epoch) for epoch 0, 1, ...: one continuing stream."""
-    epoch = 0
-    while True:
-        got = False
-        for item in make_iter(epoch):
-            got = True
-            yield item
-        if not got:
-            raise UsageError("bench data: a pipeline produced no batch")
-        epoch += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,8 +168,27 @@ def baseline_items(source: str, manifest: dict, limit: int) -> tuple[list, str]:
 # rows
 
 
-def _threads_for(workers: int, cores: int, asked: int) -> int:
-    return asked if asked > 0 else max(1, cores - workers)
+@dataclass
+class DataBench:
+    """One `p2p bench data` run, as each backend's rows (p2p.bench.data_rows) see it."""
+
+    cfg: object  # the Config every row's loader is built from (with its own data.* values)
+    source: str
+    manifest: dict
+    load: int  # the loader's size
+    quick: bool
+    cores: int
+    worker_counts: list[int]  # wds
+    dali_threads: list[int]
+    main_threads: int  # asked for (0: the cores the loader leaves)
+    default_threads: int
+    timed: object  # timed(name, backend, workers, stream, prepare, threads, device=None, **extra): one row
+    rows: list[dict]
+    progress: object
+
+    def threads_for(self, workers: int) -> int:
+        """torch threads for the device step: those asked for, else the cores the loader leaves."""
+        return self.main_threads if self.main_threads > 0 else max(1, self.cores - workers)
 
 
 def _fitting_depth(size: int, depth: int) -> int:
@@ -188,34 +199,6 @@ def _fitting_depth(size: int, depth: int) -> int:
     return depth
 
 
-def nvjpeg_rows(cfg, source: str, load: int, quick: bool, cores: int, main_threads: int, timed, rows: list,
-                progress) -> None:
-    """The nvjpeg rows on cuda:0 (model-ready, then the loader alone), or one row that says why
-    they cannot run here. Its workers only read files: two are plenty (one with --quick)."""
-    from p2p.config import with_values
-    from p2p.data.nvjpeg import NvjpegDecoder, NvjpegLoader
-
-    name = "nvjpeg (GPU decode)"
-    try:
-        decoder = NvjpegDecoder(torch.device("cuda", 0) if torch.cuda.is_available() else None)
-    except UsageError as e:  # no CUDA, or a torchvision without nvJPEG
-        rows.append({"name": name, "backend": "nvjpeg", "stage": "model-ready", "skipped": str(e),
-                     "img_per_s": None})
-        progress(f"  {name}: skipped ({e})")
-        return
-    w = 1 if quick else min(2, cores)
-    loader_cfg, dev = with_values(cfg, {"data.workers": w}), decoder.device
-
-    def stream():
-        return _endless(NvjpegLoader(loader_cfg, source, "train", 0, 1, dev, decoder).epoch)
-
-    timed(f"nvjpeg workers={w} (decode, crop and Lab on {dev})", "nvjpeg", w, stream(), True,
-          _threads_for(w, cores, main_threads), device=dev)
-    if not quick:
-        timed(f"nvjpeg workers={w}, loader only (uint8 {load}px on {dev})", "nvjpeg", w, stream(), False, 1,
-              device=dev)
-
-
 def run_data(source: str, options: DataOptions = DataOptions(), progress=print, partial=None) -> dict:
     """Measure every row on the shards in `source`; returns {environment, config, results}.
     `partial`, when given, gets {environment, config, results so far, partial: true} after each
@@ -223,9 +206,9 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print, 
     from p2p.augment import step_generator
     from p2p.config import load_config, with_values
     from p2p.data.prefetch import PreparedBatches, prepares_ahead
-    from p2p.data.shard import read_manifest
+    from p2p.data.shards import read_manifest
+    from p2p.data import importable
     from p2p.data.decode import decoder_fallback_notice, jpeg_decoder
-    from p2p.data.wds import WdsLoader
     from p2p.tasks import build_task
 
     o = options
@@ -313,17 +296,13 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print, 
                **extra, **r}
         if prepare and backend != "device-step":
             row["prepare_ahead"] = ran_ahead
-        if backend == "wds":  # decoded on the CPU by p2p.data.decode
+        if BACKENDS.get(backend) is not None and BACKENDS[backend].cpu_jpeg_decoder:  # p2p.data.decode
             row["decoder"] = jpeg_decoder()
         rows.append(row)
         progress(f"  {name}: {r['img_per_s']:.1f} img/s")
         if partial is not None and any(x["name"] == BASELINE for x in rows):
             partial({"environment": env, "config": {"source": folder, "partial": True},
                      "results": with_ratios([dict(x) for x in rows], BASELINE), "partial": True})
-
-    def wds_stream(workers: int, kind: str = "process"):
-        return _endless(WdsLoader(with_values(cfg, {"data.workers": workers, "data.worker_kind": kind}), source,
-                                  "train", 0, 1).epoch)
 
     # the baseline, on the same images
     items, what = baseline_items(source, manifest, max(images, 4 * bs))
@@ -339,58 +318,29 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print, 
                                            drop_last=True)
 
     progress(f"bench data: {source} (stored {stored}px, load {load}, image {size}); baseline reads {what}")
-    timed(BASELINE, "baseline", 2, _endless(baseline_epoch), False, default_threads, batch_size=base_bs)
+    timed(BASELINE, "baseline", 2, endless(baseline_epoch), False, default_threads, batch_size=base_bs)
 
     # the device-side step alone (no loading): the ceiling of every p2p row on this device
     if not quick:
-        fixed = next(wds_stream(0))
+        fixed = next(stream_of(cfg, {"data.backend": "wds", "data.workers": 0}))
         for t in sorted({1, cores}):
             for which, row_task in (("fused", task), ("eager", eager_task)):
                 timed(f"device step only, {which} (crop + Lab, {t} thread{'s' if t > 1 else ''})", "device-step",
                       None, _repeat(fixed), True, t, row_task=row_task, ahead=False, stage="device step only")
                 rows[-1]["ms_per_image_per_core"] = 1000 * t / rows[-1]["img_per_s"]
 
-    if "wds" in o.backends:
-        for w in worker_counts:
-            timed(f"wds workers={w}", "wds", w, wds_stream(w), True, _threads_for(w, cores, o.main_threads))
-        w = max(worker_counts)
-        if not quick:  # where the time goes: the loader alone at the most workers
-            timed(f"wds workers={w}, loader only (uint8 {load}px)", "wds", w, wds_stream(w), False, 1)
-        if w > 0:  # data.worker_kind=thread: the same decode in threads of this process
-            timed(f"wds threads={w}", "wds", w, wds_stream(w, "thread"), True, _threads_for(w, cores, o.main_threads),
-                  worker_kind="thread")
-            if not quick:
-                timed(f"wds threads={w}, loader only (uint8 {load}px)", "wds", w, wds_stream(w, "thread"), False, 1,
-                      worker_kind="thread")
-    if "dali" in o.backends:
+    bench = DataBench(cfg, source, manifest, load, quick, cores, worker_counts, dali_threads, o.main_threads,
+                      default_threads, timed, rows, progress)
+    for spec in map(BACKENDS.__getitem__, o.backends):  # each backend's own rows (its spec's bench_rows)
+        if spec.package and not importable(spec.package):
+            progress(f"  {spec.name} skipped: it needs {spec.package} ({spec.install})")
+            continue
         try:
-            from p2p.data.dali import DaliLoader
-
-            def dali_stream(threads: int):
-                return _endless(DaliLoader(with_values(cfg, {"data.workers": threads}), source, "train", 0, 1).epoch)
-
-            for t in dali_threads:
-                timed(f"dali cpu threads={t}", "dali", t, dali_stream(t), True, _threads_for(t, cores, o.main_threads))
-            if not quick:
-                t = max(dali_threads)
-                timed(f"dali cpu threads={t}, loader only (uint8 {load}px)", "dali", t, dali_stream(t), False, 1)
-            if torch.cuda.is_available():
-                dali_mixed_rows(cfg, source, load, max(dali_threads), default_threads, timed)
+            load_ref(spec.bench_rows)(bench, spec)
         except UsageError as e:
-            progress(f"  dali skipped: {e}")
-    if "nvjpeg" in o.backends:
-        nvjpeg_rows(cfg, source, load, quick, cores, o.main_threads, timed, rows, progress)
-    if "folder" in o.backends:
-        src = manifest.get("source")
-        if src and Path(src).is_dir() and manifest.get("options", {}).get("split_mode") == "hash":
-            from p2p.data.folder import FolderLoader
-
-            w = min(2, cores) if not quick else 1
-            loader = FolderLoader(with_values(cfg, {"data.source": src, "data.workers": w}), src, "train", 0, 1)
-            timed(f"folder workers={w} (originals)", "folder", w, _endless(loader.epoch), True,
-                  _threads_for(w, cores, o.main_threads))
-        else:
-            progress("  folder skipped: the manifest's source folder is gone (or has train/ val/ folders)")
+            if not spec.package:  # an optional extra that cannot run here is a skip; others are errors
+                raise
+            progress(f"  {spec.name} skipped: {e}")
 
     rows = with_ratios(rows, BASELINE)
     config = {"source": os.path.abspath(source), "stored_size": stored, "load_size": load, "image_size": size,
@@ -403,20 +353,3 @@ def run_data(source: str, options: DataOptions = DataOptions(), progress=print, 
     if decoder_fallback_notice():
         config["notices"] = [decoder_fallback_notice()]
     return {"environment": env, "config": config, "results": rows}
-
-
-def dali_mixed_rows(cfg, source: str, load: int, threads: int, main_threads: int, timed) -> None:
-    """DALI's mixed decoder on the GPU: nvJPEG decode and the crop in DALI, the device step on
-    the GPU (batches never leave it); model-ready, then the loader alone (the decode rate at the
-    stored size)."""
-    from p2p.config import with_values
-    from p2p.data.dali import DaliLoader
-
-    gpu = torch.device("cuda", torch.cuda.current_device())
-
-    def stream():
-        return _endless(DaliLoader(with_values(cfg, {"data.workers": threads}), source, "train", 0, 1, gpu).epoch)
-
-    timed(f"dali mixed (nvJPEG) threads={threads}", "dali_mixed", threads, stream(), True, main_threads, device=gpu)
-    timed(f"dali mixed (nvJPEG) threads={threads}, loader only (uint8 {load}px on {gpu})", "dali_mixed", threads,
-          stream(), False, main_threads, device=gpu)

@@ -85,7 +85,7 @@ def _dali_rate(source: str, count: int, repeats: int) -> float | None:
 def run_decode(source: str, images: int = 200, repeats: int = 5) -> dict:
     """{environment, config, results} for the decoders on the first `images` train JPEGs."""
     from p2p.bench.data import baseline_items
-    from p2p.data.shard import read_manifest
+    from p2p.data.shards import read_manifest
 
     try:
         manifest = read_manifest(source)

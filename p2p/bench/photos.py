@@ -72,7 +72,7 @@ def make_photo_folder(folder: Path, count: int = 64, scale: float = 1.0, seed: i
 def build_shards(work: Path, count: int, scale: float, size: int) -> Path:
     """work/shards (stored at `size`) from `count` photos at `scale` in work/photos; both are
     reused when a previous run made them with the same options."""
-    from p2p.data.shard import make_shards, read_manifest
+    from p2p.data.shards import make_shards, read_manifest
 
     photos, shards, made = work / "photos", work / "shards", work / "photos.json"
     wanted = {"count": count, "scale": scale}

@@ -194,11 +194,11 @@ def measured(fn: Callable[[], object]) -> tuple[object, float, float]:
 
 def _loader(folder: Path, batch_size: int, rank: int, world: int):
     from p2p.config import load_config
-    from p2p.data.wds import WdsLoader
+    from p2p.data import build_loader
 
     cfg = load_config(None, [f"data.source={folder}", "data.backend=wds", f"train.batch_size={batch_size}",
                              "data.workers=0", "data.val_images=4"])
-    return WdsLoader(cfg, str(folder), "train", rank, world)
+    return build_loader(cfg, "train", rank, world)
 
 
 def _first_keys(folder: Path, batch_size: int, rank: int, world: int, history: list | None) -> list[str]:

@@ -106,8 +106,8 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
     if run.world > 1:
         raise UsageError("bench profile runs one process; start it without torchrun")
     device, task, state, bs = run.device, run.task, run.state, cfg.train.batch_size
-    loader = build_loader(cfg, "train", run.rank, run.world, device)
-    backend = resolve_backend(cfg.data.source, cfg.data.backend, device)  # what `auto` became
+    backend = resolve_backend(cfg.data.source, cfg.data.backend, device, task.spec.input_kind)  # `auto` once, as in training
+    loader = build_loader(cfg, "train", run.rank, run.world, device, backend)
 
     def prepare(batch, step):
         with record_function("p2p.prepare"):
@@ -118,7 +118,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
                              ahead=False)
     interval = LogInterval(device)
     kind = "threads" if cfg.data.worker_kind == "thread" else "workers"
-    progress(f"bench profile: {task.name} on {cfg.data.source} ({backend} backend, {cfg.data.workers} {kind}), "
+    progress(f"bench profile: {task.name} on {cfg.data.source} ({backend.name} backend, {cfg.data.workers} {kind}), "
              f"batch {bs}, {cfg.data.image_size}px, {device.type}: {warmup} warm-up + {steps} profiled steps")
 
     def one_step() -> float:
@@ -135,7 +135,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         prepares.append(prepare_s)
         with record_function("p2p.train_step"):
             interval.add(run.step(inp, target))
-        run.advance(epoch, index, loader.batches_per_epoch)
+        run.advance(epoch, index, loader.epoch_batches(epoch))
         if state.step % cfg.train.log_every == 0:
             with record_function("p2p.log_read"):  # note: the loop's only host sync, at log steps
                 interval.row(state.step, state.epoch, bs, run.world, run.lr(), run.nets)
@@ -187,7 +187,7 @@ def run_profile(overrides: list[str] | None = None, config_path: str | None = No
         "trace_bytes": trace.stat().st_size, "losses_sum_last_window": losses, "notices": list(run.notices),
         "note": "measured with the profiler on (adds per-op overhead)",
     }
-    config = {"device": str(device), "task": task.name, "source": cfg.data.source, "backend": backend,
+    config = {"device": str(device), "task": task.name, "source": cfg.data.source, "backend": backend.name,
               "backend_configured": cfg.data.backend, "workers": cfg.data.workers,
               "worker_kind": cfg.data.worker_kind, "batch_size": bs, "image_size": cfg.data.image_size,
               "load_size": cfg.data.load_size, "ngf": cfg.model.ngf, "ndf": cfg.model.ndf,

@@ -134,13 +134,14 @@ def shard_figures(src: Path, out: Path, workers: int) -> dict:
 def epoch_plan_seconds(shards: Path, batch_size: int, repeats: int = 3) -> float:
     """Median time of what a rank does before an epoch's first batch (wds backend, 1 rank of 1)."""
     from p2p.config import load_config
+    from p2p.data import loader_args
     from p2p.data.wds import WdsLoader
 
     cfg = load_config(None, [f"data.source={shards}", *TRAIN_ARGS, f"train.batch_size={batch_size}"])
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        WdsLoader(cfg, str(shards), "train", 0, 1).dataset(0)
+        WdsLoader(str(shards), "train", 0, 1, loader_args(cfg)).dataset(0)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 

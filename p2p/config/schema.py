@@ -24,6 +24,7 @@ from p2p.errors import UsageError
 from p2p.limits import DEFAULT_MAX_PIXELS
 from p2p.run_folder import run_folder
 from p2p.specs.tasks import TASKS
+from p2p.specs.backends import BACKENDS as backend_table
 
 NORMS = ("batch", "syncbatch", "instance", "none")
 GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
@@ -32,7 +33,7 @@ GENERATORS = ("unet", "resnet", "global", "local")
 OPTIM_IMPLS = ("fused", "foreach", "plain")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
-BACKENDS = ("auto", "folder", "wds", "dali", "nvjpeg")
+BACKENDS = ("auto", *backend_table.names())  # auto: p2p.data.auto_backend
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_STEPS = ("fused", "eager")
 WORKER_KINDS = ("process", "thread")

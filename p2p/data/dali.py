@@ -26,10 +26,13 @@ whole batches) and each rank stops after that many. The shuffle is DALI's: a buf
 initial_fill samples (1024, at most the rank's range) drawn at random; DALI keeps draws within
 the epoch's range, so no sample repeats in an epoch.
 
-A checkpoint made with another world or batch size mid-epoch is refused (`continue_epoch`):
-the reader shuffles inside each rank's range, so the images the old ranks read are not known;
-the message says how to finish the epoch with the old world size first. At an epoch boundary
-any world size resumes.
+A checkpoint made with another world or batch size mid-epoch is refused (its spec says
+`continues_other_world=False`; p2p.train.position refuses): the reader shuffles inside each
+rank's range, so the images the old ranks read are not known; the message says how to finish
+the epoch with the old world size first. At an epoch boundary any world size resumes.
+
+A split with fewer samples than processes (a tiny val set: DALI's reader needs one per
+process) is read with the wds reader instead, with a warning saying so once.
 
 Resume: `epoch(e, start)` runs the pipeline and discards `start` batches (DALI's checkpoints
 would need a state saved at that very batch, and the training checkpoint holds only (epoch,
@@ -49,15 +52,16 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from p2p.data import Batch
+from p2p.data import Batch, LoaderArgs, warn_once
 from p2p.data.plan import (batch_count, batches_per_epoch, mix_seed, rank_range, shard_order, val_batch_size,
                            val_plan)
 from p2p.data.shards.index import split_name
 from p2p.data.wds import open_split
 from p2p.errors import UsageError
+from p2p.specs.backends import BACKENDS
 
-NEEDS = ("data.backend=dali needs NVIDIA DALI, an optional extra: pip install 'p2p[dali]' (CUDA 13 driver) or "
-         "'p2p[dali-cuda12]' (CUDA 12 driver); data.backend=nvjpeg decodes on the GPU without it")
+NEEDS = (f"data.backend=dali needs NVIDIA DALI, an optional extra: {BACKENDS['dali'].install}; "
+         f"data.backend=nvjpeg decodes on the GPU without it")
 SHUFFLE_BUFFER = 1024
 
 
@@ -98,45 +102,36 @@ def decoder_options(decoder: str) -> dict:
 class DaliLoader:
     """Deterministic, rank-disjoint batches from a shard folder through DALI."""
 
-    def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
+    def __init__(self, source: str, split: str, rank: int, world: int, args: LoaderArgs, device=None):
         self.fn, self.pipeline_def, self.types, self.Iterator = _import_dali()
-        d = cfg.data
         self.train = split == "train"
-        self.seed, self.rank, self.world = cfg.run.seed, rank, world
-        self.load_size, self.threads = d.load_size, max(1, d.workers)
-        self.paired = cfg.task.name == "paired"
+        self.seed, self.rank, self.world = args.seed, rank, world
+        self.load_size, self.threads = args.load_size, max(1, args.workers)
+        self.paired = args.paired
         dev = torch.device(device) if device is not None else torch.device("cpu")
         self.device = dev
         self.gpu = dev.type == "cuda"
         self.device_id = (dev.index if dev.index is not None else torch.cuda.current_device()) if self.gpu else None
         what = f"data.source={source!r}"
-        self.shards = shards = open_split(cfg, source, split)
+        self.shards = shards = open_split(source, split, args)
         for shard in range(len(shards.tars)):  # DALI reads the index files itself: check them first
             shards.index(shard)  # (offsets and sizes inside the tar; UsageError otherwise)
+        self.sample_count = shards.total
         self.stored_size = shards.stored_size
         lo, hi = rank_range(shards.total, rank, world)
         self.range_size = hi - lo
         if self.train:
-            self.batch_size = cfg.train.batch_size
+            self.batch_size = args.batch_size
             self.batches_per_epoch = batches_per_epoch(shards.total, self.batch_size, world, what)
             self.count = self.batches_per_epoch * self.batch_size
         else:
-            self.batch_size = val_batch_size(cfg.train.batch_size, d.val_images)
-            self._val = val_plan(shards.counts, d.val_images, rank, world)
+            self.batch_size = val_batch_size(args.batch_size, args.val_images)
+            self._val = val_plan(shards.counts, args.val_images, rank, world)
             self.count = len(self._val)
             self.batches_per_epoch = batch_count(self.count, self.batch_size)
 
-    def continue_epoch(self, epoch: int, history: list) -> None:
-        """Refused: DALI's reader shuffles inside each rank's range with its own buffer, so which
-        images the old ranks read is not known here, and it cannot start inside another split."""
-        w0, b0, k0 = history[-1]
-        left = batches_per_epoch(self.shards.total, b0, w0) - k0
-        raise UsageError(
-            f"data.backend=dali cannot continue epoch {epoch} with {self.world} process(es) of batch "
-            f"{self.batch_size}: the checkpoint's {w0} process(es) of batch {b0} read {k0} batches each, and "
-            f"DALI's reader cannot tell which images those were; resume with {w0} process(es) and "
-            f"train.batch_size={b0} for the {left} batch(es) left of the epoch (train.stop_after={left}), then "
-            f"change the world size at the epoch boundary")
+    # No continue_epoch: its spec says it cannot continue an epoch on another world size (its
+    # reader shuffles inside each rank's range), and p2p.train.position refuses in one line.
 
     def epoch_batches(self, epoch: int) -> int:
         return self.batches_per_epoch
@@ -215,6 +210,9 @@ class DaliLoader:
         if start >= self.batches_per_epoch or self.count == 0:
             return
         if self.shards.total < self.world:  # DALI needs a sample per shard_id: only tiny val sets
+            warn_once(f"data.backend=dali: the {self.shards.split} split of data.source={self.shards.source!r} holds "
+                      f"{self.shards.total} sample(s), fewer than the {self.world} processes DALI's reader needs one "
+                      f"each of: this rank reads it with the wds reader (libjpeg-turbo on the CPU)")
             yield from self._wds_fallback(epoch, start)
             return
         pipe = self.build(epoch)

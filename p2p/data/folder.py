@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from p2p.data import Batch
+from p2p.data import Batch, LoaderArgs
 from p2p.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS, list_images, read_rgb, short_side_size
 from p2p.data.plan import (RankOrders, batch_count, batches_per_epoch, continued_plan, epoch_permutation, mix_seed,
                            rank_order, val_batch_size)
@@ -128,21 +128,20 @@ class EmbeddedSamples(FolderSamples):
         return f"{self.names[index % len(self.names)]}/{index}"
 
 
-def split_items(root: Path, split: str, cfg) -> list:
+def split_items(root: Path, split: str, paired: bool, val_fraction: float) -> list:
     """Files (or (A, B) pairs) of one split: train/ and val/ (or test/) subfolders when the folder
     has them, otherwise a stable hash split with data.val_fraction."""
     sub = {"train": ("train",), "val": ("val", "test")}[split]
     if (root / "train").is_dir():
         for name in sub:
             if (root / name).is_dir():
-                return _folder_items_flat(root / name, cfg.task.name == "paired")
+                return _folder_items_flat(root / name, paired)
         raise UsageError(f"data.source={str(root)!r} has train/ but no val/ or test/ folder for validation; "
                          f"set data.val_source")
-    items = _folder_items_flat(root, cfg.task.name == "paired")
-    frac = cfg.data.val_fraction
-    if frac <= 0:
+    items = _folder_items_flat(root, paired)
+    if val_fraction <= 0:
         return items
-    return [it for it in items if (hash_unit(_split_key(it, root)) < frac) == (split == "val")]
+    return [it for it in items if (hash_unit(_split_key(it, root)) < val_fraction) == (split == "val")]
 
 
 def _split_key(item, root: Path) -> str:
@@ -164,33 +163,32 @@ def _folder_items_flat(root: Path, paired: bool) -> list:
 class FolderLoader:
     """Deterministic DataLoader over FolderSamples / EmbeddedSamples (see p2p.data's contract)."""
 
-    def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
-        d, train = cfg.data, split == "train"
-        self.batch_size = cfg.train.batch_size if train else val_batch_size(cfg.train.batch_size, d.val_images)
-        self.seed, self.rank, self.world, self.train = cfg.run.seed, rank, world, train
-        paired = cfg.task.name == "paired"
+    def __init__(self, source: str, split: str, rank: int, world: int, args: LoaderArgs, device=None):
+        train = split == "train"
+        self.batch_size = args.batch_size if train else val_batch_size(args.batch_size, args.val_images)
+        self.seed, self.rank, self.world, self.train = args.seed, rank, world, train
         if source == "embedded":
-            if paired:
+            if args.paired:
                 raise UsageError("task.name=paired needs paired data (A|B images or A/ and B/ folders); "
                                  "the embedded photos are single images")
             names = EMBEDDED_TRAIN if train else EMBEDDED_VAL
-            self.samples = EmbeddedSamples(names, d.epoch_size if train else d.val_images, d.load_size,
-                                           cfg.run.seed, train)
+            self.samples = EmbeddedSamples(names, args.epoch_size if train else args.val_images, args.load_size,
+                                           args.seed, train)
         else:
-            items = split_items(Path(source), split, cfg)
+            items = split_items(Path(source), split, args.paired, args.val_fraction)
             if not items:
                 raise UsageError(f"data.source={source!r}: no images for the {split} split "
                                  f"(looked for {', '.join(sorted(IMAGE_EXTS))})")
             if not train:
-                items = items[: d.val_images]
-            self.samples = FolderSamples(items, d.load_size, paired, cfg.run.seed, train, d.max_pixels)
-        n = len(self.samples)
+                items = items[: args.val_images]
+            self.samples = FolderSamples(items, args.load_size, args.paired, args.seed, train, args.max_pixels)
+        n = self.sample_count = len(self.samples)
         if train:
             self.batches_per_epoch = batches_per_epoch(n, self.batch_size, world, f"data.source={source!r}")
         else:  # validation: every image once, split over ranks; a rank may get a short batch
             self.indices = list(range(n))[rank::world]
             self.batches_per_epoch = batch_count(len(self.indices), self.batch_size)
-        self.workers = d.workers
+        self.workers = args.workers
         self.pin = device is not None and torch.device(device).type == "cuda"
         self._continued: tuple[int, list[int]] | None = None  # (epoch, this rank's rest of it)
 

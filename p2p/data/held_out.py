@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2p.data import resolve_backend
+from p2p.data import Backend, LoaderArgs, loader_args, resolve_backend
 from p2p.errors import UsageError
+from p2p.specs.tasks import TASKS
 
 
 @dataclass
@@ -50,20 +51,26 @@ class HeldOutSet(list):
         self.skipped.append((key, f"{getattr(error, 'reason', type(error).__name__)}: {detail}"))
 
 
-def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None) -> list[HeldOut]:
+def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None,
+             backend: Backend | None = None) -> list[HeldOut]:
+    """This rank's share of the held-out images; `backend` is the resolved data.backend (resolved
+    here, without a device, when not given or when it was resolved for another source)."""
     d = cfg.data
     source = d.val_source or d.source
     limit = d.val_images if limit is None else limit
-    backend = resolve_backend(source, d.backend)
-    if cfg.task.name == "labels":  # the A half from label maps (p2p.data.label_loaders)
+    if backend is None or backend.source != source:
+        backend = resolve_backend(source, d.backend, backend.device_type if backend is not None else None,
+                                  TASKS[cfg.task.name].input_kind)
+    args = loader_args(cfg)
+    if args.inputs == "labels":  # the A half from label maps (p2p.data.label_loaders)
         from p2p.data.label_loaders import label_held_out
 
-        return label_held_out(cfg, source, backend, rank, world, limit)
+        return label_held_out(args, source, backend, rank, world, limit)
     if source == "embedded":
-        return _embedded(cfg, rank, world, limit)
-    if backend in ("wds", "dali", "nvjpeg"):
-        return _shards(cfg, source, rank, world, limit)
-    return _folder(cfg, source, rank, world, limit)
+        return _embedded(args, rank, world, limit)
+    if backend.spec.needs_shards:
+        return _shards(args, source, rank, world, limit)
+    return _folder(args, source, rank, world, limit)
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
@@ -71,10 +78,10 @@ def _tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1).contiguous()
 
 
-def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
+def _embedded(args: LoaderArgs, rank: int, world: int, limit: int) -> list[HeldOut]:
     from p2p.data.folder import EMBEDDED_VAL, embedded_photo
 
-    if cfg.task.name == "paired":
+    if args.paired:
         raise UsageError("task.name=paired needs paired data (A|B images or A/ and B/ folders); "
                          "the embedded photos are single images")
     names = EMBEDDED_VAL[:limit]
@@ -82,13 +89,14 @@ def _embedded(cfg, rank: int, world: int, limit: int) -> list[HeldOut]:
                       if i % world == rank)
 
 
-def _shards(cfg, source: str, rank: int, world: int, limit: int, shards=None, decode=None) -> list[HeldOut]:
+def _shards(args: LoaderArgs, source: str, rank: int, world: int, limit: int, shards=None,
+            decode=None) -> list[HeldOut]:
     """`shards` and `decode` (what `shards.read` gives -> uint8 3 x H x W): task labels' own."""
     from p2p.data.decode import decode_rgb
     from p2p.data.plan import sequence_range
     from p2p.data.wds import open_split
 
-    shards = open_split(cfg, source, "val") if shards is None else shards
+    shards = open_split(source, "val", args) if shards is None else shards
     decode = decode or (lambda data: decode_rgb(data, shards.max_pixels))
     # the first `limit` rows only: a train split standing in for val may hold 100M samples
     rows = sequence_range(shards.counts, np.arange(len(shards.counts)), 0, min(limit, shards.total)).tolist()
@@ -107,15 +115,15 @@ def _shards(cfg, source: str, rank: int, world: int, limit: int, shards=None, de
     return out
 
 
-def _folder(cfg, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
+def _folder(args: LoaderArgs, source: str, rank: int, world: int, limit: int) -> list[HeldOut]:
     from p2p.data.folder import split_items
     from p2p.data.images import IMAGE_EXTS, ImageRejected, read_rgb
 
-    items = split_items(Path(source), "val", cfg)[:limit]
+    items = split_items(Path(source), "val", args.paired, args.val_fraction)[:limit]
     if not items:
         raise UsageError(f"data.source={source!r}: no images for the val split "
                          f"(looked for {', '.join(sorted(IMAGE_EXTS))})")
-    out, limit_px = HeldOutSet(), cfg.data.max_pixels
+    out, limit_px = HeldOutSet(), args.max_pixels
     for i in range(rank, len(items), world):
         item = items[i]
         key = str(item[0] if isinstance(item, tuple) else item)

@@ -9,8 +9,9 @@ side by side, with the A half made of a label map (p2p.labels: id, boundary 0/25
 - wds: shards of `p2p shard --task labels`: per sample `<key>.png` (the A half, lossless) and
   `<key>.jpg` (the photo). Both members are read at their index offsets; a stored size other than
   load_size is resized, NEAREST for the map.
-- dali and nvjpeg decode JPEG members on the GPU and have no PNG path: they refuse the task in
-  one line, and data.backend=auto picks wds for label shards on a GPU too.
+- dali and nvjpeg decode JPEG members on the GPU and have no PNG path: their specs
+  (p2p.specs.backends) have no `label_loader`, so they refuse the task in one line, and
+  data.backend=auto picks wds for label shards on a GPU too.
 
 Every batch is checked on the CPU, in the training process, before it goes to the device
 (`LabelChecked`): an id >= task.label_nc, or a map the folder loader could not use (a colour
@@ -28,7 +29,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from p2p.data import Batch, warn_once
+from p2p.data import Batch, LoaderArgs, warn_once
 from p2p.data.folder import FolderLoader, FolderSamples
 from p2p.data.plan import batch_count, batches_per_epoch, val_batch_size
 from p2p.data.shards.format import hash_unit, sample_key
@@ -39,15 +40,14 @@ from p2p.labels import LabelFiles, LabelMapError, label_files, load_a_half, spli
 BAD = "\x00refused:"  # a key so marked carries the one-line reason a worker refused its sample
 
 
-def build_label_loader(cfg, split: str, rank: int, world: int, device, backend: str, source: str):
-    """The loader of `backend` for task labels, wrapped in the id check."""
-    if backend in ("dali", "nvjpeg") and cfg.data.backend == "auto":
-        backend = "wds"  # auto on a GPU: the one shard backend that reads PNG members
-    if backend in ("dali", "nvjpeg"):
-        raise UsageError(f"data.backend={backend} decodes JPEG on the GPU and cannot read the PNG label maps of "
-                         f"task.name=labels; use data.backend=wds (or auto)")
-    cls = LabelFolderLoader if backend == "folder" else LabelWdsLoader
-    return LabelChecked(cls(cfg, source, split, rank, world, device), cfg.task.label_nc)
+def label_folder_loader(source: str, split: str, rank: int, world: int, args: LoaderArgs, device=None):
+    """The folder backend's loader for label maps (its spec's `label_loader`), with the id check."""
+    return LabelChecked(LabelFolderLoader(source, split, rank, world, args, device), args.label_nc)
+
+
+def label_wds_loader(source: str, split: str, rank: int, world: int, args: LoaderArgs, device=None):
+    """The wds backend's loader for label shards (its spec's `label_loader`), with the id check."""
+    return LabelChecked(LabelWdsLoader(source, split, rank, world, args, device), args.label_nc)
 
 
 class LabelChecked:
@@ -75,17 +75,17 @@ class LabelChecked:
 # folder
 
 
-def label_split_items(root, split: str, cfg) -> list[LabelFiles]:
+def label_split_items(root, split: str, args: LoaderArgs) -> list[LabelFiles]:
     """The samples of `split`: val_*/test_* folders when there are, else the hash split of the
     train folders with data.val_fraction (p2p.data.folder's rule, on the same keys as shards)."""
-    instances = cfg.task.instance_boundaries
+    instances = args.instance_boundaries
     own = split == "train" or split_folders(Path(root), "val") is not None
     items, unpaired = label_files(root, split if own else "train", instances)
     for path, why in unpaired:
         warn_once(f"task labels: {path} is left out: {why}")
     if own:
         return items
-    frac = cfg.data.val_fraction
+    frac = args.val_fraction
     return [it for it in items if frac > 0 and hash_unit(sample_key(it.key)) < frac] if split == "val" else items
 
 
@@ -125,26 +125,27 @@ class LabelSamples(FolderSamples):
 class LabelFolderLoader(FolderLoader):
     """FolderLoader over a pix2pixHD-layout folder (the plan, epochs and resume are its own)."""
 
-    def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
-        d, train = cfg.data, split == "train"
+    def __init__(self, source: str, split: str, rank: int, world: int, args: LoaderArgs, device=None):
+        train = split == "train"
         if source == "embedded":
             raise UsageError("task.name=labels needs label maps and photos (pix2pixHD's train_label/, train_img/); "
                              "the embedded photos have none")
-        self.batch_size = cfg.train.batch_size if train else val_batch_size(cfg.train.batch_size, d.val_images)
-        self.seed, self.rank, self.world, self.train = cfg.run.seed, rank, world, train
-        items = label_split_items(source, split, cfg)
+        self.batch_size = args.batch_size if train else val_batch_size(args.batch_size, args.val_images)
+        self.seed, self.rank, self.world, self.train = args.seed, rank, world, train
+        items = label_split_items(source, split, args)
         if not items:
             raise UsageError(f"data.source={source!r}: no label map with its photo for the {split} split")
         if not train:
-            items = items[: d.val_images]
-        self.samples = LabelSamples(items, d.load_size, cfg.run.seed, train, d.max_pixels, cfg.task.label_nc)
+            items = items[: args.val_images]
+        self.samples = LabelSamples(items, args.load_size, args.seed, train, args.max_pixels, args.label_nc)
         n = len(self.samples)
         if train:
             self.batches_per_epoch = batches_per_epoch(n, self.batch_size, world, f"data.source={source!r}")
         else:
             self.indices = list(range(n))[rank::world]
             self.batches_per_epoch = batch_count(len(self.indices), self.batch_size)
-        self.workers = d.workers
+        self.sample_count = n
+        self.workers = args.workers
         self.pin = device is not None and torch.device(device).type == "cuda"
         self._continued = None
 
@@ -218,12 +219,12 @@ class LabelWdsLoader(WdsLoader):
 
     batches = LabelShardBatches
 
-    def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
-        super().__init__(cfg, source, split, rank, world, device)
+    def __init__(self, source: str, split: str, rank: int, world: int, args: LoaderArgs, device=None):
+        super().__init__(source, split, rank, world, args, device)
         m = self.shards.manifest  # open_split has checked that it holds label shards
         what = f"data.source={source!r}"
         opts = m.get("options") if isinstance(m.get("options"), dict) else {}
-        if cfg.task.instance_boundaries and not opts.get("instances"):
+        if args.instance_boundaries and not opts.get("instances"):
             raise UsageError(f"task.instance_boundaries needs shards with instance boundaries, and {what} has none "
                              f"(shard a folder with train_inst/)")
         old = self.shards
@@ -236,31 +237,31 @@ class LabelWdsLoader(WdsLoader):
 # held-out samples (validation, p2p eval): whole, at their own size
 
 
-def label_held_out(cfg, source: str, backend: str, rank: int, world: int, limit: int):
+def label_held_out(args: LoaderArgs, source: str, backend, rank: int, world: int, limit: int):
     """p2p.data.held_out's HeldOutSet for task labels: A|B images whose A half is the map's
     (at its own size; shards: the stored size). A map p2p refuses is one line (UsageError)."""
     from p2p.data.held_out import HeldOut, HeldOutSet, _shards, _tensor
 
-    if backend in ("wds", "dali", "nvjpeg"):
-        shards = LabelWdsLoader(cfg, source, "val", 0, 1).shards
+    if backend.spec.needs_shards:
+        shards = LabelWdsLoader(source, "val", 0, 1, args).shards
 
         def decode(data):  # at the stored size
             return decode_label_sample(data, stored_side(data[0]), shards.max_pixels)
 
-        return _shards(cfg, source, rank, world, limit, shards, decode)
+        return _shards(args, source, rank, world, limit, shards, decode)
     from p2p.data.images import ImageRejected, read_rgb
 
     if source == "embedded":
         raise UsageError("task.name=labels needs label maps and photos; the embedded photos have none")
-    items = label_split_items(source, "val", cfg)[:limit]
+    items = label_split_items(source, "val", args)[:limit]
     if not items:
         raise UsageError(f"data.source={source!r}: no label map with its photo for the val split")
     out = HeldOutSet()
     for i in range(rank, len(items), world):
         item = items[i]
         try:
-            photo = read_rgb(item.photo, cfg.data.max_pixels)
-            a = load_a_half(item.label, item.inst, None, cfg.task.label_nc, cfg.data.max_pixels, photo.size)
+            photo = read_rgb(item.photo, args.max_pixels)
+            a = load_a_half(item.label, item.inst, None, args.label_nc, args.max_pixels, photo.size)
         except LabelMapError as e:
             raise UsageError(f"{item.label}: {e}") from None
         except ImageRejected as e:

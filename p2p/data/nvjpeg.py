@@ -42,7 +42,7 @@ from typing import Iterator
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from p2p.data import Batch
+from p2p.data import Batch, LoaderArgs
 from p2p.data.decode import is_jpeg, jpeg_header_check, sample_window
 from p2p.data.wds import ShardBatches, WdsLoader
 from p2p.errors import UsageError
@@ -166,9 +166,10 @@ class NvjpegLoader(WdsLoader):
 
     batches = ShardJpegs
 
-    def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None, decoder=None):
+    def __init__(self, source: str, split: str, rank: int, world: int, args: LoaderArgs, device=None,
+                 decoder=None):
         self.decoder = decoder if decoder is not None else NvjpegDecoder(device)
-        super().__init__(cfg, source, split, rank, world, device)
+        super().__init__(source, split, rank, world, args, device)
         self.pin = False  # the workers send files, which nvJPEG stages itself
         self.device = self.decoder.device
 

@@ -65,7 +65,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from p2p.data import Batch, warn_once
+from p2p.data import Batch, LoaderArgs, warn_once
 from p2p.data.decode import fill_sample
 from p2p.data.images import DEFAULT_MAX_PIXELS
 from p2p.data.plan import (RankOrders, batch_count, batches_per_epoch, continued_plan, rank_samples, train_plan,
@@ -255,27 +255,26 @@ class ShardBatches(torch.utils.data.Dataset):
         raise UsageError(f"data: 16 corrupt samples in a row near {sh.tars[shard]}; re-run 'p2p shard'")
 
 
-def open_split(cfg, source: str, split: str) -> ShardSet:
+def open_split(source: str, split: str, args: LoaderArgs) -> ShardSet:
     """The shards a loader reads for `split`, checked against the task. A shard folder without
     val shards validates on its first train samples (with a warning, unless it is a separate
     data.val_source)."""
-    d, what = cfg.data, f"data.source={source!r}"
-    shards = ShardSet(source, split, d.max_pixels)
+    what = f"data.source={source!r}"
+    shards = ShardSet(source, split, args.max_pixels)
     if split != "train" and shards.total == 0:
-        fallback = ShardSet(source, "train", d.max_pixels)
+        fallback = ShardSet(source, "train", args.max_pixels)
         if fallback.total:
-            if source != d.val_source:  # a separate val_source may well hold only a train split
-                warn_once(f"{what} has no val shards: validating on the first {d.val_images} train samples "
+            if source != args.val_source:  # a separate val_source may well hold only a train split
+                warn_once(f"{what} has no val shards: validating on the first {args.val_images} train samples "
                           f"(they are also trained on); shard with --val-fraction > 0 or set data.val_source")
             shards = fallback
     if shards.total == 0:
         raise UsageError(f"{what}: the {shards.split} split has no samples (see the manifest's skipped list)")
-    paired = cfg.task.name == "paired"
-    if (shards.manifest.get("task") == "labels") != (cfg.task.name == "labels"):  # p2p.data.label_loaders
+    if (shards.manifest.get("task") == "labels") != (args.inputs == "labels"):  # p2p.data.label_loaders
         raise UsageError(f"{what} holds label maps (p2p shard --task labels): set task.name=labels"
-                         if cfg.task.name != "labels" else
-                         f"task.name=labels needs label shards: make them with 'p2p shard --task labels'")
-    if shards.paired != paired:
+                         if args.inputs != "labels" else
+                         "task.name=labels needs label shards: make them with 'p2p shard --task labels'")
+    if args.inputs == "rgb" and shards.paired != args.paired:  # label shards store the map and photo apart
         raise UsageError(f"{what} holds paired A|B images (p2p shard --task paired); set task.name=paired"
                          if shards.paired else
                          f"task.name=paired needs A|B shards, and {what} holds single images: "
@@ -288,21 +287,21 @@ class WdsLoader:
 
     batches = ShardBatches  # what the workers make of a batch's plan rows (p2p.data.nvjpeg: bytes)
 
-    def __init__(self, cfg, source: str, split: str, rank: int, world: int, device=None):
-        d = cfg.data
+    def __init__(self, source: str, split: str, rank: int, world: int, args: LoaderArgs, device=None):
         self.train = split == "train"
-        self.seed, self.rank, self.world = cfg.run.seed, rank, world
-        self.load_size, self.workers, self.threaded = d.load_size, max(0, d.workers), d.worker_kind == "thread"
-        self.paired = cfg.task.name == "paired"
+        self.seed, self.rank, self.world = args.seed, rank, world
+        self.load_size, self.workers, self.threaded = args.load_size, max(0, args.workers), args.worker_kind == "thread"
+        self.paired = args.paired
         self.pin = device is not None and torch.device(device).type == "cuda"
         what = f"data.source={source!r}"
-        self.shards = shards = open_split(cfg, source, split)
+        self.shards = shards = open_split(source, split, args)
+        self.sample_count = shards.total
         if self.train:
-            self.batch_size = cfg.train.batch_size
+            self.batch_size = args.batch_size
             self.batches_per_epoch = batches_per_epoch(shards.total, self.batch_size, world, what)
         else:
-            self.batch_size = val_batch_size(cfg.train.batch_size, d.val_images)
-            self._val = val_plan(shards.counts, d.val_images, rank, world)
+            self.batch_size = val_batch_size(args.batch_size, args.val_images)
+            self._val = val_plan(shards.counts, args.val_images, rank, world)
             self.batches_per_epoch = batch_count(len(self._val), self.batch_size)
         self._continued: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, plan, leftovers)
         self._stream = None  # the workers of consecutive epochs (p2p.data.stream.EpochStream)

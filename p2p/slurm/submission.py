@@ -24,6 +24,7 @@ from p2p.slurm.executor import make_executor, sbatch_refusal, tasks_per_node
 from p2p.slurm.job import TrainJob
 from p2p.slurm.registry import register
 from p2p.slurm.sweep import parse_sweep, sweep_elements
+from p2p.specs.tasks import TASKS
 
 
 @dataclass
@@ -72,18 +73,22 @@ def resolved_tree(cfg: Config) -> dict:
 def check_data(cfg: Config) -> None:
     """Fail now, not after a queue wait: local data sources must exist and suit the backend."""
     from p2p.data import resolve_backend
+    from p2p.specs.backends import BACKENDS
 
     d = cfg.data
-    if d.backend == "nvjpeg" and cfg.slurm.gpus_per_node == 0:
-        raise UsageError("data.backend=nvjpeg decodes on GPUs, and slurm.gpus_per_node=0 asks for none: set "
-                         "slurm.gpus_per_node, or use data.backend=wds")
+    spec = BACKENDS.get(d.backend)
+    if spec is not None and spec.needs_gpu and cfg.slurm.gpus_per_node == 0:
+        raise UsageError(f"data.backend={d.backend} runs on GPUs, and slurm.gpus_per_node=0 asks for none: set "
+                         f"slurm.gpus_per_node, or use data.backend=wds")
+    # `auto` is resolved for the job's devices (the GPUs asked for; DALI as importable here)
+    device = "cuda" if cfg.slurm.gpus_per_node else "cpu"
     for key, source in (("data.source", d.source), ("data.val_source", d.val_source)):
         if not _local_source(source):
             continue
         if not Path(source).exists():
             raise UsageError(f"{key}={source!r}: no such folder here (the job would fail after its queue "
                              f"wait; paths must be visible from the compute nodes too)")
-        resolve_backend(source, d.backend)
+        resolve_backend(source, d.backend, device, TASKS[cfg.task.name].input_kind)
 
 
 def plan(args: list[str], sweep_items: list[str], dry_run: bool = False) -> Submission:

@@ -26,6 +26,7 @@ Payload (format "p2p", version FORMAT_VERSION):
     lr_factor             the schedule's factor at `step` (informative; the schedule is a function of the step)
     rng, rank_buffers     per rank: every RNG stream, and its own BatchNorm statistics
     world_size, config    how many ranks saved it, and the resolved config
+    batch_size            the batch per rank the current part of the epoch ran with (p2p.train.position)
     epoch_history         world-size changes inside the current epoch (p2p.data.plan.EpochHistory)
     images_in_epoch       images the run has read in the current epoch, over all ranks
     checksum              "sha256:<hex>" over everything above (p2p.checkpoint_file)
@@ -240,6 +241,7 @@ def rank_state(G, D) -> dict:
 
 def make_payload(cfg, g_arch, d_arch, nets, state: TrainState, ranks: list[dict], lr_factor: float) -> dict:
     """The checkpoint of a run (see the module docstring); `ranks` holds every rank's `rank_state`."""
+    batch_size = cfg.train.batch_size  # per rank: the shape of the epoch's current part, with len(ranks)
     payload = {
         "format": "p2p", "version": FORMAT_VERSION,
         "arch": arch_dict(g_arch, d_arch),
@@ -248,11 +250,11 @@ def make_payload(cfg, g_arch, d_arch, nets, state: TrainState, ranks: list[dict]
         "scaler_g": nets.scaler_g.state_dict(), "scaler_d": nets.scaler_d.state_dict(),
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "best": state.best,
         "best_metric": state.best_metric,
-        "lr_factor": lr_factor, "rng": [r["rng"] for r in ranks], "world_size": len(ranks),
+        "lr_factor": lr_factor, "rng": [r["rng"] for r in ranks], "world_size": len(ranks), "batch_size": batch_size,
         "rank_buffers": [{"generator": r["buffers_g"], "discriminator": r["buffers_d"]} for r in ranks],
         "config": cfg.to_dict(),
         "epoch_history": [list(h) for h in state.epoch_history],
-        "images_in_epoch": images_read(state.epoch_history, len(ranks), cfg.train.batch_size, state.batch_in_epoch),
+        "images_in_epoch": images_read(state.epoch_history, len(ranks), batch_size, state.batch_in_epoch),
     }
     if nets.ema is not None:
         payload["generator_ema"] = nets.ema.state_dict()

@@ -21,7 +21,7 @@ import torch
 from p2p import dist
 from p2p.atomic import write_text
 from p2p.config import Config
-from p2p.data import build_loader, resolve_backend
+from p2p.data import Backend, build_loader, resolve_backend
 from p2p.data.prefetch import device_batches, prepared_batches, prepares_ahead
 from p2p.data.workers import worker_failure
 from p2p.errors import PeerLostError, TrainingError, UsageError, WriteError
@@ -31,7 +31,8 @@ from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
 from p2p.train.meter import LogInterval
 from p2p.train.straggler import StragglerWatch
-from p2p.train.position import continue_loader, epoch_batches
+from p2p.specs.backends import BACKENDS
+from p2p.train.position import continue_loader
 from p2p.train.run import Run, build_run
 from p2p.train.schedule import official_schedule_notice
 from p2p.train.signals import StoppedBeforeFirstStep, StopSignals
@@ -78,11 +79,12 @@ def train_run(run: Run) -> TrainResult:
     metrics: dict = {}
     try:
         start_run_folder(run, log)
-        loader = build_loader(cfg, "train", run.rank, run.world, run.device)
-        continue_loader(loader, state, cfg.data.backend)
-        held_out = held_out_images(cfg, run.rank, run.world) if t.eval_every or t.sample_every else []
+        backend = resolve_backend(cfg.data.source, cfg.data.backend, run.device, run.task.spec.input_kind)  # `auto` once
+        loader = build_loader(cfg, "train", run.rank, run.world, run.device, backend)
+        continue_loader(loader, state, backend)
+        held_out = held_out_images(cfg, run.rank, run.world, backend) if t.eval_every or t.sample_every else []
         scorer = validation_scorer(cfg, run.device) if t.eval_every else None
-        announce(run, loader, log)
+        announce(run, loader, backend, log)
         end = min(t.max_steps, state.step + t.stop_after) if t.stop_after else t.max_steps
         interval = LogInterval(run.device, step_flops_per_image(run.g_arch, run.d_arch, cfg.data.image_size,
                                                                 cfg.loss), peak_flops(run.device, t.precision),
@@ -96,7 +98,7 @@ def train_run(run: Run) -> TrainResult:
             while state.step < end:
                 epoch, index, (inp, target) = interval.timed_next(stream)  # the device step done ahead on CPU
                 interval.add(run.step(inp, target))
-                run.advance(epoch, index, epoch_batches(loader, epoch))
+                run.advance(epoch, index, loader.epoch_batches(epoch))
                 stop.stepped()
 
                 last = state.step == end
@@ -153,15 +155,15 @@ def start_run_folder(run: Run, log: RunLogger) -> None:
     run.notices.attach(lambda text: log.print(f"[yellow]notice:[/] {text}"))
 
 
-def announce(run: Run, loader, log: RunLogger) -> None:
+def announce(run: Run, loader, backend: Backend, log: RunLogger) -> None:
     cfg = run.cfg
-    backend = resolve_backend(cfg.data.source, cfg.data.backend, run.device)  # what `auto` became
+    spec = backend.spec
     log.print(f"p2p train: {run.task.name}, {run.world} process(es) on {run.device.type}, global batch "
               f"{cfg.train.batch_size * run.world}, {loader.batches_per_epoch} batches/epoch/rank "
-              f"({backend} loader), "
+              f"({backend.name} loader), "
               f"step {run.state.step} -> {cfg.train.max_steps}, run folder {cfg.run_dir}"
               + (" (resumed)" if run.resumed else ""))
-    if backend == "wds":  # its workers decode with p2p.data.decode: which decoder is in the rows
+    if spec.cpu_jpeg_decoder:  # its workers decode with p2p.data.decode: which decoder is in the rows
         from p2p.data.decode import decoder_fallback_notice, jpeg_decoder
 
         run.speedups.jpeg_decoder = jpeg_decoder()
@@ -170,10 +172,11 @@ def announce(run: Run, loader, log: RunLogger) -> None:
     schedule = official_schedule_notice(cfg, loader.batches_per_epoch)
     if schedule:
         log.print(f"[yellow]notice:[/] {schedule}")
-    if cfg.data.worker_kind == "thread" and backend not in ("wds", "nvjpeg"):  # said, not silently ignored
-        own = "decodes in data.workers threads of its own" if backend == "dali" else "loads in worker processes"
-        log.print(f"[yellow]notice:[/] data.worker_kind=thread applies to the wds and nvjpeg backends; "
-                  f"the {backend} loader {own}")
+    if cfg.data.worker_kind not in spec.worker_kinds:  # said, not silently ignored
+        *most, last = [s.name for s in BACKENDS if cfg.data.worker_kind in s.worker_kinds]
+        honoured = f"{', '.join(most)} and {last}" if most else last
+        log.print(f"[yellow]notice:[/] data.worker_kind={cfg.data.worker_kind} applies to the {honoured} backends; "
+                  f"the {backend.name} loader {spec.workers_are}")
 
 
 def last_good(run: Run) -> str:

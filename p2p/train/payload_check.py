@@ -146,6 +146,7 @@ def check_training_payload(payload: dict, path) -> None:
 def _check(payload: dict) -> None:
     for key in ("step", "epoch", "batch_in_epoch"):
         _count(payload[key], key)
+    _count(payload["batch_size"], "batch_size", 1)
     if "images_in_epoch" in payload:
         _count(payload["images_in_epoch"], "images_in_epoch")
     if "world_size" in payload:

@@ -5,21 +5,27 @@ count (and with it the lr schedule, a function of the step) is unchanged.
 
 A checkpoint stores `epoch`, `batch_in_epoch` (batches per rank since the epoch's last change of
 world or batch size), `epoch_history` (the parts of the epoch before that change, each
-(world, batch size, batches per rank)), `world_size` and the config's batch size. Resuming with
-the same world and batch size continues the same part; with others, the saved part joins the
-history and the loader reads the rest of the epoch split over the new ranks. Loaders that
-cannot (data.backend=dali; p2p.data.dali says why) refuse with one line.
+(world, batch size, batches per rank)), and the current part's `world_size` and `batch_size`.
+Resuming with the same world and batch size continues the same part; with others, the saved
+part joins the history and the loader reads the rest of the epoch split over the new ranks. A
+backend whose spec says it cannot (`continues_other_world`: dali) is refused with one line.
 """
 
 from __future__ import annotations
 
-from p2p.data.plan import images_read
+from typing import TYPE_CHECKING, cast
+
+from p2p.data.plan import batches_per_epoch, images_read
 from p2p.errors import UsageError
+
+if TYPE_CHECKING:
+    from p2p.data import Backend, ContinuingLoader, Loader
 
 
 def saved_shape(payload: dict) -> tuple[int, int]:
-    """(world size, batch size per rank) the checkpoint's current part of the epoch ran with."""
-    return int(payload.get("world_size", 1)), int(payload["config"]["train"]["batch_size"])
+    """(world size, batch size per rank) the checkpoint's current part of the epoch ran with: its
+    own fields (p2p.train.checkpoint), not the saved config's."""
+    return int(payload.get("world_size", 1)), int(payload["batch_size"])
 
 
 def continue_position(state, payload: dict, world: int, batch_size: int) -> str | None:
@@ -40,18 +46,19 @@ def continue_position(state, payload: dict, world: int, batch_size: int) -> str 
             f"unchanged")
 
 
-def continue_loader(loader, state, backend: str) -> None:
-    """Give the loader the epoch's history, so that it serves what is left of the epoch."""
+def continue_loader(loader: Loader, state, backend: Backend) -> None:
+    """Give the loader the epoch's history, so that it serves what is left of the epoch; a
+    backend whose spec cannot continue an epoch on another world or batch size refuses."""
     if not state.epoch_history:
         return
-    continue_epoch = getattr(loader, "continue_epoch", None)
-    if continue_epoch is None:
-        raise UsageError(f"data.backend={backend} cannot continue epoch {state.epoch} with another world or "
-                         f"batch size; resume with the checkpoint's and change it at the epoch boundary")
-    continue_epoch(state.epoch, [tuple(h) for h in state.epoch_history])
-
-
-def epoch_batches(loader, epoch: int) -> int:
-    """Batches per rank in `epoch`: fewer in an epoch continued with another world size."""
-    count = getattr(loader, "epoch_batches", None)
-    return count(epoch) if count is not None else loader.batches_per_epoch
+    history = [tuple(h) for h in state.epoch_history]
+    if not backend.spec.continues_other_world:
+        w0, b0, k0 = history[-1]
+        left = batches_per_epoch(loader.sample_count, b0, w0) - k0
+        raise UsageError(
+            f"{backend.setting} cannot continue epoch {state.epoch} with {loader.world} process(es) of batch "
+            f"{loader.batch_size}: the checkpoint's {w0} process(es) of batch {b0} read {k0} batches each, and "
+            f"{backend.spec.cannot_continue}; resume "
+            f"with {w0} process(es) and train.batch_size={b0} for the {left} batch(es) left of the epoch "
+            f"(train.stop_after={left}), then change the world or batch size at the epoch boundary")
+    cast("ContinuingLoader", loader).continue_epoch(state.epoch, history)  # the spec says it is one

@@ -21,10 +21,11 @@ from p2p.train.wrap import averaged_buffers, unwrap
 GRID_IMAGES = 8
 
 
-def held_out_images(cfg, rank: int, world: int) -> list[HeldOut]:
+def held_out_images(cfg, rank: int, world: int, backend=None) -> list[HeldOut]:
     """This rank's share of the fixed held-out images, loaded once (kept on the CPU); an
-    unreadable one is skipped with a warning, as the training split skips it (its `skipped`)."""
-    images = held_out(cfg, rank, world)
+    unreadable one is skipped with a warning, as the training split skips it (its `skipped`).
+    `backend`: the resolved data.backend (p2p.data.Backend)."""
+    images = held_out(cfg, rank, world, backend=backend)
     for key, reason in images.skipped:
         warnings.warn(f"validation: skipping held-out sample {key}: {reason}", stacklevel=2)
     return images

@@ -21,7 +21,7 @@ def tiny_payload(step: int, ema: bool = False) -> dict:
     payload = {"format": "p2p", "version": 2, "arch": arch_dict(g, d), "generator": G.state_dict(),
                "discriminator": D.state_dict(), "opt_g": opts[0].state_dict(), "opt_d": opts[1].state_dict(),
                "step": step, "epoch": 0, "batch_in_epoch": step, "best": None, "world_size": 1,
-               "epoch_history": [], "images_in_epoch": step}
+               "batch_size": 1, "epoch_history": [], "images_in_epoch": step}
     if ema:
         payload["generator_ema"] = G.state_dict()
     return payload

@@ -94,6 +94,7 @@ def test_nvjpeg_reader_never_hands_a_bomb_to_the_gpu(tmp_path):
     from helpers.hostile_files import jpeg_bomb
     from helpers.jpeg_stand_in import CpuJpegDecoder
     from p2p.config import load_config, with_values
+    from p2p.data import loader_args
     from p2p.data.nvjpeg import NvjpegLoader
     from p2p.data.shards import make_shards
     from p2p.data.shards.format import read_manifest
@@ -114,7 +115,7 @@ def test_nvjpeg_reader_never_hands_a_bomb_to_the_gpu(tmp_path):
                                       "data.load_size": 40, "data.image_size": 32, "model.num_downs": 5,
                                       "train.batch_size": 3})
     decoder = CpuJpegDecoder()
-    loader = NvjpegLoader(cfg, str(out), "train", 0, 1, None, decoder)
+    loader = NvjpegLoader(str(out), "train", 0, 1, loader_args(cfg), None, decoder)
     with pytest.warns(UserWarning, match="skipping corrupt sample.*max_pixels"):
         batches = list(loader.epoch(0))
     assert sum(len(b.keys) for b in batches) == 6
