@@ -36,11 +36,11 @@ STEPS=${P2P_GPU_CHECK_STEPS:-300}
 PLANT=${P2P_GPU_CHECK_PLANT:-}
 ONLY=${P2P_GPU_CHECK_ONLY:-}
 # name:planned seconds on an H100/H200, in the order they run (440 in all: benchmarks/README.md)
-PLAN=(install:10 environment:15 shards:25 train-eager:55 train-fast:110 pytest:60 lab:15 step:75 data:25
-      pytest-trainings:50)
+PLAN=(install:10 environment:15 shards:25 train-eager:55 train-fast:110 pytest:60 lab:10 step:60 data:20
+      pytest-trainings:50 memory:25)
 # the stub's own shares (CPU costs: every part is mostly Python and torch start-up), also 440 in all
-[ "$STUB" = 1 ] && PLAN=(install:20 environment:40 shards:40 train-eager:60 train-fast:60 pytest:40 lab:40
-                         step:60 data:40 pytest-trainings:40)
+[ "$STUB" = 1 ] && PLAN=(install:20 environment:40 shards:40 train-eager:60 train-fast:60 pytest:40 lab:30
+                         step:45 data:30 pytest-trainings:40 memory:35)
 
 if [ ! -f p2p/__init__.py ]; then echo "gpu-check: run it from the repository root" >&2; exit 2; fi
 if [ ! -d "$WHEELS" ]; then echo "gpu-check: no wheel folder $WHEELS" >&2; exit 2; fi
@@ -199,6 +199,7 @@ if [ "$STUB" = 1 ]; then  # toy sizes on the CPU: rehearses every part, the dead
                --repeats 1 --warmup 1)
     LAB_ARGS=(--device cpu --quick --images 4 --size 64)
     DATA_ARGS=(--quick --backends wds)
+    MEMORY_ARGS=(--device cpu --resolutions 256 --generators unet --precisions fp32 --checkpointing none)
 else
 
     PHOTOS=(256 1.0 286)  # 256 COCO-sized JPEGs, shards at the pix2pix load size
@@ -208,6 +209,10 @@ else
     STEP_ARGS=(--device cuda --model full --batch-size 64 --steps 10 --repeats 3 --warmup 2)
     LAB_ARGS=(--device cuda)
     DATA_ARGS=(--images 256 --repeats 2)
+    # issue 25's GPU rows, the most asked-for first (memory.json keeps each row as it comes):
+    # pix2pixHD's generators at 2048x1024 and 1024, bf16, with and without checkpointing
+    MEMORY_ARGS=(--device cuda --one-process --resolutions 2048x1024,1024 --generators local,global --precisions bf16
+                 --checkpointing none,all)
 fi
 SHARDS=$WORK/shards
 TRAIN=(train run.out_dir="$WORK/runs" run.seed=0 task.name=colorize data.source="$SHARDS" data.backend=wds
@@ -239,6 +244,7 @@ part step "$PY" -m p2p bench step "${STEP_ARGS[@]}" --json "$WORK/step.json"
 if [ "$STUB" = 1 ]; then echo "wds (stub)" > "$WORK/backends.txt"; else DATA_ARGS+=(--backends "$(backends)"); fi
 part data "$PY" -m p2p bench data --source "$SHARDS" "${DATA_ARGS[@]}" --json "$WORK/data.json"
 part pytest-trainings "${PYTEST[@]}" -m "gpu and slow" --junitxml "$WORK/pytest-trainings.xml"
+part memory "$PY" -m p2p bench memory "${MEMORY_ARGS[@]}" --budget-gb 80 --json "$WORK/memory.json"
 
 # the final report: after the deadline, with its own limit, whatever the parts did
 report "$REPORT_S"

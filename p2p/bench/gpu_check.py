@@ -2,9 +2,10 @@
 
 The script runs each part under its own time limit, in the work folder WORK, and leaves there:
 `check.json` (its plan), `environment.json`, `pytest.xml` / `pytest-trainings.xml` (JUnit, or
-the `-v` logs when pytest was cut), `step.json`, `data.json`, `lab.json` (p2p bench step / data
-/ lab, rewritten as rows are measured) and `runs/eager`, `runs/fast` (the two 300-step
-colorization trainings from the same seed: bf16 eager, and bf16 + CUDA graphs + torch.compile).
+the `-v` logs when pytest was cut), `step.json`, `data.json`, `lab.json`, `memory.json` (p2p
+bench step / data / lab / memory, rewritten as rows are measured) and `runs/eager`, `runs/fast`
+(the two 300-step colorization trainings from the same seed: bf16 eager, and bf16 + CUDA graphs
++ torch.compile).
 This module reads them into one result, `OUT/gpu-check.json`, a short `OUT/summary.md` and
 `OUT/results.tar.gz` (p2p.bench.gpu_check_files), after every part: the output folder holds a
 current verdict at every moment. A part that did not run or did not finish is reported as such,
@@ -129,6 +130,7 @@ def summarize(work: Path, out: Path | None = None) -> dict:
     work = Path(work)
     out = Path(out) if out is not None else work
     step, data, lab = read_json(work / "step.json"), read_json(work / "data.json"), read_json(work / "lab.json")
+    memory = read_json(work / "memory.json")
     eager, fast = read_rows(work / "runs/eager/metrics.jsonl"), read_rows(work / "runs/fast/metrics.jsonl")
     check = read_json(work / "check.json") or {}
     steps = check.get("train_steps", 300)
@@ -152,12 +154,24 @@ def summarize(work: Path, out: Path | None = None) -> dict:
         "data_backends": (work / "backends.txt").read_text().strip() if (work / "backends.txt").is_file() else None,
         "lab": _rows_of(lab, ("name", "device", "img_per_s", "ratio", "max_abs_diff_vs_skimage")),
         "training": training, "targets": targets(step, data, fast_summary),
+        "memory": memory_rows(memory), "memory_partial": bool((memory or {}).get("partial")),
     }
     result["unfinished"] = [p["name"] for p in parts if p["status"] != "ok"]
     result["passed"] = bool(pytest and not pytest["failures"] and not pytest["errors"]
                             and training["losses"]["passed"] and training["in_effect"]["passed"])
     result["complete"] = not result["unfinished"]
     return result
+
+
+def memory_rows(payload: dict | None) -> list[dict]:
+    """`p2p bench memory`'s rows (issue 25), with the largest batch for 40 and 80 GB: not part of
+    the verdict, the last part, so the first cut when time runs short."""
+    from p2p.bench.memory import largest_batch
+
+    keys = ("resolution", "generator", "precision", "checkpointing", "batch_size", "peak_gb", "reserved_gb",
+            "per_image_gb", "source", "skipped")
+    return [{**{k: r.get(k) for k in keys if k in r}, "max_batch_40gb": largest_batch(r, 40),
+             "max_batch_80gb": largest_batch(r, 80)} for r in (payload or {}).get("results", [])]
 
 
 def _fmt(v) -> str:
@@ -208,6 +222,17 @@ def summary_markdown(r: dict) -> str:
               for d in r["data"]]
     lines += ["", "## bench lab", ""] + [f"- {d['name']} ({d['device']}): {_fmt(d.get('img_per_s'))} img/s"
                                          for d in r["lab"]]
+    lines += ["", "## bench memory: peak of one training step" + (": cut, the rows measured so far" if
+              r.get("memory_partial") else ""), ""]
+    lines += [f"- {m['resolution']} {m['generator']} {m['precision']}, checkpointing {m['checkpointing']}: " +
+              (f"not measured ({m['skipped']})" if m.get("peak_gb") is None else
+               f"{_fmt(m['peak_gb'])} GB at batch {m['batch_size']}" +
+               (f" (reserved {_fmt(m['reserved_gb'])} GB)" if m.get("reserved_gb") is not None else "") + ", "
+               f"{_fmt(m.get('per_image_gb'))} GB per image, largest batch in 40 / 80 GB "
+               f"{_fmt(m['max_batch_40gb'])} / {_fmt(m['max_batch_80gb'])}" +
+               (f" ({m['skipped']})" if m.get("skipped") else "")) for m in r.get("memory", [])]
+    lines += ["", "measured as: " + next((m["source"] for m in r["memory"] if m.get("source")), "nothing measured")
+              ] if r.get("memory") else ["did not run"]
     lines += ["", "## Targets", ""] + [f"- {g['target']}: {_fmt(g['value'])} (goal {g['goal']}): "
                                        f"{ {True: 'met', False: 'NOT met', None: 'not measured'}[g['met']] }"
                                        for g in r["targets"]]
