@@ -110,7 +110,8 @@ def _resolve_device(device: str) -> str:
 
 def measure_one(resolution: str, generator: str, precision: str, checkpointing: str, batch_size: int,
                 device: str) -> dict:
-    """One training step's peak memory, in this process (`run_memory` calls it in a fresh one)."""
+    """One training step's peak memory, in this process: a fresh one (`_in_fresh_process`), or on
+    a GPU one that measures every row (`_in_this_process`)."""
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     import torch
 
