@@ -38,7 +38,7 @@ def test_memory_rows_reach_the_summary_with_40_and_80_gb_and_a_cut_run_says_so(t
     text = summary_markdown(result)
     assert "## bench memory: peak of one training step: cut, the rows measured so far" in text
     assert "- 2048x1024 local bf16, checkpointing none: 12 GB at batch 1 (reserved 13.1 GB), 8 GB per image, " \
-           "largest batch in 40 / 80 GB 4 / 9" in text
+           "largest batch in 40 / 80 GB (estimated) 4 / 9" in text
     assert "- 2048x1024 local bf16, checkpointing all: not measured (out of memory)" in text
     assert "measured as: CUDA allocator peak" in text
     (tmp_path / "memory.json").unlink()

@@ -228,7 +228,7 @@ def summary_markdown(r: dict) -> str:
               (f"not measured ({m['skipped']})" if m.get("peak_gb") is None else
                f"{_fmt(m['peak_gb'])} GB at batch {m['batch_size']}" +
                (f" (reserved {_fmt(m['reserved_gb'])} GB)" if m.get("reserved_gb") is not None else "") + ", "
-               f"{_fmt(m.get('per_image_gb'))} GB per image, largest batch in 40 / 80 GB "
+               f"{_fmt(m.get('per_image_gb'))} GB per image, largest batch in 40 / 80 GB (estimated) "
                f"{_fmt(m['max_batch_40gb'])} / {_fmt(m['max_batch_80gb'])}" +
                (f" ({m['skipped']})" if m.get("skipped") else "")) for m in r.get("memory", [])]
     lines += ["", "measured as: " + next((m["source"] for m in r["memory"] if m.get("source")), "nothing measured")
