@@ -119,3 +119,15 @@ def test_a_cpu_row_is_measured_in_a_fresh_process_and_says_from_what():
     assert not out.skipped and out.extra["source"] == memory.SOURCE_CPU and "RSS" in out.extra["source"]
     # 54.4 M + 2.8 M parameters, each with a gradient and Adam's two moments: at least 0.9 GB
     assert 0.9e9 < out.peak_bytes < 8e9
+
+
+@pytest.mark.gpu
+def test_gpu_rows_in_one_process_read_what_fresh_processes_read():
+    """The allocator's peak, reset before each step, gives a row in a shared process the figure
+    of a fresh one (within the cuBLAS workspace the shared process keeps and subtracts)."""
+    fresh = _in_fresh_process(Measurement("256", "resnet", "fp32", "none", 1, "cuda"), timeout_s=300)
+    shared = [memory._in_this_process(Measurement("256", "resnet", "fp32", "none", 1, "cuda")) for _ in range(2)]
+    assert fresh.extra["source"] == memory.SOURCE_CUDA and not fresh.skipped
+    for m in shared:
+        assert m.extra["source"] == memory.SOURCE_CUDA and m.extra["reserved_bytes"] >= m.peak_bytes
+        assert abs(m.peak_bytes - fresh.peak_bytes) <= 0.02 * fresh.peak_bytes + 64 * 2**20
