@@ -37,16 +37,21 @@ PLANT=${P2P_GPU_CHECK_PLANT:-}
 ONLY=${P2P_GPU_CHECK_ONLY:-}
 # the bench suites with a GPU-check part (p2p.specs.suites, in its order): name, planned seconds
 # and flags, tab-separated; in the flags {shards} is SHARDS and {backends} what `backends` finds
+# (LAST_PARTS: those whose spec runs them after pytest-trainings)
 mapfile -t SUITE_PARTS < <("$PY" -c "import sys; from p2p.bench.gpu_check_files import suite_parts; \
 print('\n'.join(suite_parts(sys.argv[1] == '1')))" "$STUB" 2> /dev/null)
+mapfile -t LAST_PARTS < <("$PY" -c "import sys; from p2p.bench.gpu_check_files import suite_parts; \
+print('\n'.join(suite_parts(sys.argv[1] == '1', last=True)))" "$STUB" 2> /dev/null)
 SUITE_PLAN=()
 for line in "${SUITE_PARTS[@]}"; do IFS=$'\t' read -r name seconds _ <<< "$line"; SUITE_PLAN+=("$name:$seconds"); done
+LAST_PLAN=()
+for line in "${LAST_PARTS[@]}"; do IFS=$'\t' read -r name seconds _ <<< "$line"; LAST_PLAN+=("$name:$seconds"); done
 # name:planned seconds on an H100/H200, in the order they run (440 in all: benchmarks/README.md)
 PLAN=(install:10 environment:15 shards:25 train-eager:55 train-fast:110 pytest:60 "${SUITE_PLAN[@]}"
-      pytest-trainings:50)
+      pytest-trainings:50 "${LAST_PLAN[@]}")
 # the stub's own shares (CPU costs: every part is mostly Python and torch start-up), also 440 in all
 [ "$STUB" = 1 ] && PLAN=(install:20 environment:40 shards:40 train-eager:60 train-fast:60 pytest:40
-                         "${SUITE_PLAN[@]}" pytest-trainings:40)
+                         "${SUITE_PLAN[@]}" pytest-trainings:40 "${LAST_PLAN[@]}")
 
 if [ ! -f p2p/__init__.py ]; then echo "gpu-check: run it from the repository root" >&2; exit 2; fi
 if [ ! -d "$WHEELS" ]; then echo "gpu-check: no wheel folder $WHEELS" >&2; exit 2; fi
@@ -234,18 +239,20 @@ part train-eager "$PY" -m p2p "${TRAIN[@]}" run.name=eager
 part train-fast "$PY" -m p2p "${TRAIN[@]}" run.name=fast train.cuda_graphs=true train.compile=true
 part pytest "${PYTEST[@]}" -m "gpu and not slow" --junitxml "$WORK/pytest.xml"
 [ "$STUB" = 1 ] && echo "wds (stub)" > "$WORK/backends.txt"
-for line in "${SUITE_PARTS[@]}"; do  # p2p bench NAME FLAGS --json WORK/NAME.json
-    IFS=$'\t' read -r name _ flags <<< "$line"
+suite_part() {  # LINE (name, seconds, flags): p2p bench NAME FLAGS --json WORK/NAME.json
+    local name flags word words args=()
+    IFS=$'\t' read -r name _ flags <<< "$1"
     read -r -a words <<< "$flags"
-    args=()
     for word in "${words[@]}"; do
         word=${word//\{shards\}/$SHARDS}
         [[ $word == *"{backends}"* ]] && word=${word//\{backends\}/$(backends)}
         args+=("$word")
     done
     part "$name" "$PY" -m p2p bench "$name" "${args[@]}" --json "$WORK/$name.json"
-done
+}
+for line in "${SUITE_PARTS[@]}"; do suite_part "$line"; done
 part pytest-trainings "${PYTEST[@]}" -m "gpu and slow" --junitxml "$WORK/pytest-trainings.xml"
+for line in "${LAST_PARTS[@]}"; do suite_part "$line"; done
 
 # the final report: after the deadline, with its own limit, whatever the parts did
 report "$REPORT_S"

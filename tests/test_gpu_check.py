@@ -172,7 +172,7 @@ def test_the_check_keeps_its_deadline_and_reports_what_did_not_run(tmp_path):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     parts = {p["name"]: p for p in read_parts(out / "parts.tsv")}
     assert list(parts) == ["install", "environment", "shards", "train-eager", "train-fast", "pytest", "lab", "step",
-                           "data", "pytest-trainings"]
+                           "data", "pytest-trainings", "memory"]
     # each part ran until its mark at most (how many got a few seconds depends on the machine)
     assert all(p["limit_s"] <= 6 and p["seconds"] <= max(p["limit_s"], 0) + 2 for p in parts.values())
     assert any(p["status"].startswith("skipped") for p in parts.values())

@@ -80,7 +80,7 @@ def test_every_suite_runs_at_its_smallest_size_and_gives_its_declared_rows(spec,
         check_report_section(spec, {"config": payload.get("config"), "summary": payload.get("summary")}, tmp_path)
         return
     rows = payload.get("results") or []
-    if spec.section or spec.gpu_check:
+    if spec.section or (spec.gpu_check and not spec.gpu_check.rows):  # rows of its own shape: no name
         assert rows and all(isinstance(r.get("name"), str) for r in rows)
     if spec.section and spec.columns:
         keys = {k for k, _, _ in spec.columns}
@@ -112,8 +112,15 @@ def check_gpu_part(spec: SuiteSpec, payload: dict, tmp_path) -> None:
     work = tmp_path / "gpu-check"
     work.mkdir()
     (work / f"{spec.name}.json").write_text(json.dumps(payload))
-    kept = summarize(work)[spec.name]
+    result = summarize(work)
+    kept = result[spec.name]
     assert len(kept) == len(payload["results"])
+    if spec.gpu_check.rows:  # its own rows and lines: each row is a line of summary.md
+        from p2p.bench.gpu_check import summary_markdown
+
+        text = summary_markdown(result)
+        assert all(load(spec.gpu_check.line)(r) in text for r in kept)
+        return
     assert all(set(r) <= set(spec.gpu_check.keys) and r["name"] for r in kept)
 
 
@@ -122,8 +129,10 @@ def test_the_table_is_what_bench_all_the_report_and_the_gpu_check_read():
     from p2p.bench.gpu_check_files import suite_parts
 
     assert SECTIONS == tuple(s.name for s in SUITES if s.section)
-    assert [line.split("\t")[0] for line in suite_parts(False)] == [s.name for s in SUITES if s.gpu_check]
+    assert [line.split("\t")[0] for line in suite_parts(False) + suite_parts(False, last=True)] == \
+        [s.name for s in SUITES if s.gpu_check]
     for spec in SUITES:
-        for ref in (spec.arguments, spec.run, spec.section, spec.plot, spec.report):
+        gpu = (spec.gpu_check.rows, spec.gpu_check.line) if spec.gpu_check else ()
+        for ref in (spec.arguments, spec.run, spec.section, spec.plot, spec.report, *gpu):
             if ref:
                 assert callable(load(ref)) and not ref.startswith("p2p.cli"), ref  # the library never names the command

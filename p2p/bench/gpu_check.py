@@ -32,7 +32,8 @@ from pathlib import Path
 
 from p2p.bench.gpu_check_files import (MAX_OUT_FILES, merged_pytest, pytest_summary, read_json, read_parts,
                                        read_rows, write_archive)
-from p2p.specs.suites import gpu_check_parts
+from p2p.specs import load
+from p2p.specs.suites import SUITES, gpu_check_parts
 
 GRAPH_WARMUP = 3  # eager steps before the capture (p2p.train.graphs.WARMUP_STEPS)
 WINDOW = 50  # steps per averaged window of the loss comparison
@@ -153,7 +154,8 @@ def summarize(work: Path, out: Path | None = None) -> dict:
     }
     for spec in gpu_check_parts():  # NAME: the rows' kept keys; NAME_config, NAME_partial
         payload = suites[spec.name] or {}
-        result[spec.name] = _rows_of(payload, spec.gpu_check.keys)
+        result[spec.name] = (load(spec.gpu_check.rows)(payload) if spec.gpu_check.rows
+                             else _rows_of(payload, spec.gpu_check.keys))
         result[f"{spec.name}_config"] = payload.get("config")
         result[f"{spec.name}_partial"] = bool(payload.get("partial"))
     result["unfinished"] = [p["name"] for p in parts if p["status"] != "ok"]
@@ -161,6 +163,30 @@ def summarize(work: Path, out: Path | None = None) -> dict:
                             and training["losses"]["passed"] and training["in_effect"]["passed"])
     result["complete"] = not result["unfinished"]
     return result
+
+
+def memory_rows(payload: dict | None) -> list[dict]:
+    """`p2p bench memory`'s rows (issue 25), with the largest batch for 40 and 80 GB: not part of
+    the verdict, the last part, so the first cut when time runs short."""
+    from p2p.bench.memory import largest_batch
+
+    keys = ("resolution", "generator", "precision", "checkpointing", "batch_size", "peak_gb", "reserved_gb",
+            "per_image_gb", "source", "skipped")
+    return [{**{k: r.get(k) for k in keys if k in r}, "max_batch_40gb": largest_batch(r, 40),
+             "max_batch_80gb": largest_batch(r, 80)} for r in (payload or {}).get("results", [])]
+
+
+def memory_line(m: dict) -> str:
+    """One `p2p bench memory` row of the summary: its peak, what that is measured by, and the
+    largest batch that fits 40 / 80 GB."""
+    head = f"- {m.get('resolution')} {m.get('generator')} {m.get('precision')}, checkpointing {m.get('checkpointing')}"
+    if m.get("peak_gb") is None:
+        return f"{head}: not measured ({m.get('skipped')})"
+    return (f"{head}: {_fmt(m['peak_gb'])} GB at batch {m.get('batch_size')}"
+            + (f" (reserved {_fmt(m['reserved_gb'])} GB)" if m.get("reserved_gb") is not None else "")
+            + f", {_fmt(m.get('per_image_gb'))} GB per image, largest batch in 40 / 80 GB (estimated) "
+            f"{_fmt(m.get('max_batch_40gb'))} / {_fmt(m.get('max_batch_80gb'))}"
+            + (f" ({m['skipped']})" if m.get("skipped") else "") + f"; measured as: {m.get('source')}")
 
 
 def _fmt(v) -> str:
@@ -222,7 +248,8 @@ def summary_markdown(r: dict) -> str:
         shown = ", ".join(f"{k} {c[k]}" for k in ("model", "image_size", "batch_size", "device") if c.get(k) is not None)
         lines += ["", f"## bench {name}" + (f" ({shown})" if shown else "")
                   + (": cut, the rows measured so far" if r.get(f"{name}_partial") else ""), ""]
-        lines += [_row_line(row) for row in r.get(name) or []] or ["- no rows (the part did not run or finish)"]
+        line = load(spec.gpu_check.line) if (spec := SUITES.get(name)) and spec.gpu_check.line else _row_line
+        lines += [line(row) for row in r.get(name) or []] or ["- no rows (the part did not run or finish)"]
     lines += ["", "## Targets", ""] + [f"- {g['target']}: {_fmt(g['value'])} (goal {g['goal']}): "
                                        f"{ {True: 'met', False: 'NOT met', None: 'not measured'}[g['met']] }"
                                        for g in r["targets"]]

@@ -32,13 +32,15 @@ ARCHIVED = ("check.json", "environment.json", "backends.txt", "*.json", "*.xml",
             "logs/*.log", "runs/*/metrics.jsonl", "runs/*/config.yaml")
 
 
-def suite_parts(stub: bool) -> list[str]:
-    """The bench suites the check runs (p2p.specs.suites, the specs with a GPU-check part), a
-    line each as benchmarks/gpu-check.sh reads them: name, planned seconds, flags (tab-separated)."""
+def suite_parts(stub: bool, last: bool = False) -> list[str]:
+    """The bench suites the check runs (p2p.specs.suites, the specs with a GPU-check part) before
+    the GPU trainings' pytest (`last`: after it), a line each as benchmarks/gpu-check.sh reads
+    them: name, planned seconds, flags (tab-separated)."""
     from p2p.specs.suites import gpu_check_parts
 
     return ["\t".join((s.name, str(s.gpu_check.stub_seconds if stub else s.gpu_check.seconds),
-                       s.gpu_check.stub_args if stub else s.gpu_check.args)) for s in gpu_check_parts()]
+                       s.gpu_check.stub_args if stub else s.gpu_check.args))
+            for s in gpu_check_parts() if s.gpu_check.last == last]
 
 
 def read_json(path: Path) -> dict | None:

@@ -4,13 +4,18 @@ activation checkpointing, and the largest batch that fits a memory budget: the t
 before asking for nodes.
 
 Each row runs in a fresh process, so nothing one row allocated (or a caching allocator kept)
-counts in the next. What is measured:
+counts in the next. What is measured (every row says which, in `source`):
 - on a GPU: `torch.cuda.max_memory_allocated` over the step (tensors only; the CUDA context and
-  the allocator's cached free blocks come on top);
+  the allocator's cached free blocks come on top: `reserved_gb` is the allocator's own peak,
+  `max_memory_reserved`), minus what was allocated before the networks were built;
 - on a CPU: the process's peak resident set (`resource.getrusage(RUSAGE_SELF).ru_maxrss`)
   minus its peak before the networks were built (torch and p2p imported): weights, gradients,
   Adam's moments, activations and whatever the C allocator kept. tracemalloc cannot see
   torch's allocations, so it is not used.
+On a GPU the rows may also share one process (`one_process`, for the GPU check's short share):
+the allocator's peak is reset before each step and counts live tensors only, so a row sees
+nothing of the last one but the few MiB of cuBLAS workspace it kept (subtracted). A CPU's peak
+RSS can never be reset, so there every row needs its own process.
 Each row is measured at two batch sizes (b and 2b); their difference is the memory per image,
 and `max_batch` = the largest batch whose straight-line estimate fits `budget_gb` (estimated,
 not measured: say so where it is quoted).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +62,7 @@ class MemoryOptions:
     budget_gb: float = 80.0
     device: str = "auto"
     timeout_s: float = 600.0  # per measurement; a row that takes longer is recorded as not measured
+    one_process: bool = False  # GPU only: every row in this process (no per-row timeout then)
 
     def check(self) -> None:
         from p2p.errors import UsageError
@@ -71,6 +78,12 @@ class MemoryOptions:
             raise UsageError("--batch-size, --budget-gb and --timeout-s must be positive")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"--device {self.device!r}: choose auto, cpu or cuda")
+        if self.one_process and self.device == "cpu":
+            raise UsageError(ONE_PROCESS_CPU)
+
+
+ONE_PROCESS_CPU = ("--one-process: GPU only (a CPU process's peak resident set never goes down, so each CPU row "
+                   "needs a fresh process)")
 
 
 @dataclass
@@ -97,7 +110,8 @@ def _resolve_device(device: str) -> str:
 
 def measure_one(resolution: str, generator: str, precision: str, checkpointing: str, batch_size: int,
                 device: str) -> dict:
-    """One training step's peak memory, in this process (`run_memory` calls it in a fresh one)."""
+    """One training step's peak memory, in this process: a fresh one (`_in_fresh_process`), or on
+    a GPU one that measures every row (`_in_this_process`)."""
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     import torch
 
@@ -109,6 +123,8 @@ def measure_one(resolution: str, generator: str, precision: str, checkpointing: 
 
     baseline = max(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     dev = torch.device(device)
+    if dev.type == "cuda":  # 0 in a fresh process; in a shared one, what earlier rows kept (cuBLAS workspace)
+        baseline = torch.cuda.memory_allocated(dev)
     cfg = load_config(None, [*GENERATORS[generator], "task.name=paired", "data.image_size=256",
                              "data.load_size=256", f"train.precision={precision}",
                              f"train.activation_checkpointing={checkpointing}", f"train.batch_size={batch_size}"])
@@ -122,19 +138,54 @@ def measure_one(resolution: str, generator: str, precision: str, checkpointing: 
     h, w = RESOLUTIONS[resolution]
     inp = torch.rand(batch_size, task.in_channels, h, w, device=dev) * 2 - 1
     target = torch.rand(batch_size, task.out_channels, h, w, device=dev) * 2 - 1
+    out = {}
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+        # the peaks start again from what is allocated now (weights, inputs): they stay counted
         torch.cuda.reset_peak_memory_stats(dev)
-        baseline = 0
     start = time.perf_counter()
     train_step(nets, inp, target, cfg.loss, prec)  # the first step also allocates Adam's moments
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)  # a CPU-GPU sync point, on purpose: the step must be done
-        peak = torch.cuda.max_memory_allocated(dev)
+        # both read 0 when CUDA was never initialised (torch.cuda.memory_stats is then {}):
+        # here the networks' move to the device did that, so a 0 would be a wrong figure
+        peak = torch.cuda.max_memory_allocated(dev) - baseline
+        out["reserved_bytes"] = torch.cuda.max_memory_reserved(dev)
+        if peak <= 0:
+            raise RuntimeError("torch.cuda.max_memory_allocated read no allocation over the step")
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
     return {"peak_bytes": int(peak), "seconds": time.perf_counter() - start,
-            "source": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "peak RSS (ru_maxrss) - baseline"}
+            "source": SOURCE_CUDA if dev.type == "cuda" else SOURCE_CPU, **out}
+
+
+SOURCE_CUDA = "CUDA allocator peak (torch.cuda.max_memory_allocated; reserved_gb: max_memory_reserved)"
+SOURCE_CPU = "CPU process peak RSS (ru_maxrss) minus its peak before the networks were built"
+
+
+def _in_this_process(m: Measurement) -> Measurement:
+    """A GPU measurement in this process: an out-of-memory step is a row that says so, and the
+    next row starts from an emptied cache."""
+    import gc
+
+    import torch
+
+    try:
+        out = measure_one(m.resolution, m.generator, m.precision, m.checkpointing, m.batch_size, m.device)
+    except torch.OutOfMemoryError:
+        out = None
+    gc.collect()  # the step's tensors, held by the exception's frames until here
+    torch.cuda.empty_cache()
+    if out is None:
+        m.skipped = "out of memory"
+        return m
+    return _taken(m, out)
+
+
+def _taken(m: Measurement, out: dict) -> Measurement:
+    m.peak_bytes, m.seconds = out["peak_bytes"], out["seconds"]
+    m.extra = {k: out[k] for k in ("source", "reserved_bytes") if k in out}
+    return m
 
 
 def _in_fresh_process(m: Measurement, timeout_s: float) -> Measurement:
@@ -148,11 +199,12 @@ def _in_fresh_process(m: Measurement, timeout_s: float) -> Measurement:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
         err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        m.skipped = "out of memory" if "out of memory" in err.lower() else f"failed: {err[:160]}"
+        if proc.returncode == -signal.SIGKILL:  # what the kernel's (or a cgroup's) OOM killer sends
+            m.skipped = "out of memory: killed (SIGKILL)"
+        else:
+            m.skipped = "out of memory" if "out of memory" in err.lower() else f"failed: {err[:160]}"
         return m
-    out = json.loads(lines[-1])
-    m.peak_bytes, m.seconds, m.extra = out["peak_bytes"], out["seconds"], {"source": out["source"]}
-    return m
+    return _taken(m, json.loads(lines[-1]))
 
 
 def summarise(small: Measurement, large: Measurement, budget_gb: float) -> dict:
@@ -162,6 +214,8 @@ def summarise(small: Measurement, large: Measurement, budget_gb: float) -> dict:
            "checkpointing": small.checkpointing, "batch_size": small.batch_size, "device": small.device,
            "peak_gb": None, "per_image_gb": None, "max_batch": None, "seconds": small.seconds,
            "source": small.extra.get("source", ""), "skipped": small.skipped}
+    if "reserved_bytes" in small.extra:
+        row["reserved_gb"] = small.extra["reserved_bytes"] / 1e9
     if small.peak_bytes is None:
         return row
     row["peak_gb"] = small.peak_bytes / 1e9
@@ -170,29 +224,52 @@ def summarise(small: Measurement, large: Measurement, budget_gb: float) -> dict:
         return row
     per_image = (large.peak_bytes - small.peak_bytes) / (large.batch_size - small.batch_size)
     row["per_image_gb"] = per_image / 1e9
-    if per_image > 0:
-        fixed = small.peak_bytes - per_image * small.batch_size
-        row["max_batch"] = max(0, int((budget_gb * 1e9 - fixed) // per_image))
+    row["max_batch"] = largest_batch(row, budget_gb)
     return row
 
 
-def run_memory(options: MemoryOptions, progress=print) -> dict:
+def largest_batch(row: dict, budget_gb: float) -> int | None:
+    """The largest batch whose straight line through a row's two measurements (peak at
+    `batch_size`, `per_image_gb` more per image) stays within `budget_gb`; None without a slope."""
+    if row.get("peak_gb") is None or not row.get("per_image_gb") or row["per_image_gb"] <= 0:
+        return None
+    fixed = row["peak_gb"] - row["per_image_gb"] * row["batch_size"]
+    return max(0, int((budget_gb - fixed) // row["per_image_gb"]))
+
+
+def run_memory(options: MemoryOptions, progress=print, partial=None) -> dict:
+    """The rows in the order of the options (resolution, generator, precision, checkpointing).
+    `partial`, when given, receives the payload after every row (`"partial": true`), so a run
+    cut at a time limit keeps the rows it measured."""
     from p2p.bench.common import environment
+    from p2p.errors import UsageError
 
     options.check()
     device = _resolve_device(options.device)
-    rows = []
+    if options.one_process and device != "cuda":
+        raise UsageError(ONE_PROCESS_CPU)
+    payload = {"environment": environment(), "config": {**asdict(options), "device": device}, "results": []}
     for res in options.resolutions:
         for gen in options.generators:
             for prec in options.precisions:
                 for ckpt in options.checkpointing:
-                    pair = [_in_fresh_process(Measurement(res, gen, prec, ckpt, b, device), options.timeout_s)
-                            for b in (options.batch_size, 2 * options.batch_size)]
+                    pair = []
+                    for b in (options.batch_size, 2 * options.batch_size):
+                        m = Measurement(res, gen, prec, ckpt, b, device)
+                        if pair and pair[0].peak_bytes is None:  # a larger batch needs more
+                            m.skipped = f"not measured (batch {options.batch_size} was not)"
+                        elif options.one_process:
+                            m = _in_this_process(m)
+                        else:
+                            m = _in_fresh_process(m, options.timeout_s)
+                        pair.append(m)
                     row = summarise(*pair, options.budget_gb)
-                    rows.append(row)
+                    payload["results"].append(row)
                     shown = f"{row['peak_gb']:.2f} GB" if row["peak_gb"] is not None else row["skipped"]
                     progress(f"  {res} {gen} {prec} checkpointing={ckpt} batch {options.batch_size}: {shown}")
-    return {"environment": environment(), "config": {**asdict(options), "device": device}, "results": rows}
+                    if partial is not None:
+                        partial({**payload, "partial": True})
+    return {**payload, "partial": False}
 
 
 if __name__ == "__main__":  # one measurement, in the fresh process `_in_fresh_process` started
