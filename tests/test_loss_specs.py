@@ -124,8 +124,13 @@ def hand_g_vgg(view, weight):
                zip(LAYER_WEIGHTS, relus(view.fake), relus(view.target))) * view.loss.lambda_vgg
 
 
+def hand_g_charbonnier(view, weight):
+    d = (view.fake - view.target).double()
+    return (d * d + 1e-6).sqrt().mean() * weight
+
+
 HAND = {"G_GAN": hand_g_gan, "G_L1": hand_l1, "D_real": hand_d_real, "D_fake": hand_d_fake, "D_gp": hand_d_gp,
-        "G_feat": hand_g_feat, "G_VGG": hand_g_vgg}
+        "G_feat": hand_g_feat, "G_VGG": hand_g_vgg, "G_charbonnier": hand_g_charbonnier}
 _VGG_FILE: list[Path] = []  # the module's weights file, for G_VGG's hand computation
 
 
@@ -226,6 +231,14 @@ def test_the_loss_keys_and_defaults_stay_as_they_were(tmp_path):
     assert load_config(saved).loss.lambda_feat == 10.0
     for preset in Path("configs").glob("*.yaml"):
         load_config(preset)
+
+
+def test_charbonnier_by_hand_numbers():
+    """sqrt(d^2 + 1e-6) for d = 0 and d = 1: 1e-3 and sqrt(1 + 1e-6), averaged, times the weight."""
+    from p2p.losses.charbonnier import charbonnier
+
+    view = SimpleNamespace(fake=torch.tensor([[0.0, 0.5]]), target=torch.tensor([[0.0, -0.5]]))
+    assert charbonnier(view, 4.0).item() == pytest.approx(4.0 * (1e-3 + math.sqrt(1 + 1e-6)) / 2, rel=1e-6)
 
 
 def test_a_term_adds_its_flops_to_the_step():

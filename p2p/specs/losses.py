@@ -78,3 +78,5 @@ LOSSES.register(LossSpec("G_VGG", "G", f"{_T}:perceptual", "loss.lambda_vgg", 0.
                          "VGG19 perceptual loss weight (pix2pixHD: 10): L1 of relu1_1..relu5_1 features weighted "
                          "1/32..1; needs loss.vgg_weights", module=f"{_T}:perceptual_module",
                          flops=f"{_T}:perceptual_flops"))
+LOSSES.register(LossSpec("G_charbonnier", "G", "p2p.losses.charbonnier:charbonnier", "loss.lambda_charbonnier", 0.0,
+                         "Charbonnier loss weight: mean sqrt((G(x)-y)^2 + 1e-6), a smooth L1 (0 = off)"))
