@@ -121,3 +121,14 @@ def test_its_model_card_line_shows_the_settings_a_folder_records(name):
     model = config_tree(arch, cfg)["model"]
     line = _architecture(model, {"stride": arch.stride})
     assert "ngf 4" in line and all(str(model[key.partition(".")[2]]) in line for key, _ in GENERATORS[name].reads)
+
+
+def test_a_checkpoint_arch_without_kind_is_not_the_same_network():
+    from p2p.models import DiscriminatorArch, arch_dict, same_arch
+
+    _, g, _, _ = tiny("unet")
+    d = DiscriminatorArch(6, 4)
+    saved = arch_dict(g, d)
+    assert same_arch(saved, g, d)
+    del saved["generator"]["kind"]
+    assert not same_arch(saved, g, d) and not same_arch(None, g, d) and not same_arch({"generator": 5}, g, d)

@@ -117,9 +117,9 @@ def arch_dict(g: GeneratorArch, d: DiscriminatorArch) -> dict:
 
 def same_arch(saved: dict | None, g: GeneratorArch, d: DiscriminatorArch) -> bool:
     """Whether a checkpoint's `arch` describes these networks."""
-    if not saved:
-        return False
     try:
+        if "kind" not in saved["generator"]:  # every p2p checkpoint records it
+            return False
         return GeneratorArch(**saved["generator"]) == g and DiscriminatorArch(**saved["discriminator"]) == d
     except (KeyError, TypeError, UsageError):  # UsageError: a kind no spec registers
         return False
