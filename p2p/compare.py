@@ -24,9 +24,9 @@ from pathlib import Path
 import yaml
 
 from p2p.errors import UsageError
+from p2p.specs.losses import LOSSES
 from p2p.train.straggler import per_rank_summary
 
-LOSSES = ("G_GAN", "G_L1", "D_real", "D_fake")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "colorfulness": None, "delta_colorfulness": False, "fid": False,
                     "kid": False, "lpips": False}
 PLOTTED_VAL = ("psnr", "ssim", "fid", "kid", "lpips")
@@ -118,7 +118,7 @@ def summary(run: RunRecord) -> dict:
             step, value = pick(points, key=lambda p: p[1])
             row[f"best_{key}"], row[f"best_{key}_step"] = value, step
     last = run.train[-1] if run.train else {}
-    row.update({f"final_{k}": last[k] for k in LOSSES if k in last})
+    row.update({f"final_{k}": last[k] for k in LOSSES.names() if k in last})
     row.update(per_rank_summary(run.train))  # several processes: each rank's times, the slowest
     return row
 
@@ -148,7 +148,7 @@ def plot_curves(runs: list[RunRecord], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     series = [(f"val {k}", "val", k) for k in PLOTTED_VAL if any(r.get(k) is not None for run in runs for r in run.val)]
-    series += [(k, "train", k) for k in LOSSES if any(k in r for run in runs for r in run.train)]
+    series += [(k, "train", k) for k in LOSSES.names() if any(k in r for run in runs for r in run.train)]
     fig, axes = plt.subplots(len(series), 2, figsize=(11, 2.6 * len(series)), squeeze=False)
     for i, (title, source, key) in enumerate(series):
         for run in runs:

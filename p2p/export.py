@@ -176,15 +176,10 @@ def generator_arch(G: nn.Module):
 def config_tree(arch, cfg, official: bool = False) -> dict:
     """The config sections that rebuild `arch` and show images to it as `cfg` does (`official`:
     weights without a config, which p2p shows images at the official test size)."""
+    from p2p.specs.generators import GENERATORS
+
     model = {"generator": arch.kind, "ngf": arch.ngf, "norm": arch.norm, "dropout": arch.dropout}
-    if arch.kind == "unet":
-        model["num_downs"] = arch.num_downs
-    elif arch.kind in ("global", "local"):  # pix2pixHD's: its global part, then the enhancers
-        model.update(n_downsample_global=arch.num_downs, n_blocks_global=arch.n_blocks)
-        if arch.kind == "local":
-            model.update(n_local_enhancers=arch.n_local_enhancers, n_blocks_local=arch.n_blocks_local)
-    else:
-        model["n_blocks"] = arch.n_blocks
+    model.update({key.partition(".")[2]: getattr(arch, field) for key, field in GENERATORS[arch.kind].reads})
     data = {"load_size": cfg.data.load_size, "image_size": cfg.data.image_size}
     if official:
         from p2p.geometry import OFFICIAL_TEST_SIZE

@@ -99,17 +99,12 @@ def _checked_record(kept: dict) -> dict:
 
 
 def _architecture(model: dict, geometry: dict) -> str:
-    norm = NORM_TEXT.get(model["norm"], model["norm"])
-    drop = "dropout" if model["dropout"] else "no dropout"
-    if model["generator"] == "unet":
-        return (f"U-Net generator, {model['num_downs']} levels (input sides padded to multiples of "
-                f"{geometry['stride']}), ngf {model['ngf']}, {norm}, {drop}")
-    if model["generator"] in ("global", "local"):
-        enhancers = (f" under {model['n_local_enhancers']} local enhancer(s) of {model['n_blocks_local']} blocks"
-                     if model["generator"] == "local" else "")
-        return (f"pix2pixHD {model['generator']} generator: {model['n_downsample_global']} downsamplings, "
-                f"{model['n_blocks_global']} residual blocks{enhancers}, ngf {model['ngf']}, {norm}")
-    return f"ResNet generator, {model['n_blocks']} residual blocks, ngf {model['ngf']}, {norm}, {drop}"
+    """The generator's line, in the words of its spec (p2p.specs.generators)."""
+    from p2p.specs.generators import GENERATORS
+
+    words = {"norm": NORM_TEXT.get(model["norm"], model["norm"]), "stride": geometry["stride"],
+             "drop": "dropout" if model["dropout"] else "no dropout"}
+    return GENERATORS[model["generator"]].card.format(**{**model, **words})
 
 
 def _data_lines(t: dict) -> list[str]:

@@ -17,7 +17,7 @@ from p2p.evaluation import RESULT_KEYS
 from p2p.train import in_effect, meter, straggler
 from p2p.train.in_effect import InEffect
 from p2p.train.meter import LogInterval
-from p2p.train.step import LOSS_NAMES
+from p2p.specs.losses import LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where a metrics row is built: the loop logs {**LogInterval.row(...), **InEffect.row()}
@@ -52,7 +52,7 @@ def keys_written(fn) -> set[str]:
 
 
 def metrics_fields() -> set[str]:
-    return set(LOSS_NAMES).union(*(keys_written(fn) for fn in ROW_BUILDERS))
+    return set(LOSSES.names()).union(*(keys_written(fn) for fn in ROW_BUILDERS))
 
 
 class _Scalers:  # what LogInterval.row reads of the networks: their gradient scalers

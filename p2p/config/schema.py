@@ -25,11 +25,12 @@ from p2p.limits import DEFAULT_MAX_PIXELS
 from p2p.run_folder import run_folder
 from p2p.specs.tasks import TASKS
 from p2p.specs.backends import BACKENDS as backend_table
+from p2p.specs.generators import GENERATORS
+from p2p.specs.losses import LOSSES
 
 NORMS = ("batch", "syncbatch", "instance", "none")
 GAN_MODES = ("vanilla", "lsgan", "wgangp", "hinge")
 LR_POLICIES = ("linear", "step", "cosine", "constant", "official")
-GENERATORS = ("unet", "resnet", "global", "local")
 OPTIM_IMPLS = ("fused", "foreach", "plain")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -183,9 +184,9 @@ class DataConfig(Section):
 class ModelConfig(Section):
     SECTION: ClassVar[str] = "model"
 
-    generator: str = _f("unet", "unet (the official unet_256/unet_128), resnet (the official resnet_9blocks/6blocks), "
-                        "global (pix2pixHD's GlobalGenerator) or local (pix2pixHD's LocalEnhancer around a global "
-                        "generator of 2**n_local_enhancers x ngf); global and local have no dropout", GENERATORS)
+    generator: str = _f("unet", "; ".join(f"{g.name}: {g.help}" for g in GENERATORS) + "; "
+                        + ", ".join(g.name for g in GENERATORS if not g.dropout) + " have no dropout",
+                        GENERATORS.names())
     ngf: int = _f(32, "generator width (official: 64)")
     ndf: int = _f(32, "discriminator width (official: 64)")
     num_downs: int = _f(6, "U-Net depth: 8 = unet_256, 7 = unet_128; image_size must be divisible by 2**num_downs")
@@ -220,35 +221,33 @@ class ModelConfig(Section):
 
     @property
     def stride(self) -> int:
-        """What image sides must be multiples of: the U-Net halves them num_downs times, the
-        ResNet twice, pix2pixHD's global generator n_downsample_global times (and its local
-        enhancer's input pyramid n_local_enhancers times more)."""
-        if self.generator in ("global", "local"):
-            return 2 ** (self.n_downsample_global + (self.n_local_enhancers if self.generator == "local" else 0))
-        return 2 ** self.num_downs if self.generator == "unet" else 4
+        """What image sides must be multiples of (the generator's spec says)."""
+        return GENERATORS[self.generator].config_stride(self)
 
 
-@dataclass(frozen=True)
-class LossConfig(Section):
+class _LossChecks(Section):
+    """LossConfig's checks; its fields are below, the weights read from the loss-term table."""
+
     SECTION: ClassVar[str] = "loss"
 
-    gan_mode: str = _f("vanilla", "adversarial loss (hinge: SPADE/imaginaire's), averaged over discriminator scales",
-                       GAN_MODES)
-    lambda_l1: float = _f(100.0, "weight of the L1 loss")
-    lambda_gp: float = _f(10.0, "weight of the gradient penalty (wgangp only)")
-    lambda_feat: float = _f(0.0, "discriminator feature matching weight (pix2pixHD: 10): L1 between D's activations "
-                                 "on real and fake pairs, 4/layers per layer, 1/num_d per scale")
-    lambda_vgg: float = _f(0.0, "VGG19 perceptual loss weight (pix2pixHD: 10): L1 of relu1_1..relu5_1 features "
-                                "weighted 1/32..1; needs loss.vgg_weights")
-    vgg_weights: str = _f("", "local file holding torchvision's vgg19 state dict (ImageNet weights; nothing is "
-                              "downloaded)")
-
     def check(self):
-        self.within(0, MAX_WEIGHT, "lambda_l1", "lambda_gp", "lambda_feat", "lambda_vgg")
+        self.within(0, MAX_WEIGHT, *(spec.field for spec in LOSSES if spec.weight_key))
         self.need(self.lambda_vgg == 0 or bool(self.vgg_weights), "lambda_vgg",
                   "needs loss.vgg_weights: a file with torchvision's vgg19 state dict, e.g. saved with "
                   "torch.save(torchvision.models.vgg19(weights='IMAGENET1K_V1').state_dict(), PATH) where "
                   "there is internet")
+
+
+# The loss section: the adversarial loss, one weight per weighted term of p2p.specs.losses (its
+# key, default and help come from there, so a new term needs no edit here), the VGG19 weights.
+LossConfig = dataclasses.make_dataclass("LossConfig", [
+    ("gan_mode", "str", _f("vanilla", "adversarial loss (hinge: SPADE/imaginaire's), averaged over discriminator "
+                         "scales", GAN_MODES)),
+    *((spec.field, "float", _f(spec.default, spec.help)) for spec in LOSSES if spec.weight_key),
+    ("vgg_weights", "str", _f("", "local file holding torchvision's vgg19 state dict (ImageNet weights; nothing is "
+                            "downloaded)")),
+], bases=(_LossChecks,), frozen=True)
+LossConfig.__module__ = __name__  # pickled with the config (Slurm jobs): found here by name
 
 
 @dataclass(frozen=True)
@@ -404,13 +403,11 @@ class Config:
     def __post_init__(self):
         """What spans sections (each section has checked itself already)."""
         d, m = self.data, self.model
-        why = (f"must be divisible by 2**model.num_downs = {m.stride} (lower model.num_downs or pick another size)"
-               if m.generator == "unet" else "must be divisible by 4: the ResNet generator downsamples twice")
-        if m.generator in ("global", "local"):
-            why = (f"must be a multiple of {m.stride}, at least {2 * m.stride}: pix2pixHD's {m.generator} generator "
-                   f"halves it {m.stride.bit_length() - 1} times and its residual blocks reflect-pad 2 px")
-            _require(d.image_size >= 2 * m.stride, "data.image_size", d.image_size, why)
-        _require(d.image_size % m.stride == 0, "data.image_size", d.image_size, why)
+        g, stride = GENERATORS[m.generator], m.stride
+        least = f", at least {g.min_strides * stride}" if g.min_strides > 1 else ""
+        why = f"must be a multiple of {stride}{least}: {g.stride_why}"
+        _require(d.image_size % stride == 0 and d.image_size >= g.min_strides * stride, "data.image_size",
+                 d.image_size, why)
         _require(not self.train.fix_global_steps or m.generator == "local", "train.fix_global_steps",
                  self.train.fix_global_steps, f"freezes the global part of a local enhancer; model.generator="
                  f"{m.generator!r} has none")

@@ -8,22 +8,28 @@ from dataclasses import asdict, dataclass
 from torch import nn
 from torch.nn import init
 
+from p2p.errors import UsageError
 from p2p.models.multiscale import MultiscaleDiscriminator
 from p2p.models.patchgan import PatchDiscriminator, PixelDiscriminator
 from p2p.models.pix2pixhd import GlobalGenerator, LocalEnhancer
-from p2p.models.resnet import DOWNSAMPLINGS, ResnetGenerator
+from p2p.models.resnet import ResnetGenerator
 from p2p.models.unet import UNetGenerator
+from p2p.specs import load
+from p2p.specs.generators import GENERATORS
 
-GENERATORS = ("unet", "resnet", "global", "local")
+# the GeneratorArch fields only some generators read (p2p.specs.generators: each spec's `reads`)
+OPTIONAL_FIELDS = ("num_downs", "n_blocks", "n_local_enhancers", "n_blocks_local")
 
 
 @dataclass
 class GeneratorArch:
-    """A U-Net (`num_downs` levels) or the official ResnetGenerator (`n_blocks` residual blocks;
-    its `num_downs` is its two downsamplings), or pix2pixHD's `global` generator (`num_downs`
-    downsamplings, `n_blocks` residual blocks) and `local` enhancer (that global generator at
-    2**n_local_enhancers x ngf under `n_local_enhancers` enhancers of `n_blocks_local` blocks).
-    Checkpoints from before `kind` existed hold U-Nets, which the defaults describe."""
+    """A generator of kind `kind` (a name in p2p.specs.generators.GENERATORS), which says which
+    of the optional fields it reads: a U-Net's `num_downs` levels; the official ResnetGenerator's
+    `n_blocks` residual blocks (its two downsamplings are fixed); pix2pixHD's `global` generator's
+    `num_downs` downsamplings and `n_blocks` residual blocks, and its `local` enhancer (that
+    global generator at 2**n_local_enhancers x ngf under `n_local_enhancers` enhancers of
+    `n_blocks_local` blocks). The fields a kind does not read are 0, and dropout is off for the
+    kinds without dropout, so two archs of the same network are equal."""
 
     in_channels: int
     out_channels: int
@@ -36,23 +42,30 @@ class GeneratorArch:
     n_local_enhancers: int = 0
     n_blocks_local: int = 0
 
+    def __post_init__(self):
+        spec = GENERATORS[self.kind]
+        for name in OPTIONAL_FIELDS:
+            if name not in spec.fields:
+                setattr(self, name, 0)
+        self.dropout = self.dropout and spec.dropout
+
     @property
     def stride(self) -> int:
-        """Input sides must be multiples of this."""
-        return 2 ** (self.num_downs + self.n_local_enhancers)
+        """Input sides must be multiples of this (the spec's rule)."""
+        return GENERATORS[self.kind].stride(asdict(self))
 
 
 def resnet_arch(in_channels: int, out_channels: int, n_blocks: int, ngf: int, norm: str,
                 dropout: bool) -> GeneratorArch:
-    return GeneratorArch(in_channels, out_channels, DOWNSAMPLINGS, ngf, norm, dropout, "resnet", n_blocks)
+    return GeneratorArch(in_channels, out_channels, 0, ngf, norm, dropout, "resnet", n_blocks)
 
 
 def hd_arch(kind: str, in_channels: int, out_channels: int, ngf: int, n_downsample_global: int,
             n_blocks_global: int, n_local_enhancers: int, n_blocks_local: int, norm: str) -> GeneratorArch:
-    """pix2pixHD's `global` or `local` generator (no dropout: pix2pixHD has none)."""
-    local = kind == "local"
+    """pix2pixHD's `global` or `local` generator (no dropout: pix2pixHD has none; a global one
+    has no enhancers, whatever they are given as)."""
     return GeneratorArch(in_channels, out_channels, n_downsample_global, ngf, norm, False, kind, n_blocks_global,
-                         n_local_enhancers if local else 0, n_blocks_local if local else 0)
+                         n_local_enhancers, n_blocks_local)
 
 
 @dataclass
@@ -65,16 +78,28 @@ class DiscriminatorArch:
 
 
 def build_generator(arch: GeneratorArch) -> nn.Module:
-    if arch.kind == "resnet":
-        return ResnetGenerator(arch.in_channels, arch.out_channels, arch.n_blocks, arch.ngf, arch.norm, arch.dropout)
-    if arch.kind == "global":
-        return GlobalGenerator(arch.in_channels, arch.out_channels, arch.ngf, arch.num_downs, arch.n_blocks, arch.norm)
-    if arch.kind == "local":
-        return LocalEnhancer(arch.in_channels, arch.out_channels, arch.ngf, arch.num_downs, arch.n_blocks,
-                             arch.n_local_enhancers, arch.n_blocks_local, arch.norm)
-    if arch.kind == "unet":
-        return UNetGenerator(arch.in_channels, arch.out_channels, arch.num_downs, arch.ngf, arch.norm, arch.dropout)
-    raise ValueError(f"unknown generator kind {arch.kind!r}; choose {', '.join(GENERATORS)}")
+    """The generator `arch` describes, built by its kind's spec."""
+    return load(GENERATORS[arch.kind].build)(arch)
+
+
+# the `build` of each spec registered in p2p.specs.generators
+
+
+def build_unet(arch: GeneratorArch) -> nn.Module:
+    return UNetGenerator(arch.in_channels, arch.out_channels, arch.num_downs, arch.ngf, arch.norm, arch.dropout)
+
+
+def build_resnet(arch: GeneratorArch) -> nn.Module:
+    return ResnetGenerator(arch.in_channels, arch.out_channels, arch.n_blocks, arch.ngf, arch.norm, arch.dropout)
+
+
+def build_global(arch: GeneratorArch) -> nn.Module:
+    return GlobalGenerator(arch.in_channels, arch.out_channels, arch.ngf, arch.num_downs, arch.n_blocks, arch.norm)
+
+
+def build_local(arch: GeneratorArch) -> nn.Module:
+    return LocalEnhancer(arch.in_channels, arch.out_channels, arch.ngf, arch.num_downs, arch.n_blocks,
+                         arch.n_local_enhancers, arch.n_blocks_local, arch.norm)
 
 
 def build_discriminator(arch: DiscriminatorArch) -> nn.Module:
@@ -91,13 +116,12 @@ def arch_dict(g: GeneratorArch, d: DiscriminatorArch) -> dict:
 
 
 def same_arch(saved: dict | None, g: GeneratorArch, d: DiscriminatorArch) -> bool:
-    """Whether a checkpoint's `arch` describes these networks (fields it predates take their
-    defaults, so older checkpoints of the same networks match)."""
-    if not saved:
-        return False
+    """Whether a checkpoint's `arch` describes these networks."""
     try:
+        if "kind" not in saved["generator"]:  # every p2p checkpoint records it
+            return False
         return GeneratorArch(**saved["generator"]) == g and DiscriminatorArch(**saved["discriminator"]) == d
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, UsageError):  # UsageError: a kind no spec registers
         return False
 
 

@@ -52,10 +52,13 @@ def is_global_layout(state: dict) -> bool:
     return len(downs) != 2 or biased_batch_norm
 
 
-def global_arch_of(state: dict):
-    """GeneratorArch of a GlobalGenerator state dict (`is_global_layout`)."""
+def global_arch_of(state: dict, dropout: bool = False):
+    """GeneratorArch of a GlobalGenerator state dict, or None when it is not one (it has no
+    dropout, whatever `dropout` says)."""
     from p2p.models.arch import hd_arch
 
+    if is_local_layout(state) or not is_global_layout(state):
+        return None
     blocks = _blocks(state, "model")
     convs = _convs(state, "model")
     downs = [i for i in convs if 1 < i < blocks[0]]
@@ -68,10 +71,12 @@ def global_arch_of(state: dict):
                    _norm(state, "model.2.weight"))
 
 
-def local_arch_of(state: dict):
-    """GeneratorArch of a LocalEnhancer state dict (`is_local_layout`)."""
+def local_arch_of(state: dict, dropout: bool = False):
+    """GeneratorArch of a LocalEnhancer state dict, or None when it is not one."""
     from p2p.models.arch import hd_arch
 
+    if not is_local_layout(state):
+        return None
     n_local = 0
     while f"model{n_local + 1}_1.1.weight" in state:
         n_local += 1
@@ -84,12 +89,3 @@ def local_arch_of(state: dict):
     head = state[f"model{n_local}_2.{max(_convs(state, f'model{n_local}_2'))}.weight"]
     return hd_arch("local", finest.shape[1], head.shape[0], finest.shape[0], len(downs), len(blocks), n_local,
                    len(_blocks(state, "model1_2")), _norm(state, "model.2.weight"))
-
-
-def hd_arch_of(state: dict):
-    """The GeneratorArch of a pix2pixHD generator state dict, or None when it is not one."""
-    if is_local_layout(state):
-        return local_arch_of(state)
-    if is_global_layout(state):
-        return global_arch_of(state)
-    return None

@@ -15,6 +15,7 @@ weights themselves. Everything that runs a trained generator (validation, `p2p p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -22,10 +23,10 @@ from torch import nn
 
 from p2p.checkpoint_file import read_checkpoint_file
 from p2p.errors import CheckpointError, UsageError, WeightsError
-from p2p.models.arch import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
-from p2p.models.hd_layout import hd_arch_of
-from p2p.models.official import (drop_stale_norm_stats, generator_from_official, is_official_generator,
-                                 is_resnet_layout, resnet_arch_of)
+from p2p.models.arch import OPTIONAL_FIELDS, DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
+from p2p.models.official import drop_stale_norm_stats, is_resnet_layout, norm_of
+from p2p.specs import load
+from p2p.specs.generators import GENERATORS
 from p2p.weights_check import check_finite, check_fits
 
 WEIGHTS = ("auto", "ema", "raw")
@@ -42,41 +43,33 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return obj
 
 
-def _norm_of(state: dict, norm_weight: str, bias_key: str) -> str:
-    """batch when the norm has (affine) weights; the official InstanceNorm has none, though files
-    from before PyTorch 0.4 carry running statistics for it (dropped on loading)."""
-    if norm_weight in state:
-        return "batch"
-    return "instance" if bias_key in state else "none"
-
-
 def _found(state: dict) -> str:
     keys = list(state)
     return f"{len(keys)} entries, e.g. {', '.join(map(repr, keys[:3]))}"
 
 
-def _unet_arch_of(state: dict, dropout: bool) -> GeneratorArch:
-    num_downs = sum(1 for k in state if k.startswith("down.") and k.endswith(".conv.weight"))
-    first, last = state["down.0.conv.weight"], state["up.0.conv.weight"]
-    norm = _norm_of(state, "up.1.norm.weight", "down.1.conv.bias")
-    return GeneratorArch(first.shape[1], last.shape[1], num_downs, first.shape[0], norm, dropout)
-
-
 def generator_arch_of(state: dict, dropout: bool = True) -> GeneratorArch:
-    """Infer the architecture of a p2p-named generator state dict (U-Net, or a ResNet in the
-    official layout) from its tensors. A U-Net's dropout has no tensors; official pix2pix trains
-    with it, so that is the default. A ResNet's dropout shows in its key names."""
-    if "down.0.conv.weight" in state and "up.0.conv.weight" in state:
-        return _unet_arch_of(state, dropout)
-    if (hd := hd_arch_of(state)) is not None:  # pix2pixHD's global generator or local enhancer
-        return hd
-    if is_resnet_layout(state):
-        return resnet_arch_of(state)
+    """Infer the architecture of a generator state dict in p2p's names from its tensors: the
+    one registered generator (p2p.specs.generators) whose layout it is. A U-Net's dropout has no
+    tensors; official pix2pix trains with it, so that is the default. A ResNet's dropout shows in
+    its key names."""
+    for spec in GENERATORS:
+        arch = load(spec.layout)(state, dropout)
+        if arch is not None:
+            return arch
     hint = ""
     if "model.0.weight" in state or "net.0.weight" in state or any(k.startswith("scales.") for k in state):
         hint = " (this looks like a discriminator: pass latest_net_G.pth / a p2p checkpoint)"
-    raise WeightsError(f"not a generator p2p supports (the U-Net or the ResnetGenerator of p2p or the official "
-                       f"pix2pix){hint}; found {_found(state)}")
+    raise WeightsError(f"not a generator p2p supports ({', '.join(GENERATORS.names())}: p2p's, the official "
+                       f"pix2pix's or pix2pixHD's){hint}; found {_found(state)}")
+
+
+def in_p2p_names(state: dict) -> dict:
+    """A generator state dict in p2p's names: renamed by the spec whose official layout it is."""
+    for spec in GENERATORS:
+        if spec.from_official and (renamed := load(spec.from_official)(state)) is not None:
+            return renamed
+    return state
 
 
 def discriminator_arch_of(state: dict) -> DiscriminatorArch:
@@ -90,11 +83,11 @@ def discriminator_arch_of(state: dict) -> DiscriminatorArch:
                            "so they would compute differently here; not loaded")
     if "net.0.weight" in state:  # PixelGAN
         w = state["net.0.weight"]
-        return DiscriminatorArch(w.shape[1], w.shape[0], 0, _norm_of(state, "net.3.weight", "net.2.bias"))
+        return DiscriminatorArch(w.shape[1], w.shape[0], 0, norm_of(state, "net.3.weight", "net.2.bias"))
     if "model.0.weight" in state and not is_resnet_layout(state):
         convs = [k for k in state if k.startswith("model.") and k.endswith(".weight") and state[k].dim() == 4]
         w = state["model.0.weight"]
-        norm = _norm_of(state, "model.3.weight", "model.2.bias")
+        norm = norm_of(state, "model.3.weight", "model.2.bias")
         return DiscriminatorArch(w.shape[1], w.shape[0], len(convs) - 2, norm)
     raise WeightsError(f"not a discriminator p2p supports (PatchGAN, PixelGAN or p2p's multi-scale one); "
                        f"found {_found(state)}")
@@ -114,15 +107,24 @@ def _strip_prefix(state: dict) -> dict:
 # what a file's `arch` may declare (the config schema's bounds for the same sizes): building
 # the network allocates it, so a hostile arch is refused before it is built
 _ARCH_BOUNDS = {"in_channels": (1, 64), "out_channels": (1, 64), "num_downs": (1, 12), "ngf": (1, 4096),
-                "n_blocks": (0, 64), "ndf": (1, 4096), "n_layers": (0, 8), "num_d": (1, 6)}
+                "n_blocks": (0, 64), "n_local_enhancers": (1, 4), "n_blocks_local": (0, 64), "ndf": (1, 4096),
+                "n_layers": (0, 8), "num_d": (1, 6)}
 
 
 def arch_from(cls, saved) -> GeneratorArch | DiscriminatorArch:
-    """A recorded architecture, its numbers within `_ARCH_BOUNDS`."""
+    """A recorded architecture, of a registered generator kind, its numbers within
+    `_ARCH_BOUNDS` (the fields its kind does not read are 0)."""
     if not isinstance(saved, dict):
         raise WeightsError(f"its arch is a {type(saved).__name__}, not a mapping")
+    if cls is GeneratorArch and saved.get("kind") not in GENERATORS:
+        what = "records no generator kind" if "kind" not in saved else \
+            f"declares generator kind={str(saved['kind'])[:40]!r}"
+        raise WeightsError(f"its arch {what}, not one of {', '.join(GENERATORS.names())}")
     arch = cls(**saved)
+    unread = set(OPTIONAL_FIELDS) - set(GENERATORS[arch.kind].fields) if cls is GeneratorArch else set()
     for key, (lo, hi) in _ARCH_BOUNDS.items():
+        if key in unread:
+            continue
         value = getattr(arch, key, lo)
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise WeightsError(f"its arch declares {key}={str(value)[:40]}, outside {lo}..{hi}")
@@ -211,12 +213,10 @@ def _generator_from(obj: dict, dropout: bool | None, weights: str) -> nn.Module:
     if _is_p2p(obj):
         arch = arch_from(GeneratorArch, obj["arch"]["generator"])
     else:
-        state = _strip_prefix(state)
-        if is_official_generator(state):
-            state = generator_from_official(state)
+        state = in_p2p_names(_strip_prefix(state))
         arch = generator_arch_of(state, True if dropout is None else dropout)
     if dropout is not None:
-        arch.dropout = dropout
+        arch = dataclasses.replace(arch, dropout=dropout)  # checked again: a kind without dropout stays without
     state = drop_stale_norm_stats(state, arch.norm)
     return _load_into(build_generator, arch, state)
 

@@ -7,8 +7,8 @@ index 3 of a middle block (after LeakyReLU, conv, norm), so level k's layers liv
 layer depends on whether the level is the outermost, a middle or the innermost block. `p2p.models.unet` stores
 the same tensors flat as `down.<k>.conv|norm` and `up.<k>.conv|norm`. The official
 `ResnetGenerator` and the discriminators have p2p's layout already (`p2p.models.resnet`,
-`p2p.models.patchgan`), so only the U-Net needs renaming; for a ResNet, `resnet_arch_of` reads
-the architecture off the tensors.
+`p2p.models.patchgan`), so only the U-Net needs renaming. `unet_arch_of` and `resnet_arch_of`
+read the architecture off the tensors (the `layout` of their specs in p2p.specs.generators).
 """
 
 from __future__ import annotations
@@ -29,6 +29,32 @@ def _layer_slots(k: int, inner: int) -> dict[int, str]:
 
 def is_official_generator(state: dict) -> bool:
     return "model.model.0.weight" in state
+
+
+def unet_from_official(state: dict) -> dict[str, torch.Tensor] | None:
+    """An official UnetGenerator state dict in p2p's names, or None when it is not one."""
+    return generator_from_official(state) if is_official_generator(state) else None
+
+
+def norm_of(state: dict, norm_weight: str, bias_key: str) -> str:
+    """batch when the norm has (affine) weights; the official InstanceNorm has none, though files
+    from before PyTorch 0.4 carry running statistics for it (dropped on loading)."""
+    if norm_weight in state:
+        return "batch"
+    return "instance" if bias_key in state else "none"
+
+
+def unet_arch_of(state: dict, dropout: bool = True):
+    """The GeneratorArch of a U-Net state dict in p2p's names, or None when it is not one. Its
+    dropout has no tensors: `dropout` says (official pix2pix trains with it)."""
+    from p2p.models.arch import GeneratorArch
+
+    if "down.0.conv.weight" not in state or "up.0.conv.weight" not in state:
+        return None
+    num_downs = sum(1 for k in state if k.startswith("down.") and k.endswith(".conv.weight"))
+    first, last = state["down.0.conv.weight"], state["up.0.conv.weight"]
+    norm = norm_of(state, "up.1.norm.weight", "down.1.conv.bias")
+    return GeneratorArch(first.shape[1], last.shape[1], num_downs, first.shape[0], norm, dropout)
 
 
 def _level_prefix(k: int) -> str:
@@ -104,14 +130,19 @@ def _top_index(key: str) -> int:
     return int(key.split(".")[1])
 
 
-def resnet_arch_of(state: dict):
+def resnet_arch_of(state: dict, dropout: bool = True):
     """Channels, width, blocks, dropout and norm of a ResnetGenerator state dict in the official
     layout: model.1 the 7x7 stem, stride-2 convs up to the first residual block, the blocks'
     second conv at `conv_block.6` (not `.5`) when they have dropout, the last conv's output the
-    image channels. pix2pixHD's GlobalGenerator is read by `p2p.models.hd_layout` first; anything
-    else that starts with a 7x7 conv is refused in one line."""
+    image channels. None when it is not that layout, or pix2pixHD's (`p2p.models.hd_layout`);
+    anything else that starts with a 7x7 conv is refused in one line. Its dropout shows in its
+    key names, so `dropout` is not needed."""
     from p2p.models.arch import resnet_arch
+    from p2p.models.hd_layout import is_global_layout, is_local_layout
     from p2p.models.resnet import DOWNSAMPLINGS
+
+    if not is_resnet_layout(state) or is_local_layout(state) or is_global_layout(state):
+        return None
 
     blocks = sorted({_top_index(k) for k in state if ".conv_block." in k})
     if not blocks:

@@ -4,18 +4,23 @@ device (no memory, no compute) with PyTorch's FlopCounterMode; 1 multiply-add = 
 One step per image = G forward + G backward (2x forward) + three D forwards (fake, real, and the
 G update's pass) + D backward with weight and input gradients for the two D-update passes
 (2 x 2x) + input gradients only for the G-update pass (1x): 3 G + 8 D. A multi-scale D is
-counted whole (every scale). Feature matching adds one D forward (the real pair under the frozen
-D, no backward); the VGG19 perceptual loss three VGG forwards (the fake image forward and
-its input-gradient backward, and the real image forward).
+counted whole (every scale). A loss term adds what its spec's `flops` says (p2p.specs.losses):
+feature matching one D forward (the real pair under the frozen D, no backward), the VGG19
+perceptual loss three VGG forwards (the fake image forward and its input-gradient backward, and
+the real image forward); elementwise terms (L1, Charbonnier) and the gradient penalty are not
+counted.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 
 from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
+from p2p.specs import load
+from p2p.specs.losses import LOSSES
 
 # Dense (no sparsity) peaks in FLOP/s from NVIDIA's datasheets, per (model, form factor):
 # (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32). Keyed by the exact model, so an
@@ -46,6 +51,19 @@ def forward_flops(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
     return counter.get_total_flops()
 
 
+@dataclass(frozen=True)
+class FlopCounts:
+    """What a loss term's `flops` function prices its extra work in: one image's forwards."""
+
+    image_size: int
+    g_forward: int
+    d_forward: int
+
+    @staticmethod
+    def forward_flops(net: torch.nn.Module, shape: tuple[int, ...]) -> int:
+        return forward_flops(net, shape)
+
+
 def step_flops_per_image(g: GeneratorArch, d: DiscriminatorArch, image_size: int, loss=None) -> float:
     """FLOPs of one training step per image; `loss` (the config's loss section) adds the terms
     it switches on."""
@@ -54,14 +72,10 @@ def step_flops_per_image(g: GeneratorArch, d: DiscriminatorArch, image_size: int
     gf = forward_flops(G, (1, g.in_channels, image_size, image_size))
     df = forward_flops(D, (1, d.in_channels, image_size, image_size))
     total = 3 * gf + 8 * df
-    if loss is not None and loss.lambda_feat > 0:
-        total += df
-    if loss is not None and loss.lambda_vgg > 0:
-        from p2p.perceptual import vgg19_features
-
-        with torch.device("meta"):
-            vgg = vgg19_features()
-        total += 3 * forward_flops(vgg, (1, 3, image_size, image_size))
+    counts = FlopCounts(image_size, gf, df)
+    for spec in LOSSES:
+        if loss is not None and spec.flops and spec.on(loss):
+            total += load(spec.flops)(counts)
     return float(total)
 
 

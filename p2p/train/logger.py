@@ -15,6 +15,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from p2p.atomic import append_text, replace_with
+from p2p.specs.losses import LOSSES
 from p2p.train.trackers import Trackers, tracker_names
 from p2p.train.guarded import Guarded
 
@@ -58,7 +59,7 @@ class RunLogger:
         append_text(self.metrics_path, json.dumps(row) + "\n")  # a failed append leaves no half line
         if self._trackers is not None:
             self._trackers.log(row, row["step"])
-        losses = " ".join(f"{k}={row[k]:.3f}" for k in ("G_GAN", "G_L1", "D_real", "D_fake") if k in row)
+        losses = " ".join(f"{k}={row[k]:.3f}" for k in LOSSES.names() if k in row)
         info = f"{losses} {row.get('img_per_s', 0):.1f} img/s"
         if self._progress is not None:
             self._progress.update(self._task, completed=row["step"], info=info)

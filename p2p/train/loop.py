@@ -27,6 +27,7 @@ from p2p.data.workers import worker_failure
 from p2p.errors import PeerLostError, TrainingError, UsageError, WriteError
 from p2p.evaluation import FID_WEIGHTS_ENV, HIGHER_IS_BETTER, LPIPS_WEIGHTS_ENV, weights_path
 from p2p.run_folder import run_folder
+from p2p.specs.losses import LOSSES
 from p2p.train.flops import peak_flops, step_flops_per_image
 from p2p.train.logger import RunLogger
 from p2p.train.meter import LogInterval
@@ -36,7 +37,6 @@ from p2p.train.position import continue_loader
 from p2p.train.run import Run, build_run
 from p2p.train.schedule import official_schedule_notice
 from p2p.train.signals import StoppedBeforeFirstStep, StopSignals
-from p2p.train.step import LOSS_NAMES
 from p2p.train.trackers import check_installed
 from p2p.train.validation import held_out_images, sample_grid, validate, validation_scorer
 from p2p.train.wrap import unwrap
@@ -188,7 +188,7 @@ def last_good(run: Run) -> str:
 
 def check_finite(metrics: dict, run: Run) -> None:
     """Stop before a NaN can reach a checkpoint (skip mode drops such updates instead)."""
-    bad = [k for k in LOSS_NAMES if not math.isfinite(metrics.get(k, 0.0))]
+    bad = [s.name for s in LOSSES if s.checked and not math.isfinite(metrics.get(s.name, 0.0))]
     if bad and run.cfg.train.on_nonfinite == "stop":
         raise TrainingError(f"non-finite loss {bad[0]}={metrics[bad[0]]} in the steps up to {run.state.step}; "
                             f"stopped without saving (last good checkpoint: {last_good(run)})")

@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from p2p.models import (DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, hd_arch, init_weights,
-                        resnet_arch)
+from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, init_weights
+from p2p.specs import load
+from p2p.specs.generators import GENERATORS
+from p2p.specs.losses import LOSSES
 from p2p.train.step import Nets, Precision
 from p2p.train.wrap import make_optimizer, unwrap
 
@@ -17,13 +19,8 @@ from p2p.train.wrap import make_optimizer, unwrap
 def architectures(cfg, task) -> tuple[GeneratorArch, DiscriminatorArch]:
     """G maps the task's input channels to its output channels; D sees both, concatenated."""
     m = cfg.model
-    if m.generator == "resnet":
-        g = resnet_arch(task.in_channels, task.out_channels, m.n_blocks, m.ngf, m.norm, m.dropout)
-    elif m.generator in ("global", "local"):
-        g = hd_arch(m.generator, task.in_channels, task.out_channels, m.ngf, m.n_downsample_global, m.n_blocks_global,
-                    m.n_local_enhancers, m.n_blocks_local, m.norm)
-    else:
-        g = GeneratorArch(task.in_channels, task.out_channels, m.num_downs, m.ngf, m.norm, m.dropout)
+    g = GeneratorArch(task.in_channels, task.out_channels, kind=m.generator,
+                      **GENERATORS[m.generator].arch_values(m))  # the keys its spec reads
     d = DiscriminatorArch(task.in_channels + task.out_channels, m.ndf, m.n_layers_d, m.norm, m.num_d)
     return g, d
 
@@ -37,21 +34,24 @@ def build_networks(cfg, task) -> tuple[nn.Module, nn.Module]:
             init_weights(build_discriminator(d_arch), m.init_type, m.init_gain))
 
 
-def build_perceptual(cfg, task, device: torch.device) -> nn.Module | None:
-    """The VGG19 loss when loss.lambda_vgg > 0; a missing or wrong weights file is a UsageError
-    here, before any step runs."""
-    if cfg.loss.lambda_vgg <= 0:
-        return None
-    from p2p.perceptual import build_perceptual_loss
-
-    return build_perceptual_loss(cfg.loss.vgg_weights, task.output_rgb_autograd, cfg.loss.lambda_vgg, device)
+def build_loss_modules(cfg, task, device: torch.device) -> dict[str, nn.Module]:
+    """The modules of the loss terms that are on and need one (p2p.specs.losses: e.g. G_VGG's
+    VGG19), by term name; a missing or wrong weights file is a UsageError here, before any step
+    runs."""
+    modules = {}
+    for spec in LOSSES:
+        if spec.module and spec.on(cfg.loss):
+            if task is None:
+                raise ValueError(f"loss term {spec.name} is on: build_nets needs the task (its outputs as RGB)")
+            modules[spec.name] = load(spec.module)(cfg.loss, task, device)
+    return modules
 
 
 def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: torch.device, precision: Precision,
                *, capturable: bool = False, adam: str = "auto", channels_last: bool = False, notice=None,
                task=None) -> Nets:
     """Nets around networks that are already on `device` (and wrapped): one Adam and one loss
-    scaler per network, the perceptual loss (needs `task`) and the EMA of G when configured.
+    scaler per network, the modules of the loss terms (needs `task`) and the EMA of G when configured.
     `adam="for-loop"` is the seed's optimizer (benchmark baseline); otherwise p2p's
     (`make_optimizer` with optim.impl, capturable for CUDA graphs). `channels_last`: the
     networks are in that memory format, and the step puts its inputs in it too."""
@@ -64,9 +64,7 @@ def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: tor
             return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), foreach=False)
         return make_optimizer(params, cfg, device, capturable=capturable, notice=notice)
 
-    if cfg.loss.lambda_vgg > 0 and task is None:
-        raise ValueError("loss.lambda_vgg > 0: build_nets needs the task (its outputs as RGB)")
-    perceptual = build_perceptual(cfg, task, device)
+    loss_modules = build_loss_modules(cfg, task, device)
     ema = None
     if cfg.train.ema_decay > 0:
         from p2p.train.ema import GeneratorEMA
@@ -74,4 +72,4 @@ def build_nets(G: nn.Module, D: nn.Module, D_frozen: nn.Module, cfg, device: tor
         ema = GeneratorEMA(G, cfg.train.ema_decay)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return Nets(G, D, D_frozen, optimizer(G), optimizer(D), precision.make_scaler(skip), precision.make_scaler(skip),
-                fmt, perceptual, ema)
+                fmt, loss_modules, ema)

@@ -4,6 +4,11 @@ frozen discriminator (adversarial + lambda * L1), and the optional terms of pix2
 a multi-scale discriminator (losses averaged over scales), discriminator feature matching,
 the VGG19 perceptual loss, and after the G update the generator's moving average (EMA).
 
+The loss terms are the ones registered in `p2p.specs.losses.LOSSES`: the step runs the passes
+they share (D on the real and the fake pair, D on the fake pair in the G update), then adds up
+the terms that the loss config switches on, in registration order (`StepView` is what a term
+reads). Which terms run is decided from the config alone, never from a tensor's value.
+
 The step only computes: it returns detached loss tensors and never calls `.item()`, logs or
 saves, so it can run many times without a host sync and can be captured in a CUDA graph.
 With none of the optional terms it is the official step operation for operation, which is
@@ -13,25 +18,25 @@ what makes `optim.impl=plain` bit-exact with the official code on CPU.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from p2p.config import LossConfig
-from p2p.losses import feature_matching, gan_loss_over_scales, gradient_penalty
-
-# Every loss a step can return (the optional ones only when their term is on).
-LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake", "D_gp", "G_feat", "G_VGG")
+from p2p.losses import per_scale
+from p2p.specs import load
+from p2p.specs.losses import LOSSES
 
 
 @dataclass
 class Nets:
     """What a step updates. `D` may be DDP-wrapped (its gradients are all-reduced); `D_frozen`
     is the same module unwrapped, used as the frozen critic in the G update so that DDP does not
-    wait for gradients that frozen weights never produce. `perceptual` (a frozen VGG19 loss) and
-    `ema` (the generator's moving average, `p2p.train.ema`) are there when configured."""
+    wait for gradients that frozen weights never produce. `loss_modules` (by loss term name: the
+    modules a term needs, e.g. G_VGG's frozen VGG19) and `ema` (the generator's moving average,
+    `p2p.train.ema`) are there when configured."""
 
     G: nn.Module
     D: nn.Module
@@ -43,10 +48,15 @@ class Nets:
     # the networks' memory format; the step's inputs and D's input pairs are put in it too, or
     # every convolution that meets a mismatched input converts it first
     memory_format: torch.memory_format = torch.contiguous_format
-    perceptual: nn.Module | None = None  # the VGG19 loss (loss.lambda_vgg > 0)
+    loss_modules: dict[str, nn.Module] = field(default_factory=dict)  # loss term name -> its module
     ema: object | None = None  # p2p.train.ema.GeneratorEMA (train.ema_decay > 0)
     # G's parameters this step does not update (p2p.train.coarse_to_fine: a frozen global part)
     frozen_g: tuple = ()
+
+    @property
+    def perceptual(self) -> nn.Module | None:
+        """The VGG19 loss (loss.lambda_vgg > 0)."""
+        return self.loss_modules.get("G_VGG")
 
 
 class Precision:
@@ -81,13 +91,6 @@ def set_requires_grad(net: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def per_scale(out, features: bool = False) -> list:
-    """A discriminator's output as one entry per scale: a single PatchGAN gives a tensor (or,
-    with features, one list of tensors), a multi-scale one a list of those."""
-    single = isinstance(out, torch.Tensor) if not features else isinstance(out[0], torch.Tensor)
-    return [out] if single else list(out)
-
-
 def _in_format(fmt: torch.memory_format):
     """x -> x in the networks' memory format (a no-op when it already is). The default format
     leaves tensors as they are: colorization's strided L/ab views go in unchanged."""
@@ -96,8 +99,49 @@ def _in_format(fmt: torch.memory_format):
     return lambda x: x.contiguous(memory_format=fmt)
 
 
+@dataclass
+class StepView:
+    """What the loss terms of one step read, filled in phase by phase: the D update sets
+    `fake_pair` (the fake detached), `pred_fake` and `pred_real` (D's logits per scale), the G
+    update sets `fake_pair` again (with gradients) and `pred` (the frozen D's output per scale:
+    lists of activations ending in the logits when `d_features`)."""
+
+    nets: Nets
+    loss: LossConfig
+    precision: Precision
+    inp: torch.Tensor
+    target: torch.Tensor
+    fake: torch.Tensor  # G(inp) in float32, with gradients
+    real_pair: torch.Tensor
+    fake_pair: torch.Tensor
+    pred_fake: list = field(default_factory=list)
+    pred_real: list = field(default_factory=list)
+    pred: list = field(default_factory=list)
+    d_features: bool = False
+
+
+@functools.lru_cache(maxsize=16)
+def active_terms(loss: LossConfig) -> tuple[tuple, tuple]:
+    """(G terms, D terms) that `loss` switches on, each (spec, forward, weight), in registration
+    order: resolved once per config, not per step."""
+    on = [(spec, load(spec.forward), spec.weight(loss)) for spec in LOSSES if spec.on(loss)]
+    return tuple(t for t in on if t[0].network == "G"), tuple(t for t in on if t[0].network == "D")
+
+
+def _total(terms: tuple, view: StepView, out: dict) -> torch.Tensor:
+    """The terms' weighted sum (each entering with its share), their values recorded in `out`."""
+    total = None
+    for spec, forward, weight in terms:
+        value = forward(view, weight)
+        out[spec.name] = value.detach()
+        part = value * spec.share if spec.share != 1.0 else value
+        total = part if total is None else total + part
+    return total
+
+
 def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossConfig,
                precision: Precision) -> dict[str, torch.Tensor]:
+    g_terms, d_terms = active_terms(loss)
     layout = _in_format(nets.memory_format)
     inp, target = layout(inp), layout(target)
     with precision.autocast():
@@ -107,20 +151,13 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     # Discriminator: real pairs -> 1, fake pairs -> 0; its loss is halved as in the paper.
     set_requires_grad(nets.D_frozen, True)
     nets.opt_d.zero_grad(set_to_none=True)
-    fake_pair = layout(torch.cat([inp, fake.detach()], 1))
-    real_pair = layout(torch.cat([inp, target], 1))
+    view = StepView(nets, loss, precision, inp, target, fake, real_pair=layout(torch.cat([inp, target], 1)),
+                    fake_pair=layout(torch.cat([inp, fake.detach()], 1)))
     with precision.autocast():
-        pred_fake = per_scale(nets.D(fake_pair))
-        pred_real = per_scale(nets.D(real_pair))
-    d_fake = gan_loss_over_scales(pred_fake, False, loss.gan_mode)
-    d_real = gan_loss_over_scales(pred_real, True, loss.gan_mode)
-    loss_d = 0.5 * (d_fake + d_real)
-    out = {}
-    if loss.gan_mode == "wgangp":
-        with precision.autocast():
-            gp = gradient_penalty(nets.D, real_pair, fake_pair, loss.lambda_gp)
-        loss_d = loss_d + gp
-        out["D_gp"] = gp.detach()
+        view.pred_fake = per_scale(nets.D(view.fake_pair))
+        view.pred_real = per_scale(nets.D(view.real_pair))
+    out: dict[str, torch.Tensor] = {}
+    loss_d = _total(d_terms, view, out)
     nets.scaler_d.scale(loss_d).backward()
     nets.scaler_d.step(nets.opt_d)
     nets.scaler_d.update()
@@ -129,26 +166,12 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     # configured, in the discriminator's and VGG19's features).
     set_requires_grad(nets.D_frozen, False)
     nets.opt_g.zero_grad(set_to_none=True)
-    fake_pair = layout(torch.cat([inp, fake], 1))
-    feat = loss.lambda_feat > 0
+    view.fake_pair = layout(torch.cat([inp, fake], 1))
+    view.d_features = feat = any(spec.d_features for spec, _, _ in g_terms)
     with precision.autocast():
-        pred = per_scale(nets.D_frozen(fake_pair, features=True) if feat else nets.D_frozen(fake_pair), feat)
-        if feat:  # the real pair's features under the same (just updated) discriminator: constants
-            with torch.no_grad():
-                real_features = per_scale(nets.D_frozen(real_pair, features=True), True)
-    g_gan = gan_loss_over_scales([p[-1] for p in pred] if feat else pred, True, loss.gan_mode,
-                                 for_discriminator=False)
-    g_l1 = F.l1_loss(fake, target) * loss.lambda_l1
-    loss_g = g_gan + g_l1
-    if feat:
-        g_feat = feature_matching(pred, real_features, loss.lambda_feat)
-        loss_g = loss_g + g_feat
-        out["G_feat"] = g_feat.detach()
-    if nets.perceptual is not None:
-        with precision.autocast():
-            g_vgg = nets.perceptual(inp, fake, target)
-        loss_g = loss_g + g_vgg
-        out["G_VGG"] = g_vgg.detach()
+        view.pred = per_scale(nets.D_frozen(view.fake_pair, features=True) if feat else nets.D_frozen(view.fake_pair),
+                              feat)
+    loss_g = _total(g_terms, view, out)
     nets.scaler_g.scale(loss_g).backward()
     for p in nets.frozen_g:  # Adam skips a parameter without a gradient
         p.grad = None
@@ -156,6 +179,4 @@ def train_step(nets: Nets, inp: torch.Tensor, target: torch.Tensor, loss: LossCo
     nets.scaler_g.update()
     if nets.ema is not None:
         nets.ema.update()
-
-    out.update(G_GAN=g_gan.detach(), G_L1=g_l1.detach(), D_real=d_real.detach(), D_fake=d_fake.detach())
     return out

@@ -6,13 +6,23 @@ Losses are computed in float32 whatever the autocast dtype of the logits.
 Multi-scale discriminators give one prediction per scale; `gan_loss_over_scales` averages the
 per-scale losses (as SPADE does; pix2pixHD sums them, i.e. num_d times this), so num_d=1 is the
 single-discriminator loss and lambda_l1 keeps its meaning whatever num_d is.
-`feature_matching` is pix2pixHD's discriminator feature loss."""
+`feature_matching` is pix2pixHD's discriminator feature loss.
+
+The terms a training step adds up are registered in `p2p.specs.losses.LOSSES`; their forwards
+are in `p2p.losses.terms` (and, one module each, the terms added since, e.g. `charbonnier`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+def per_scale(out, features: bool = False) -> list:
+    """A discriminator's output as one entry per scale: a single PatchGAN gives a tensor (or,
+    with features, one list of tensors), a multi-scale one a list of those."""
+    single = isinstance(out, torch.Tensor) if not features else isinstance(out[0], torch.Tensor)
+    return [out] if single else list(out)
 
 
 def gan_loss(pred: torch.Tensor, target_is_real: bool, mode: str, for_discriminator: bool = True) -> torch.Tensor:
