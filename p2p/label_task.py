@@ -108,7 +108,7 @@ def instance_maps(folder: str | None, task) -> dict | None:
 
     from p2p.labels import _by_key
 
-    if task.name != "labels":
+    if task.spec.input_kind != "labels":
         if folder:
             raise UsageError("--instances only applies to a model of task labels")
         return None

@@ -91,7 +91,7 @@ def run(args) -> int:
     def load(path):
         nonlocal skipped
         try:
-            if task.name == "labels":
+            if task.spec.input_kind == "labels":
                 return label_input(path, instances, geometry, task, predictor.cfg.data.max_pixels)
             img = read_rgb(path, predictor.cfg.data.max_pixels)
         except ImageRejected as e:  # one line each; a run that writes nothing is an input error

@@ -11,16 +11,14 @@ pix2pix settings live in `configs/` (e.g. `configs/colorize_coco.yaml`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import yaml
 
-from p2p.config.quoting import shown
-from p2p.errors import UsageError
+from p2p.config.section import BOUNDS, MAX_COUNT, MAX_SIDE, MAX_WEIGHT, Section, _f, _require
 from p2p.limits import DEFAULT_MAX_PIXELS
 from p2p.run_folder import run_folder
 from p2p.specs.tasks import TASKS
@@ -41,65 +39,6 @@ WORKER_KINDS = ("process", "thread")
 ACTIVATION_CHECKPOINTING = ("none", "generator", "all")
 # what best.pt may be chosen by: the held-out metrics of p2p.evaluation that have a better side
 BEST_METRICS = ("psnr", "ssim", "l1", "lpips", "fid", "kid", "delta_colorfulness")
-
-
-def _f(default: Any, help: str, choices: tuple | None = None, **kw):
-    """A dataclass field with a help line (and optional allowed choices)."""
-    meta = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
-
-
-def _require(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise UsageError(f"{key}={shown(value)}: {why}")
-
-
-# "section.key" -> (lowest, highest), recorded by `Section.within` for `p2p config --keys`
-BOUNDS: dict[str, tuple[float, float]] = {}
-MAX_COUNT = 2**40  # steps, epochs, images: about 1.1e12, beyond any run and far from int64's end
-MAX_SIDE = 16384  # pixels: image sides, load sizes
-MAX_WEIGHT = 1e6  # loss weights
-
-
-class Section:
-    """What every section shares: the choice check of its fields, then its own `check()`.
-    `SECTION` is its name in the config tree (for messages)."""
-
-    SECTION: ClassVar[str] = ""
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise UsageError(f"{self.SECTION}.{f.name}={shown(value)} is not allowed; choose one of "
-                                 f"{', '.join(map(str, choices))}")
-            # nan passes every comparison a check() makes (nan < 0 is False), inf most of them
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UsageError(f"{self.SECTION}.{f.name}={value}: must be a finite number")
-        self.check()
-
-    def check(self) -> None:
-        """What a single field's type and choices cannot express."""
-
-    def need(self, ok: bool, key: str, why: str) -> None:
-        _require(ok, f"{self.SECTION}.{key}", getattr(self, key), why)
-
-    def at_least(self, minimum: float, *keys: str) -> None:
-        for key in keys:
-            self.need(getattr(self, key) >= minimum, key, f"must be >= {minimum}")
-
-    def within(self, lowest: float, highest: float, *keys: str) -> None:
-        """Each key in [lowest, highest]: generous for real use, small enough that nothing derived
-        from it overflows or asks for an absurd allocation (checked before anything starts)."""
-        for key in keys:
-            BOUNDS[f"{self.SECTION}.{key}"] = (lowest, highest)
-            self.need(lowest <= getattr(self, key) <= highest, key, f"must be between {lowest} and {highest}")
-
 
 
 @dataclass(frozen=True)
@@ -140,7 +79,7 @@ class TaskConfig(Section):
         self.within(0, 64, "blur_sigma")  # the kernel is about 6 sigma wide
         self.within(1, 100, "jpeg_quality")
         self.within(1, 255, "label_nc")  # p2p.labels.MAX_LABEL_NC: ids are stored in a uint8 channel
-        self.need(self.name != "labels" or self.direction == "AtoB", "direction",
+        self.need(TASKS[self.name].input_kind != "labels" or self.direction == "AtoB", "direction",
                   "is AtoB for task.name=labels: a label map is the input, the photo the output")
 
 

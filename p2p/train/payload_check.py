@@ -18,7 +18,7 @@ from numbers import Real
 import torch
 
 from p2p.config.quoting import shown
-from p2p.config.schema import MAX_COUNT
+from p2p.config.section import MAX_COUNT
 from p2p.errors import CheckpointError
 from p2p.models.arch import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator
 from p2p.models.loading import arch_from

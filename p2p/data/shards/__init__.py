@@ -93,7 +93,7 @@ class ShardOptions:
                                  + " or ".join(s.name for s in TASKS if s.image_pairs) + ")")
             if not Path(self.b_dir).is_dir():
                 raise UsageError(f"--b-dir {self.b_dir} is not a folder")
-        if self.label_nc is not None and (self.task != "labels" or not 1 <= self.label_nc <= 255):
+        if self.label_nc is not None and (TASKS[self.task].input_kind != "labels" or not 1 <= self.label_nc <= 255):
             raise UsageError(f"--label-nc {self.label_nc}: only with --task labels, within 1..255")
         if self.val_dir is not None and not Path(self.val_dir).is_dir():
             raise UsageError(f"--val-dir {self.val_dir} is not a folder")
@@ -127,7 +127,7 @@ def run_shards(src: str | os.PathLike, out: str | os.PathLike, options: ShardOpt
     src, out = os.fspath(src), Path(out)
     _check_paths(Path(src), out)
     o = options
-    if o.task == "labels":  # pix2pixHD's layout and two members per sample (p2p.data.shards.labels)
+    if TASKS[o.task].input_kind == "labels":  # pix2pixHD's layout and two members per sample (p2p.data.shards.labels)
         from p2p.data.shards.labels import label_options, scan_labels
 
         found = scan_labels(src, out, o.val_dir, o.val_fraction)
@@ -135,7 +135,7 @@ def run_shards(src: str | os.PathLike, out: str | os.PathLike, options: ShardOpt
         found = scan(src, out, o.task, o.b_dir, o.val_dir, o.val_fraction)
     opts = OutputOptions(o.task, o.size, o.quality, bool(o.upscale_small), o.seed, found.val_fraction,
                          float(o.shard_size_mb), found.split_mode, found.paired)
-    if o.task == "labels":
+    if TASKS[o.task].input_kind == "labels":
         opts = label_options(opts, o.label_nc, found)
     if found.found == 0:
         from p2p.data.images import IMAGE_EXTS

@@ -26,6 +26,7 @@ from p2p.data.shards.index import Component, format_index
 from p2p.data.shards.plan import OutputOptions, ShardTask, images_per_shard
 from p2p.data.shards.scan import Scan
 from p2p.errors import WriteError
+from p2p.specs.tasks import TASKS
 
 # (images done, images to write): called in the main process while shards are written
 Progress = Callable[[int, int], None]
@@ -201,7 +202,7 @@ def _fill(t: ShardTask, w: TarWriter, samples: list, skipped: list, src_stats: S
     for item in t.items:
         try:
             try:
-                encode = process_label_item if t.opts.task == "labels" else process_item
+                encode = process_label_item if TASKS[t.opts.task].input_kind == "labels" else process_item
                 jpg, meta, src_size, out_size = encode(item, t.opts)
             except Skip:
                 raise
