@@ -115,7 +115,7 @@ def test_a_resnet_arch_records_no_u_net_depth():
 @pytest.mark.parametrize("name", NAMES)
 def test_its_model_card_line_shows_the_settings_a_folder_records(name):
     from p2p.model_card import _architecture
-    from p2p.model_folder import config_tree
+    from p2p.export import config_tree
 
     cfg, arch, _, _ = tiny(name)
     model = config_tree(arch, cfg)["model"]
