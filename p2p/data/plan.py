@@ -112,13 +112,16 @@ def sequence(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 def sequence_range(counts: np.ndarray, order: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Rows [lo, hi) of sequence(counts, order), built from the shards that hold them alone:
-    O(S) for the cumulative counts plus O(hi - lo + the two end shards)."""
+    O(S) for the cumulative counts plus O(hi - lo + the two end shards). Counts that can check
+    their shards (p2p.data.shards.catalog.ShardCounts) check those shards before any row is made."""
     if hi <= lo or len(order) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     ends = np.cumsum(counts[order])
     first = int(np.searchsorted(ends, lo, side="right"))
     last = int(np.searchsorted(ends, hi - 1, side="right"))
     shards = order[first:last + 1]
+    if hasattr(counts, "check_shards"):  # a shard folder's counts (ShardCounts): its tars back them first
+        counts.check_shards(shards)
     c = counts[shards]
     out = np.empty((int(c.sum()), 2), dtype=np.int64)  # filled in place: one temporary column at a time
     out[:, 0] = np.repeat(shards, c)
