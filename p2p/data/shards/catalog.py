@@ -39,7 +39,7 @@ import numpy as np
 
 from p2p.atomic import write_bytes
 from p2p.data.shards.format import (MANIFEST, MAX_MANIFEST_BYTES, MAX_SHARD_SAMPLES, SPLITS, check_shard_file,
-                                    read_manifest, read_manifest_bytes, shard_stem, split_shards, split_total)
+                                    manifest_sha256, read_manifest, shard_stem, split_shards, split_total)
 from p2p.errors import UsageError
 
 COUNTS = "manifest.counts"
@@ -92,11 +92,12 @@ def remove_counts_file(out: str | os.PathLike) -> None:
         pass
 
 
-def read_counts_file(out: str | os.PathLike, manifest_text: bytes, split: str
+def read_counts_file(out: str | os.PathLike, manifest_digest: str, split: str
                      ) -> tuple[dict, np.ndarray, np.ndarray] | None:
     """(header, shard numbers, counts) of `split` from OUT/manifest.counts, or None when there is
-    none, it belongs to another manifest, or it is malformed (the caller then reads the
-    manifest). Nothing is allocated beyond the file's own size, which is bounded."""
+    none, it belongs to another manifest than the one whose sha256 is `manifest_digest`, or it
+    is malformed (the caller then reads the manifest). Nothing is allocated beyond the file's
+    own size, which is bounded."""
     path = Path(out) / COUNTS
     try:
         if not os.path.isfile(path) or os.path.getsize(path) > MAX_MANIFEST_BYTES:
@@ -109,7 +110,7 @@ def read_counts_file(out: str | os.PathLike, manifest_text: bytes, split: str
             body = f.read(MAX_MANIFEST_BYTES)
     except (OSError, ValueError, RecursionError):
         return None
-    if not isinstance(header, dict) or header.get("manifest_sha256") != hashlib.sha256(manifest_text).hexdigest():
+    if not isinstance(header, dict) or header.get("manifest_sha256") != manifest_digest:
         return None
     splits = header.get("splits")
     if not isinstance(splits, dict) or list(splits) != list(SPLITS):
@@ -210,16 +211,15 @@ class SplitCatalog:
     file the lists came from."""
 
     def __init__(self, source: str, split: str):
-        data = read_manifest_bytes(source)
         base = os.path.join(os.fspath(source), split)
-        got = read_counts_file(source, data, split)
+        got = read_counts_file(source, manifest_sha256(source), split)
         if got is not None:
             header, stems, counts = got
             _check_counts(counts, header["splits"][split]["count"], split)
             self.manifest = {"task": header.get("task"), "options": header.get("options")}
             self.tars, self.idxs = ShardPaths(base, "tar", stems=stems), ShardPaths(base, "idx", stems=stems)
         else:
-            m = read_manifest(source, data)
+            m = read_manifest(source)
             entries = split_shards(m, split)
             counts = np.array([c for _, _, c in entries], dtype=np.int64)
             split_total(m, split, counts)

@@ -104,13 +104,26 @@ def read_manifest_bytes(out_dir: str | os.PathLike) -> bytes:
     return data
 
 
-def read_manifest(out_dir: str | os.PathLike, data: bytes | None = None) -> dict:
-    """The manifest of a shard folder (OUT/manifest.json; `data`: its bytes, already read).
-    Raises FileNotFoundError when it is missing, ValueError when it is not a p2p shard manifest
-    (not a regular file, too big, not JSON, nested too deep, no format)."""
+def manifest_sha256(out_dir: str | os.PathLike) -> str:
+    """The sha256 of OUT/manifest.json, read in blocks (the file is never held whole); raises
+    like read_manifest_bytes."""
     path = Path(out_dir) / MANIFEST
-    if data is None:
-        data = read_manifest_bytes(out_dir)
+    if _regular(path, "a manifest") > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a p2p shard manifest")
+    h, left = hashlib.sha256(), MAX_MANIFEST_BYTES + 1
+    with open(path, "rb") as f:
+        while left > 0 and (block := f.read(min(left, 1 << 20))):
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict:
+    """The manifest of a shard folder (OUT/manifest.json). Raises FileNotFoundError when it is
+    missing, ValueError when it is not a p2p shard manifest (not a regular file, too big, not
+    JSON, nested too deep, no format)."""
+    path = Path(out_dir) / MANIFEST
+    data = read_manifest_bytes(out_dir)
     try:
         m = json.loads(data.decode("utf-8"))
     except RecursionError:
