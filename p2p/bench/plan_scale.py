@@ -137,8 +137,8 @@ def write_folder(folder: Path, n: int, shard_size: int) -> None:
     (folder / "train").mkdir(parents=True, exist_ok=True)
     ensure_tars(folder, shard_counts(n, shard_size))
     text = json.dumps(manifest)
-    write_counts_file(folder, manifest, text.encode())
     write_text(path, text)
+    write_counts_file(folder, manifest, text.encode())
 
 
 def tar_bytes(count: int) -> int:

@@ -172,8 +172,8 @@ def run_shards(src: str | os.PathLike, out: str | os.PathLike, options: ShardOpt
                  "val_dir": os.path.abspath(o.val_dir) if o.val_dir else None}
         manifest = build_manifest(opts, tasks, done, found, paths, run)
         text = json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
-        write_counts_file(out, manifest, text.encode("utf-8"))  # the readers' compact copy of the shard lists
         write_text(out / MANIFEST, text)
+        write_counts_file(out, manifest, text.encode("utf-8"))  # the readers' compact copy of the shard lists
     return ShardRun(src, out, found.found, manifest, [(f"{t.split}/{t.stem}", err) for t, err in failures])
 
 

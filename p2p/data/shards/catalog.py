@@ -8,14 +8,16 @@ stat 100k tars (seconds per rank at 100M samples; S metadata calls per rank on a
 system). Its layout::
 
     P2P-SHARD-COUNTS 1\\n
-    {"manifest_sha256": ..., "task": ..., "options": {...},
+    {"manifest_sha256": ..., "manifest_stat": [size, mtime_ns], "task": ..., "options": {...},
      "splits": {"train": {"shards": S, "count": N}, "val": {...}}}\\n      (one line of JSON)
     per split, in that order: S little-endian int64 shard numbers (shard-NNNNNN), then S counts
 
-It holds only what manifest.json holds, and only for the manifest whose bytes hash to
-`manifest_sha256`: a manifest rewritten since (by hand, by an older p2p, a failed run) no longer
-matches, and the reader takes the manifest's own lists. So does a shard folder from before this
-file, and one whose file is damaged: manifest.json is the truth, the counts file a faster copy.
+It holds only what manifest.json holds, and only for the manifest it was written after: one
+with the size and modification time it recorded (one stat, the manifest is not read), or else
+with its sha256 (a copy that did not keep file times: the manifest is read once to hash it). A
+manifest rewritten since (by hand, by an older p2p, a failed run) matches neither, and the
+reader takes the manifest's own lists. So does a shard folder from before this file, and one
+whose file is damaged: manifest.json is the truth, the counts file a faster copy.
 
 Both are untrusted. Before a plan is made, the counts are checked: each a non-negative integer
 of at most MAX_SHARD_SAMPLES, adding up to the split's total. The counts are claims about tars
@@ -39,7 +41,8 @@ import numpy as np
 
 from p2p.atomic import write_bytes
 from p2p.data.shards.format import (MANIFEST, MAX_MANIFEST_BYTES, MAX_SHARD_SAMPLES, SPLITS, check_shard_file,
-                                    manifest_sha256, read_manifest, shard_stem, split_shards, split_total)
+                                    manifest_sha256, manifest_stat, read_manifest, shard_stem, split_shards,
+                                    split_total)
 from p2p.errors import UsageError
 
 COUNTS = "manifest.counts"
@@ -52,11 +55,15 @@ _CANONICAL = re.compile(r"^shard-(\d{6,})$")
 # the counts file
 
 
-def counts_file_bytes(manifest: dict, manifest_text: bytes) -> bytes | None:
-    """The counts file of a manifest (its bytes `manifest_text`), or None when a shard has a
-    name `p2p shard` does not write (such folders are read from manifest.json alone)."""
+def counts_file_bytes(manifest: dict, manifest_text: bytes, manifest_stat: os.stat_result | None = None
+                      ) -> bytes | None:
+    """The counts file of a manifest (its bytes `manifest_text`; `manifest_stat`, the file's
+    stat once written), or None when a shard has a name `p2p shard` does not write (such folders
+    are read from manifest.json alone)."""
     header = {"manifest_sha256": hashlib.sha256(manifest_text).hexdigest(), "task": manifest.get("task"),
               "options": manifest.get("options"), "splits": {}}
+    if manifest_stat is not None and manifest_stat.st_size == len(manifest_text):
+        header["manifest_stat"] = [manifest_stat.st_size, manifest_stat.st_mtime_ns]
     arrays = []
     for split in SPLITS:
         stems, counts = [], []
@@ -73,10 +80,9 @@ def counts_file_bytes(manifest: dict, manifest_text: bytes) -> bytes | None:
 
 
 def write_counts_file(out: str | os.PathLike, manifest: dict, manifest_text: bytes) -> bool:
-    """Write OUT/manifest.counts for the manifest about to be written (atomically; before the
-    manifest, so a crash between leaves a file that matches no manifest). False, and no file,
-    for a manifest it cannot hold."""
-    data = counts_file_bytes(manifest, manifest_text)
+    """Write OUT/manifest.counts (atomically) for the manifest just written, whose bytes are
+    `manifest_text`. False, and no file, for a manifest it cannot hold."""
+    data = counts_file_bytes(manifest, manifest_text, os.stat(Path(out) / MANIFEST))
     path = Path(out) / COUNTS
     if data is None:
         remove_counts_file(out)
@@ -92,12 +98,12 @@ def remove_counts_file(out: str | os.PathLike) -> None:
         pass
 
 
-def read_counts_file(out: str | os.PathLike, manifest_digest: str, split: str
-                     ) -> tuple[dict, np.ndarray, np.ndarray] | None:
+def read_counts_file(out: str | os.PathLike, split: str) -> tuple[dict, np.ndarray, np.ndarray] | None:
     """(header, shard numbers, counts) of `split` from OUT/manifest.counts, or None when there is
-    none, it belongs to another manifest than the one whose sha256 is `manifest_digest`, or it
-    is malformed (the caller then reads the manifest). Nothing is allocated beyond the file's
-    own size, which is bounded."""
+    none, it belongs to another manifest, or it is malformed (the caller then reads the
+    manifest). It belongs to OUT/manifest.json when the manifest has the size and modification
+    time it recorded (no read of the manifest), or else the same sha256 (a copy that did not
+    keep times). Nothing is allocated beyond the file's own size, which is bounded."""
     path = Path(out) / COUNTS
     try:
         if not os.path.isfile(path) or os.path.getsize(path) > MAX_MANIFEST_BYTES:
@@ -110,7 +116,7 @@ def read_counts_file(out: str | os.PathLike, manifest_digest: str, split: str
             body = f.read(MAX_MANIFEST_BYTES)
     except (OSError, ValueError, RecursionError):
         return None
-    if not isinstance(header, dict) or header.get("manifest_sha256") != manifest_digest:
+    if not isinstance(header, dict) or not _same_manifest(out, header):
         return None
     splits = header.get("splits")
     if not isinstance(splits, dict) or list(splits) != list(SPLITS):
@@ -129,6 +135,13 @@ def read_counts_file(out: str | os.PathLike, manifest_digest: str, split: str
     if n and stems.min() < 0:
         return None
     return header, stems, counts
+
+
+def _same_manifest(out, header: dict) -> bool:
+    st = manifest_stat(out)
+    if header.get("manifest_stat") == [st.st_size, st.st_mtime_ns]:
+        return True
+    return header.get("manifest_sha256") == manifest_sha256(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,8 +224,9 @@ class SplitCatalog:
     file the lists came from."""
 
     def __init__(self, source: str, split: str):
+        manifest_stat(source)  # there, a regular file, not too big
         base = os.path.join(os.fspath(source), split)
-        got = read_counts_file(source, manifest_sha256(source), split)
+        got = read_counts_file(source, split)
         if got is not None:
             header, stems, counts = got
             _check_counts(counts, header["splits"][split]["count"], split)

@@ -91,12 +91,22 @@ def _regular(path: Path, what: str) -> int:
     return st.st_size
 
 
-def read_manifest_bytes(out_dir: str | os.PathLike) -> bytes:
-    """The bytes of OUT/manifest.json, unparsed. Raises FileNotFoundError when it is missing,
-    ValueError when it is not a regular file or larger than any p2p shard manifest."""
+def manifest_stat(out_dir: str | os.PathLike) -> os.stat_result:
+    """os.stat of OUT/manifest.json. Raises FileNotFoundError when it is missing, ValueError when
+    it is not a regular file or larger than any p2p shard manifest."""
     path = Path(out_dir) / MANIFEST
-    if _regular(path, "a manifest") > MAX_MANIFEST_BYTES:
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a regular file (a manifest must be one)")
+    if st.st_size > MAX_MANIFEST_BYTES:
         raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a p2p shard manifest")
+    return st
+
+
+def read_manifest_bytes(out_dir: str | os.PathLike) -> bytes:
+    """The bytes of OUT/manifest.json, unparsed; raises like manifest_stat."""
+    path = Path(out_dir) / MANIFEST
+    manifest_stat(out_dir)
     with open(path, "rb") as f:
         data = f.read(MAX_MANIFEST_BYTES + 1)  # the file may have grown since the stat
     if len(data) > MAX_MANIFEST_BYTES:
@@ -106,10 +116,9 @@ def read_manifest_bytes(out_dir: str | os.PathLike) -> bytes:
 
 def manifest_sha256(out_dir: str | os.PathLike) -> str:
     """The sha256 of OUT/manifest.json, read in blocks (the file is never held whole); raises
-    like read_manifest_bytes."""
+    like manifest_stat."""
     path = Path(out_dir) / MANIFEST
-    if _regular(path, "a manifest") > MAX_MANIFEST_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a p2p shard manifest")
+    manifest_stat(out_dir)
     h, left = hashlib.sha256(), MAX_MANIFEST_BYTES + 1
     with open(path, "rb") as f:
         while left > 0 and (block := f.read(min(left, 1 << 20))):
