@@ -313,7 +313,8 @@ def run_cell(cell: dict, timeout: float) -> dict:
 
 
 def _disk_bytes(work: Path) -> int:
-    return sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+    """Bytes WORK takes on disk (blocks: the sparse tars take next to none)."""
+    return sum(p.stat().st_blocks * 512 for p in work.rglob("*") if p.is_file())
 
 
 def run_plan_scale(options: PlanScaleOptions, out: str | os.PathLike, say: Callable[[str], None]) -> dict:

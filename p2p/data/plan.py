@@ -142,7 +142,9 @@ def rank_samples(counts: np.ndarray, seed: int, epoch: int, rank: int, world: in
         order = shard_order(len(counts), seed, epoch)
     mine = sequence_range(counts, order, lo, hi)
     g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 0xB47C))
-    return mine[torch.randperm(len(mine), generator=g).numpy()]
+    # take along axis 0, not mine[perm]: numpy's fancy index copies an (M, 2) array row by row
+    # through its generic loop, several times slower per sample (benchmarks/plan-scale/per_sample.py)
+    return np.take(mine, torch.randperm(len(mine), generator=g).numpy(), axis=0)
 
 
 def train_plan(counts: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int, world: int,
