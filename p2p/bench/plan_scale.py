@@ -280,8 +280,11 @@ def measure_cell(cell: dict) -> dict:
     row["plan_mb"] = max(r[2] for r in runs)
     if parse:
         def parse_all(shards):
-            for s in touched.tolist():
-                shards.index(s)
+            from p2p.data.shards.index import collector_paused
+
+            with collector_paused():  # as WdsLoader.dataset parses them
+                for s in touched.tolist():
+                    shards.index(s)
         fresh = [_loader(folder, batch, rank, world).shards for _ in range(3)]  # empty caches of parsed indexes
         runs = [measured(lambda: parse_all(shards)) for shards in fresh]
         row["index_s"] = sorted(r[1] for r in runs)[1]

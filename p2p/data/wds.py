@@ -337,8 +337,11 @@ class WdsLoader:
         else:
             plan = self._val
             spare = np.roll(plan, -1, axis=0)
-        for shard in np.unique(np.concatenate([plan[:, 0], spare[:, 0]])).tolist():
-            self.shards.index(shard)  # parsed before workers fork (they inherit it) or threads start
+        from p2p.data.shards.index import collector_paused
+
+        with collector_paused():  # millions of small objects, no cycles
+            for shard in np.unique(np.concatenate([plan[:, 0], spare[:, 0]])).tolist():
+                self.shards.index(shard)  # parsed before workers fork (they inherit it) or threads start
         return self.batches(self.shards, plan, self.batch_size, spare, self.load_size, self.paired, self.seed,
                             epoch, self.train)
 
