@@ -248,6 +248,7 @@ def measure_cell(cell: dict) -> dict:
     from p2p.data.plan import rank_range, sequence, shard_order, train_plan
 
     import p2p.config  # noqa: F401  imported before any timer: start-up here is the work, not the imports
+    import p2p.data.shards.catalog  # noqa: F401  (ShardSet imports it when first built)
     import p2p.data.wds  # noqa: F401
 
     folder, batch, n = Path(cell["folder"]), cell["batch_size"], cell["n"]
