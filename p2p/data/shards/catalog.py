@@ -220,7 +220,7 @@ class TarSizes:
 class SplitCatalog:
     """One split of a shard folder: `counts` (ShardCounts), `total`, `tars`, `idxs` (paths made
     on demand), `sizes` (tars checked on first use) and `manifest`, the part of the manifest
-    readers use besides the shard lists (format, task, options). `from_counts_file` says which
+    readers use besides the shard lists (task, options). `from_counts_file` says which
     file the lists came from."""
 
     def __init__(self, source: str, split: str):
