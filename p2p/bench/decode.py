@@ -65,7 +65,7 @@ def _dali_rate(source: str, count: int, repeats: int) -> float | None:
 
     @pipeline_def(batch_size=batch, num_threads=1, device_id=None, prefetch_queue_depth=1)
     def pipe():
-        jpg = fn.readers.webdataset(paths=shards.tars, index_paths=shards.idxs, ext=["jpg"], name="reader")
+        jpg = fn.readers.webdataset(paths=list(shards.tars), index_paths=list(shards.idxs), ext=["jpg"], name="reader")
         return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
 
     p = pipe()

@@ -2,12 +2,15 @@
 web scale (N = 1M .. 100M samples) and hundreds of ranks, without making an image.
 
 For each N, WORK/sim-N holds a synthetic shard folder: a manifest listing N / shard_size shards
-of `shard_size` samples (the tars are never opened) and the DALI index files (`.idx`) of only
+of `shard_size` samples and its `manifest.counts` (as `p2p shard` writes them), a sparse tar per
+shard (never read; the tars a rank touches are checked) and the DALI index files (`.idx`) of only
 the shards some measured rank touches, written the first time they are needed and reused.
 For each world size W, one fresh process measures one rank (the last, whose range is among the
 largest) of the wds backend:
 
-- `manifest_s`: WdsLoader built (the manifest read: O(shards));
+- `manifest_s`: WdsLoader built (manifest.counts read, the manifest's bytes hashed to match it);
+- `baseline_manifest_s`: the split opened as p2p did before manifest.counts: the manifest's JSON
+  parsed, every shard entry checked, two paths made and the tar stat'ed per shard: O(shards);
 - `plan_s`, `plan_mb`: the epoch plan (train_plan), the median of 3, and its peak memory;
 - `index_s`, `index_mb`: the index files of every shard the rank's plan and spare samples touch,
   parsed (what `dataset()` does before workers fork);
@@ -114,11 +117,15 @@ def write_folder(folder: Path, n: int, shard_size: int) -> None:
     from p2p.atomic import write_text
     from p2p.data.shards.format import FORMAT, FORMAT_VERSION, MANIFEST
 
+    from p2p.data.shards.catalog import COUNTS, write_counts_file
+
     path = folder / MANIFEST
     if path.exists():
         m = json.loads(path.read_text())
         if m.get("train", {}).get("count") == n and m.get("simulated_shard_size") == shard_size:
             ensure_tars(folder, shard_counts(n, shard_size))
+            if not (folder / COUNTS).exists():
+                write_counts_file(folder, m, path.read_bytes())
             return
     stems = [f"shard-{i:06d}" for i in range(len(shard_counts(n, shard_size)))]
     shards = [{"file": f"{s}.tar", "index": f"{s}.idx", "count": c, "bytes": 0}
@@ -129,7 +136,9 @@ def write_folder(folder: Path, n: int, shard_size: int) -> None:
                 "val": {"shards": [], "count": 0, "bytes": 0}, "count": n}
     (folder / "train").mkdir(parents=True, exist_ok=True)
     ensure_tars(folder, shard_counts(n, shard_size))
-    write_text(path, json.dumps(manifest))
+    text = json.dumps(manifest)
+    write_text(path, text)
+    write_counts_file(folder, manifest, text.encode())
 
 
 def tar_bytes(count: int) -> int:
@@ -138,8 +147,8 @@ def tar_bytes(count: int) -> int:
 
 
 def ensure_tars(folder: Path, counts: list[int]) -> None:
-    """A sparse file of the right size per shard (no blocks on disk): the loader checks every
-    shard's tar against the manifest before it plans, as with real shards."""
+    """A sparse file of the right size per shard (no blocks on disk): a rank checks the tar of
+    every shard it touches against its count, as with real shards."""
     for i, count in enumerate(counts):
         path = folder / "train" / f"shard-{i:06d}.tar"
         if not path.exists() or path.stat().st_size != tar_bytes(count):
@@ -221,11 +230,25 @@ def _touched(counts: np.ndarray, batch_size: int, rank: int, world: int, history
     return np.unique(rows[:, 0])
 
 
+def _open_as_before(folder: Path) -> tuple[list, list, list, np.ndarray]:
+    """The train split opened as ShardSet did before manifest.counts (the baseline): paths,
+    index paths, checked tar sizes and counts of every shard."""
+    from p2p.data.shards.format import check_shard_file, read_manifest, split_shards
+
+    entries = split_shards(read_manifest(folder), "train")
+    base = folder / "train"
+    tars = [str(base / tar) for tar, _, _ in entries]
+    idxs = [str(base / idx) for _, idx, _ in entries]
+    sizes = [check_shard_file(tar, count) for tar, (_, _, count) in zip(tars, entries)]
+    return tars, idxs, sizes, np.array([count for _, _, count in entries], dtype=np.int64)
+
+
 def measure_cell(cell: dict) -> dict:
     """One rank's figures for one (N, W) or one change W0 -> W1 (see the module docstring)."""
     from p2p.data.plan import rank_range, sequence, shard_order, train_plan
 
     import p2p.config  # noqa: F401  imported before any timer: start-up here is the work, not the imports
+    import p2p.data.shards.catalog  # noqa: F401  (ShardSet imports it when first built)
     import p2p.data.wds  # noqa: F401
 
     folder, batch, n = Path(cell["folder"]), cell["batch_size"], cell["n"]
@@ -247,6 +270,8 @@ def measure_cell(cell: dict) -> dict:
             row["first_keys_mb"] = mb
         row["first_key"] = keys[0]
     loader, row["manifest_s"], _ = measured(lambda: _loader(folder, batch, rank, world))
+    if not history:
+        _, row["baseline_manifest_s"], _ = measured(lambda: _open_as_before(folder))
     if history:
         row["w0"] = history[0][0]
         _, row["change_s"], row["change_mb"] = measured(lambda: loader.continue_epoch(0, history))
@@ -256,8 +281,11 @@ def measure_cell(cell: dict) -> dict:
     row["plan_mb"] = max(r[2] for r in runs)
     if parse:
         def parse_all(shards):
-            for s in touched.tolist():
-                shards.index(s)
+            from p2p.data.shards.index import collector_paused
+
+            with collector_paused():  # as WdsLoader.dataset parses them
+                for s in touched.tolist():
+                    shards.index(s)
         fresh = [_loader(folder, batch, rank, world).shards for _ in range(3)]  # empty caches of parsed indexes
         runs = [measured(lambda: parse_all(shards)) for shards in fresh]
         row["index_s"] = sorted(r[1] for r in runs)[1]
@@ -289,7 +317,8 @@ def run_cell(cell: dict, timeout: float) -> dict:
 
 
 def _disk_bytes(work: Path) -> int:
-    return sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+    """Bytes WORK takes on disk (blocks: the sparse tars take next to none)."""
+    return sum(p.stat().st_blocks * 512 for p in work.rglob("*") if p.is_file())
 
 
 def run_plan_scale(options: PlanScaleOptions, out: str | os.PathLike, say: Callable[[str], None]) -> dict:

@@ -10,6 +10,7 @@ import numpy as np
 
 FIGURES = {  # key: (what, unit)
     "manifest_s": ("manifest read (WdsLoader built)", "s"),
+    "baseline_manifest_s": ("baseline: manifest read as before (JSON, every path, every tar stat'ed)", "s"),
     "plan_s": ("epoch plan of one rank", "s"),
     "plan_mb": ("epoch plan: peak memory", "MB"),
     "index_s": ("index files the rank touches, parsed", "s"),

@@ -112,13 +112,16 @@ def sequence(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 def sequence_range(counts: np.ndarray, order: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Rows [lo, hi) of sequence(counts, order), built from the shards that hold them alone:
-    O(S) for the cumulative counts plus O(hi - lo + the two end shards)."""
+    O(S) for the cumulative counts plus O(hi - lo + the two end shards). Counts that can check
+    their shards (p2p.data.shards.catalog.ShardCounts) check those shards before any row is made."""
     if hi <= lo or len(order) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     ends = np.cumsum(counts[order])
     first = int(np.searchsorted(ends, lo, side="right"))
     last = int(np.searchsorted(ends, hi - 1, side="right"))
     shards = order[first:last + 1]
+    if hasattr(counts, "check_shards"):  # a shard folder's counts (ShardCounts): its tars back them first
+        counts.check_shards(shards)
     c = counts[shards]
     out = np.empty((int(c.sum()), 2), dtype=np.int64)  # filled in place: one temporary column at a time
     out[:, 0] = np.repeat(shards, c)
@@ -139,7 +142,9 @@ def rank_samples(counts: np.ndarray, seed: int, epoch: int, rank: int, world: in
         order = shard_order(len(counts), seed, epoch)
     mine = sequence_range(counts, order, lo, hi)
     g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 0xB47C))
-    return mine[torch.randperm(len(mine), generator=g).numpy()]
+    # take along axis 0, not mine[perm]: numpy's fancy index copies an (M, 2) array row by row
+    # through its generic loop, several times slower per sample (benchmarks/plan-scale/per_sample.py)
+    return np.take(mine, torch.randperm(len(mine), generator=g).numpy(), axis=0)
 
 
 def train_plan(counts: np.ndarray, batch_size: int, seed: int, epoch: int, rank: int, world: int,

@@ -82,7 +82,7 @@ class ShardSet:
     offsets, sizes and keys from the `.idx` files, parsed on demand and cached per process."""
 
     def __init__(self, source: str, split: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-        from p2p.data.shards.format import check_shard_file, read_manifest, split_shards
+        from p2p.data.shards.catalog import SplitCatalog
 
         # first: close() (and __del__) must work however far the checks below get
         self._fds: dict[int, int] = {}
@@ -92,12 +92,9 @@ class ShardSet:
         # The manifest, index files and tars are untrusted input: every name stays inside the
         # split folder, every count and size is checked against the file before it sizes anything.
         try:
-            self.manifest = read_manifest(source)
-            entries = split_shards(self.manifest, split)
-            base = Path(source) / split
-            self.tars = [str(base / tar) for tar, _, _ in entries]
-            self.idxs = [str(base / idx) for _, idx, _ in entries]
-            self.sizes = [check_shard_file(tar, count) for tar, (_, _, count) in zip(self.tars, entries)]
+            # the counts checked now; paths made and tars checked when a shard is first touched
+            catalog = SplitCatalog(source, split)
+            self.manifest, self.tars, self.idxs, self.sizes = catalog.manifest, catalog.tars, catalog.idxs, catalog.sizes
         except FileNotFoundError as e:
             what = "manifest.json: make shards with 'p2p shard'" if e.filename and str(e.filename).endswith(
                 "manifest.json") else f"shard {e.filename} listed in its manifest (re-run 'p2p shard')"
@@ -105,8 +102,7 @@ class ShardSet:
         except (OSError, ValueError) as e:
             raise UsageError(f"data.source={source!r}: {e}") from None
         self.source, self.split = source, split
-        self.counts = np.array([count for _, _, count in entries], dtype=np.int64)
-        self.total = int(self.counts.sum())
+        self.counts, self.total = catalog.counts, catalog.total
         self._index: dict[int, tuple[np.ndarray, np.ndarray, list[str]]] = {}
 
     @property
@@ -343,8 +339,11 @@ class WdsLoader:
         else:
             plan = self._val
             spare = np.roll(plan, -1, axis=0)
-        for shard in np.unique(np.concatenate([plan[:, 0], spare[:, 0]])).tolist():
-            self.shards.index(shard)  # parsed before workers fork (they inherit it) or threads start
+        from p2p.data.shards.index import collector_paused
+
+        with collector_paused():  # millions of small objects, no cycles
+            for shard in np.unique(np.concatenate([plan[:, 0], spare[:, 0]])).tolist():
+                self.shards.index(shard)  # parsed before workers fork (they inherit it) or threads start
         return self.batches(self.shards, plan, self.batch_size, spare, self.load_size, self.paired, self.seed,
                             epoch, self.train)
 

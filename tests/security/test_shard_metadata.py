@@ -2,22 +2,31 @@
 a manifest count of 1e12 or "nine", a shard without `file`, `shards: "x"`, `train` as a list,
 JSON nested 100k deep, a tar replaced by a FIFO: each is one line and exit 2 from the reader
 that opens it (never a MemoryError, OverflowError or TypeError traceback, never a hang), and a
-manifest error leaves no `ShardSet.__del__` traceback behind."""
+manifest error leaves no `ShardSet.__del__` traceback behind.
+
+manifest.counts is as untrusted as the manifest, and tars are checked only when a rank touches
+them: a count that agrees with its split's total but not with its tar (2**32 samples in a tar of
+a few kB) is refused in one line when the plan reaches that shard, before any allocation sized
+by it (without the check the plan would ask for 64 GiB); a count past the limit is refused
+before planning; a counts file that does not add up is not read (the manifest is)."""
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import shutil
 import signal
 import sys
 
+import numpy as np
 import pytest
 
 from helpers.hostile_files import jpeg_bytes, photo_rgb, run_cli, tiny_generator_file
 from p2p.config import load_config, with_values
 from p2p.data import build_loader
+from p2p.data.shards.catalog import COUNTS, MAGIC, SplitCatalog
 from p2p.errors import UsageError
 
 
@@ -170,3 +179,76 @@ def test_a_fifo_in_place_of_a_shard_file_is_refused_not_waited_on(what, copy):
 def test_odd_manifest_options_do_not_break_the_loader(case, copy):
     _manifest(copy, HARMLESS[case])
     assert _train_loader(copy).images.shape == (2, 3, 40, 40)
+
+
+# ---- manifest.counts and the tars checked when touched -------------------------------------
+
+
+def _forge(folder, split: str, count: int, counts_file: bool) -> None:
+    """Shard 0 of `split` claims `count` samples and the split's total agrees; the counts file
+    is rewritten for the new manifest (a forger who wrote both) or removed."""
+    m = json.loads((folder / "manifest.json").read_text())
+    entry = m[split]["shards"][0]
+    m[split]["count"] += count - entry["count"]
+    entry["count"] = count
+    text = json.dumps(m).encode()
+    (folder / "manifest.json").write_bytes(text)
+    if counts_file:
+        (folder / COUNTS).write_bytes(_counts_file(m, text))
+    else:
+        (folder / COUNTS).unlink()
+
+
+def _counts_file(m: dict, text: bytes) -> bytes:
+    """A counts file for manifest `m` as a forger writes it: any counts, the layout right."""
+    header = {"manifest_sha256": hashlib.sha256(text).hexdigest(), "task": m["task"], "options": m["options"],
+              "splits": {s: {"shards": len(m[s]["shards"]), "count": m[s]["count"]} for s in ("train", "val")}}
+    body = b"".join(np.array(v, dtype="<i8").tobytes() for s in ("train", "val")
+                    for v in ([int(e["file"][6:12]) for e in m[s]["shards"]], [e["count"] for e in m[s]["shards"]]))
+    return MAGIC + json.dumps(header).encode() + b"\n" + body
+
+
+@pytest.mark.parametrize("counts_file", [True, False], ids=["counts_file", "manifest_only"])
+def test_a_count_its_tar_cannot_hold_is_refused_before_the_plan_allocates(counts_file, copy):
+    _forge(copy, "train", 2**32, counts_file)
+    assert SplitCatalog(str(copy), "train").from_counts_file == counts_file
+    with pytest.raises(UsageError, match="cannot fit") as e:
+        _train_loader(copy)
+    assert "\n" not in str(e.value) and str(copy) in str(e.value)
+
+
+@pytest.mark.parametrize("counts_file", [True, False], ids=["counts_file", "manifest_only"])
+def test_a_count_past_the_limit_is_refused_before_planning(counts_file, copy):
+    from p2p.data.wds import ShardSet
+
+    _forge(copy, "train", 10**12, counts_file)
+    with pytest.raises(UsageError) as e:
+        ShardSet(str(copy), "train")
+    assert "\n" not in str(e.value) and "1000000000000" in str(e.value), e.value
+
+
+@pytest.mark.parametrize("damage", ["shards_1e12", "count_text", "splits_list", "trailing_bytes", "not_json"])
+def test_a_counts_file_that_does_not_add_up_is_not_read(damage, copy):
+    data = (copy / COUNTS).read_bytes()
+    magic, header, body = data.split(b"\n", 2)
+    h = json.loads(header)
+    if damage == "shards_1e12":
+        h["splits"]["train"]["shards"] = 10**12
+    elif damage == "count_text":
+        h["splits"]["train"]["count"] = "nine"
+    elif damage == "splits_list":
+        h["splits"] = [1, 2]
+    elif damage == "trailing_bytes":
+        body += b"\0" * 16
+    header = json.dumps(h).encode() if damage != "not_json" else b"{" * 100
+    (copy / COUNTS).write_bytes(magic + b"\n" + header + b"\n" + body)
+    assert not SplitCatalog(str(copy), "train").from_counts_file
+    assert _train_loader(copy).images.shape == (2, 3, 40, 40)
+
+
+def test_eval_refuses_a_forged_val_count_with_exit_2(copy, tmp_path):
+    _forge(copy, "val", 2**32, True)
+    ckpt = tiny_generator_file(tmp_path / "g.pth")
+    code, out, err = run_cli("eval", ckpt, "--data", copy, "--device", "cpu")
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "cannot fit" in err, err

@@ -12,6 +12,7 @@ How a run goes, one module a step:
     write     shards -> tar + DALI index + sidecar each, over a process pool; the manifest
     format    the names, the manifest, sample keys, the val split rule, skip reasons
     index     DALI's index files (wds2idx v1.2)
+    catalog   manifest.counts (the shard lists, compact) and a split as readers hold it
 
 Keys are the source path relative to SRC (or to SRC/train, SRC/val, the A folder) without its
 extension, `/` kept, so COCO ids survive (`000000391895`). Dots and whitespace become `_`
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2p.atomic import write_text
+from p2p.data.shards.catalog import remove_counts_file, write_counts_file
 from p2p.data.shards.format import MANIFEST, read_manifest, shard_files
 from p2p.data.shards.plan import OutputLock, OutputOptions, check_options, clean, complete_meta, plan_shards
 from p2p.data.shards.scan import DEFAULT_VAL_FRACTION, scan
@@ -159,6 +161,7 @@ def run_shards(src: str | os.PathLike, out: str | os.PathLike, options: ShardOpt
                 done[(t.split, t.index)] = meta
         if todo and (out / MANIFEST).exists():
             os.remove(out / MANIFEST)  # a manifest exists only while it matches the files
+            remove_counts_file(out)
         workers = o.workers or _usable_cores()
         t_work = time.perf_counter()
         results, failures = write_shards(todo, workers, progress)
@@ -180,7 +183,9 @@ def run_shards(src: str | os.PathLike, out: str | os.PathLike, options: ShardOpt
                  "b_dir": os.path.abspath(o.b_dir) if o.b_dir else None,
                  "val_dir": os.path.abspath(o.val_dir) if o.val_dir else None}
         manifest = build_manifest(opts, tasks, done, found, paths, run)
-        write_text(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+        text = json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
+        write_text(out / MANIFEST, text)
+        write_counts_file(out, manifest, text.encode("utf-8"))  # the readers' compact copy of the shard lists
     return ShardRun(src, out, found.found, manifest, [(f"{t.split}/{t.stem}", err) for t, err in failures])
 
 

@@ -81,6 +81,9 @@ def hash_unit(key: str) -> float:
 
 MAX_MANIFEST_BYTES = 256 << 20  # a manifest of a million shards is well under this
 MEMBER_BYTES = 1024  # the least a sample takes in a tar: one header block and one data block
+# a shard of 2**32 samples is a tar of at least 4 TiB: no count above is real, and counts under
+# it add up far from int64's end
+MAX_SHARD_SAMPLES = 1 << 32
 
 
 def _regular(path: Path, what: str) -> int:
@@ -92,16 +95,50 @@ def _regular(path: Path, what: str) -> int:
     return st.st_size
 
 
+def manifest_stat(out_dir: str | os.PathLike) -> os.stat_result:
+    """os.stat of OUT/manifest.json. Raises FileNotFoundError when it is missing, ValueError when
+    it is not a regular file or larger than any p2p shard manifest."""
+    path = Path(out_dir) / MANIFEST
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a regular file (a manifest must be one)")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a p2p shard manifest")
+    return st
+
+
+def read_manifest_bytes(out_dir: str | os.PathLike) -> bytes:
+    """The bytes of OUT/manifest.json, unparsed; raises like manifest_stat."""
+    path = Path(out_dir) / MANIFEST
+    manifest_stat(out_dir)
+    with open(path, "rb") as f:
+        data = f.read(MAX_MANIFEST_BYTES + 1)  # the file may have grown since the stat
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a p2p shard manifest")
+    return data
+
+
+def manifest_sha256(out_dir: str | os.PathLike) -> str:
+    """The sha256 of OUT/manifest.json, read in blocks (the file is never held whole); raises
+    like manifest_stat."""
+    path = Path(out_dir) / MANIFEST
+    manifest_stat(out_dir)
+    h, left = hashlib.sha256(), MAX_MANIFEST_BYTES + 1
+    with open(path, "rb") as f:
+        while left > 0 and (block := f.read(min(left, 1 << 20))):
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
 def read_manifest(out_dir: str | os.PathLike) -> dict:
     """The manifest of a shard folder (OUT/manifest.json). Raises FileNotFoundError when it is
     missing, ValueError when it is not a p2p shard manifest (not a regular file, too big, not
     JSON, nested too deep, no format)."""
     path = Path(out_dir) / MANIFEST
-    if _regular(path, "a manifest") > MAX_MANIFEST_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a p2p shard manifest")
+    data = read_manifest_bytes(out_dir)
     try:
-        with open(path, encoding="utf-8") as f:
-            m = json.load(f)
+        m = json.loads(data.decode("utf-8"))
     except RecursionError:
         raise ValueError(f"{path}: JSON nested too deep to be a p2p shard manifest") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
@@ -142,8 +179,21 @@ def split_shards(m: dict, split: str, where: str = MANIFEST) -> list[tuple[str, 
         count = e["count"]
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"{at}: count {count!r} is not a non-negative integer")
+        if count > MAX_SHARD_SAMPLES:
+            raise ValueError(f"{at}: count {count} is more than any shard holds ({MAX_SHARD_SAMPLES})")
         out.append((tar, idx, count))
     return out
+
+
+def split_total(m: dict, split: str, counts, where: str = MANIFEST) -> int:
+    """The sum of a split's shard counts, checked against the split's `count` where the manifest
+    has one: a shard count edited alone (or a total) is refused before any plan is sized by it."""
+    total = sum(int(c) for c in counts)
+    claimed = m.get(split, {}).get("count")
+    if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed != total:
+        raise ValueError(f"{where}: the {split} shards' counts add up to {total}, its {split}.count says "
+                         f"{claimed}: the manifest is inconsistent (re-run 'p2p shard')")
+    return total
 
 
 def check_shard_file(tar_path: str | os.PathLike, count: int) -> int:

@@ -26,6 +26,8 @@ Details that matter:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import stat
 import tarfile
@@ -152,6 +154,22 @@ def read_index(idx_path: str | os.PathLike, tar_size: int | None = None) -> list
             comps.append(Component(ext, off, size, tok[j + 3] if width == 4 else ""))
         samples.append(comps)
     return samples
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off while the index files of many shards are parsed:
+    a rank parses those of every shard its epoch touches before its first batch (two tuples
+    and a list per sample, none in a cycle), and the collector, run every few hundred new
+    objects, would walk them again and again (benchmarks/plan-scale/per_sample.py: index_us
+    against index_no_gc_us). Collection resumes, over all of them once, when the block ends."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def read_index_count(idx_path: str | os.PathLike) -> int:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2p.data.shards.catalog import remove_counts_file
 from p2p.data.shards.format import FORMAT, FORMAT_VERSION, MANIFEST, SHARD_FILE, SPLITS, shard_stem
 from p2p.data.shards.index import read_index_count
 from p2p.data.shards.scan import Item
@@ -151,6 +152,7 @@ def clean(out: Path, tasks: list[ShardTask], everything: bool) -> None:
             os.remove(path)
     if everything and (out / MANIFEST).exists():
         os.remove(out / MANIFEST)
+        remove_counts_file(out)
 
 
 def complete_meta(t: ShardTask) -> dict | None:
