@@ -62,10 +62,8 @@ def held_out(cfg, rank: int = 0, world: int = 1, limit: int | None = None,
         backend = resolve_backend(source, d.backend, backend.device_type if backend is not None else None,
                                   TASKS[cfg.task.name].input_kind)
     args = loader_args(cfg)
-    if args.inputs == "labels":  # the A half from label maps (p2p.data.label_loaders)
-        from p2p.data.label_loaders import label_held_out
-
-        return label_held_out(args, source, backend, rank, world, limit)
+    if args.inputs == "labels":  # the A half from label maps
+        return _label_maps(args, source, backend, rank, world, limit)
     if source == "embedded":
         return _embedded(args, rank, world, limit)
     if backend.spec.needs_shards:
@@ -138,4 +136,40 @@ def _folder(args: LoaderArgs, source: str, rank: int, world: int, limit: int) ->
             out.skip(key, e)
             continue
         out.append(HeldOut(i, key, _tensor(arr)))
+    return out
+
+
+def _label_maps(args: LoaderArgs, source: str, backend, rank: int, world: int, limit: int):
+    """The HeldOutSet for task labels (its loaders: p2p.data.label_loaders): A|B images whose A
+    half is the map's (at its own size; shards: the stored size). A map p2p refuses is one line
+    (UsageError)."""
+    from p2p.data.label_loaders import LabelWdsLoader, decode_label_sample, label_split_items, stored_side
+    from p2p.labels import LabelMapError, load_a_half
+
+    if backend.spec.needs_shards:
+        shards = LabelWdsLoader(source, "val", 0, 1, args).shards
+
+        def decode(data):  # at the stored size
+            return decode_label_sample(data, stored_side(data[0]), shards.max_pixels)
+
+        return _shards(args, source, rank, world, limit, shards, decode)
+    from p2p.data.images import ImageRejected, read_rgb
+
+    if source == "embedded":
+        raise UsageError("task.name=labels needs label maps and photos; the embedded photos have none")
+    items = label_split_items(source, "val", args)[:limit]
+    if not items:
+        raise UsageError(f"data.source={source!r}: no label map with its photo for the val split")
+    out = HeldOutSet()
+    for i in range(rank, len(items), world):
+        item = items[i]
+        try:
+            photo = read_rgb(item.photo, args.max_pixels)
+            a = load_a_half(item.label, item.inst, None, args.label_nc, args.max_pixels, photo.size)
+        except LabelMapError as e:
+            raise UsageError(f"{item.label}: {e}") from None
+        except ImageRejected as e:
+            out.skip(str(item.label), e)
+            continue
+        out.append(HeldOut(i, str(item.label), _tensor(np.concatenate([a, np.asarray(photo)], axis=1))))
     return out

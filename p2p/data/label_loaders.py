@@ -233,44 +233,6 @@ class LabelWdsLoader(WdsLoader):
         self.paired = True
 
 
-# ---------------------------------------------------------------------------------------------
-# held-out samples (validation, p2p eval): whole, at their own size
-
-
-def label_held_out(args: LoaderArgs, source: str, backend, rank: int, world: int, limit: int):
-    """p2p.data.held_out's HeldOutSet for task labels: A|B images whose A half is the map's
-    (at its own size; shards: the stored size). A map p2p refuses is one line (UsageError)."""
-    from p2p.data.held_out import HeldOut, HeldOutSet, _shards, _tensor
-
-    if backend.spec.needs_shards:
-        shards = LabelWdsLoader(source, "val", 0, 1, args).shards
-
-        def decode(data):  # at the stored size
-            return decode_label_sample(data, stored_side(data[0]), shards.max_pixels)
-
-        return _shards(args, source, rank, world, limit, shards, decode)
-    from p2p.data.images import ImageRejected, read_rgb
-
-    if source == "embedded":
-        raise UsageError("task.name=labels needs label maps and photos; the embedded photos have none")
-    items = label_split_items(source, "val", args)[:limit]
-    if not items:
-        raise UsageError(f"data.source={source!r}: no label map with its photo for the val split")
-    out = HeldOutSet()
-    for i in range(rank, len(items), world):
-        item = items[i]
-        try:
-            photo = read_rgb(item.photo, args.max_pixels)
-            a = load_a_half(item.label, item.inst, None, args.label_nc, args.max_pixels, photo.size)
-        except LabelMapError as e:
-            raise UsageError(f"{item.label}: {e}") from None
-        except ImageRejected as e:
-            out.skip(str(item.label), e)
-            continue
-        out.append(HeldOut(i, str(item.label), _tensor(np.concatenate([a, np.asarray(photo)], axis=1))))
-    return out
-
-
 def stored_side(png: bytes) -> int:
     """The height of a stored map (its side: stored maps are square), from its header."""
     from p2p.data.images import open_image
