@@ -15,7 +15,7 @@ The dependency direction runs one way: commands -> library -> primitives.
   (atomic writes), `dist` (rank/world/device from Slurm, torchrun or nothing), `errors`.
 """
 
-__version__ = "0.1.0"
+from p2p.version import __version__
 
 __all__ = ["load_model", "Model", "__version__"]
 

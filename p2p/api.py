@@ -67,7 +67,7 @@ class Model:
     """A loaded generator with its task, training config and default geometry, on a device."""
 
     def __init__(self, predictor, device: torch.device, precision: str = "fp32"):
-        from p2p.train.step import Precision
+        from p2p.precision import Precision
 
         if precision not in PRECISIONS:
             raise UsageError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")

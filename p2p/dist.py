@@ -201,7 +201,7 @@ def start(device: str = "auto", timeout_s: int = 600):
         torch.cuda.set_device(bind_local_gpu(os.environ, torch.cuda.device_count()))
     accel = Accelerator(
         cpu=not cuda,
-        mixed_precision="no",  # autocast is applied per forward by p2p.train.step.Precision
+        mixed_precision="no",  # autocast is applied per forward by p2p.precision.Precision
         kwargs_handlers=[
             DistributedDataParallelKwargs(broadcast_buffers=False),
             # Accelerate picks the backend (NCCL on GPUs, gloo with cpu=True) when several

@@ -189,7 +189,7 @@ def config_tree(arch, cfg, official: bool = False) -> dict:
 
 
 def folder_config(predictor, trained: dict) -> dict:
-    from p2p import __version__
+    from p2p.version import __version__
     from p2p.config import from_tree
     from p2p.model_folder import FORMAT, FORMAT_VERSION, derived
 

@@ -1,12 +1,12 @@
 """The `labels` task: a semantic label map (and pix2pixHD's instance boundaries) -> the photo.
 
-The batch is A|B side by side as for `paired` (p2p.labels: A channel 0 the class id, channel 1
+The batch is A|B side by side as for `paired` (p2p.data.label_maps: A channel 0 the class id, channel 1
 the boundary 0/255; B the photo), cropped and flipped as one 6-channel image. On the device the
 ids become `task.label_nc` one-hot channels (pix2pixHD's scatter of ones into zeros), and with
 `task.instance_boundaries` the boundary channel is appended as 0/1, so the generator sees
 label_nc (+1) channels of 0 and 1, as pix2pixHD's does; the target is the photo in [-1, 1].
 
-Ids are checked on the CPU before the batch reaches the device (`check_batch_ids`, called by
+Ids are checked on the CPU before the batch reaches the device (p2p.data.label_maps.check_batch_ids, called by
 the loaders' wrapper in p2p.data.label_loaders): an id >= label_nc in a CUDA scatter or one_hot
 is a device-side assert that kills the process with no word of which file was wrong.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from p2p.errors import UsageError
-from p2p.labels import MAX_LABEL_NC
+from p2p.data.label_maps import MAX_LABEL_NC
 from p2p.tasks import Task, _signed, _to_unit, _unsigned
 
 
@@ -27,20 +27,6 @@ def one_hot(ids: torch.Tensor, label_nc: int, dtype=torch.float32) -> torch.Tens
     n, h, w = ids.shape
     out = torch.zeros((n, label_nc, h, w), dtype=dtype, device=ids.device)
     return out.scatter_(1, ids.long().unsqueeze(1), 1.0)
-
-
-def check_batch_ids(images: torch.Tensor, keys: list[str], label_nc: int) -> None:
-    """UsageError naming the first sample whose A half holds an id >= label_nc (a uint8 batch
-    on the CPU, A|B side by side)."""
-    w = images.shape[-1] // 2
-    tops = images[:, 0, :, :w].amax(dim=(1, 2))
-    bad = (tops >= label_nc).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        top = int(tops[i])
-        shown = "an id >= 255" if top >= MAX_LABEL_NC else f"class id {top}"
-        raise UsageError(f"label map {keys[i]!r} has {shown}, outside 0..{label_nc - 1} (task.label_nc={label_nc}); "
-                         f"set task.label_nc to the number of classes, or fix the map")
 
 
 # A fixed colour per class for sample sheets: the input a person can look at
@@ -106,7 +92,7 @@ def instance_maps(folder: str | None, task) -> dict | None:
     """`p2p predict --instances DIR`: {match key: instance map path}, checked against the task."""
     from pathlib import Path
 
-    from p2p.labels import _by_key
+    from p2p.data.label_maps import _by_key
 
     if task.spec.input_kind != "labels":
         if folder:
@@ -144,7 +130,7 @@ def label_input(path, instances: dict | None, geometry, task, max_pixels: int) -
     resize to the model's size then gives exactly those boundaries (both sample pixel centres)."""
     from pathlib import Path
 
-    from p2p.labels import LabelMapError, a_half, check_ids, instance_edges, match_key, read_id_map, resize_nearest
+    from p2p.data.label_maps import LabelMapError, a_half, check_ids, instance_edges, match_key, read_id_map, resize_nearest
 
     try:
         ids = read_id_map(path, "label map", max_pixels)

@@ -77,7 +77,7 @@ def _fail(path, why: str) -> CheckpointError:
 def read_config(folder: str | os.PathLike):
     """(Config, GeneratorArch, the whole config.json) of a model folder, validated."""
     from p2p.config import from_tree
-    from p2p.train.nets import architectures
+    from p2p.models import architectures
     from p2p.tasks import build_task
 
     path = Path(folder) / CONFIG_FILE

@@ -11,7 +11,8 @@ from p2p.config import load_config
 from p2p.tasks import build_task
 from p2p.train.nets import build_nets, build_networks
 from p2p.train.recompute import apply_activation_checkpointing
-from p2p.train.step import Precision, train_step
+from p2p.precision import Precision
+from p2p.train.step import train_step
 
 from helpers.image_folders import photo_batch
 

@@ -39,7 +39,7 @@ def test_folder_to_shards_to_training_to_predict(tmp_path, capsys):
     them; predict turns label maps (+ instance maps) into RGB images of the maps' size."""
     from helpers.runs import run_p2p
 
-    from p2p.labels import instance_edges, read_id_map, resize_nearest
+    from p2p.data.label_maps import instance_edges, read_id_map, resize_nearest
 
     src = make_layout(tmp_path / "src")
     out = tmp_path / "shards"
@@ -90,7 +90,7 @@ def test_nearest_resize_keeps_only_source_ids(tmp_path):
     from torch.nn import functional as F
 
     from p2p.data.label_loaders import LabelSamples, decode_label_sample
-    from p2p.labels import LabelFiles, load_a_half, resize_nearest
+    from p2p.data.label_maps import LabelFiles, load_a_half, resize_nearest
 
     ids = stripes(40)
     for size in (32, 17, 64):
@@ -169,7 +169,7 @@ def edges_restated(inst: np.ndarray) -> np.ndarray:
 
 
 def test_edges_equal_a_restatement_of_pix2pixhd_get_edges():
-    from p2p.labels import instance_edges
+    from p2p.data.label_maps import instance_edges
 
     rng = np.random.default_rng(1)
     for shape in ((9, 13), (1, 7), (6, 1), (16, 16)):
@@ -312,7 +312,7 @@ def test_predict_takes_boundaries_at_the_scale_the_model_sees(tmp_path):
     from p2p.config import load_config, with_values
     from p2p.inference import Geometry, resize, scaled_size
     from p2p.label_task import instance_maps, label_input
-    from p2p.labels import instance_edges, resize_nearest
+    from p2p.data.label_maps import instance_edges, resize_nearest
     from p2p.tasks import build_task
 
     task = build_task(with_values(load_config(), {"task.name": "labels", "task.label_nc": 8,

@@ -20,7 +20,8 @@ from p2p.models import DiscriminatorArch, build_discriminator, init_weights
 from p2p.specs import load
 from p2p.specs.losses import LOSSES, LossSpec
 from p2p.tasks import build_task
-from p2p.train.step import Nets, Precision, StepView
+from p2p.precision import Precision
+from p2p.train.step import Nets, StepView
 
 SIDE = 16  # VGG19 pools four times before relu5_1: 1 px left
 

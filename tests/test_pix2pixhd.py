@@ -124,7 +124,8 @@ def one_step(cfg, frozen_step):
     from p2p.tasks import build_task
     from p2p.train.coarse_to_fine import frozen_parameters
     from p2p.train.nets import build_nets, build_networks
-    from p2p.train.step import Precision, train_step
+    from p2p.precision import Precision
+    from p2p.train.step import train_step
 
     from helpers.image_folders import photo_batch
 

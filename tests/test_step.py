@@ -6,7 +6,8 @@ import torch
 from p2p.config import LossConfig, load_config
 from p2p.losses import gan_loss, gradient_penalty
 from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, init_weights
-from p2p.train.step import Nets, Precision, train_step
+from p2p.precision import Precision
+from p2p.train.step import Nets, train_step
 from p2p.train.wrap import make_optimizer
 
 

@@ -119,7 +119,8 @@ def measure_one(resolution: str, generator: str, precision: str, checkpointing: 
     from p2p.tasks import build_task
     from p2p.train.nets import build_nets, build_networks
     from p2p.train.recompute import apply_activation_checkpointing
-    from p2p.train.step import Precision, train_step
+    from p2p.precision import Precision
+    from p2p.train.step import train_step
 
     baseline = max(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     dev = torch.device(device)

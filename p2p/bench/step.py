@@ -138,7 +138,7 @@ class Runner:
         from p2p.train.in_effect import adam_kind
         from p2p.train.nets import build_nets, build_networks
         from p2p.train.run import make_step_fn
-        from p2p.train.step import Precision
+        from p2p.precision import Precision
 
         self.setup, self.device, self.notices = setup, device, []
         torch.manual_seed(seed)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0 if argv else 2
     if argv[0] == "--version":
-        from p2p import __version__
+        from p2p.version import __version__
 
         print(f"p2p {__version__}")
         return 0

@@ -55,7 +55,7 @@ def run(args) -> int:
     from p2p.data.held_out import held_out
     from p2p.evaluation import build_scorer, evaluate, load_reference
     from p2p.inference import load_predictor
-    from p2p.train.step import Precision
+    from p2p.precision import Precision
 
     if args.limit < 0:
         raise UsageError("--limit must be >= 0")

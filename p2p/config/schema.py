@@ -78,7 +78,7 @@ class TaskConfig(Section):
         self.within(0, 1, "noise_std")  # the image range is 0..1
         self.within(0, 64, "blur_sigma")  # the kernel is about 6 sigma wide
         self.within(1, 100, "jpeg_quality")
-        self.within(1, 255, "label_nc")  # p2p.labels.MAX_LABEL_NC: ids are stored in a uint8 channel
+        self.within(1, 255, "label_nc")  # p2p.data.label_maps.MAX_LABEL_NC: ids are stored in a uint8 channel
         self.need(TASKS[self.name].input_kind != "labels" or self.direction == "AtoB", "direction",
                   "is AtoB for task.name=labels: a label map is the input, the photo the output")
 

@@ -144,7 +144,7 @@ def _label_maps(args: LoaderArgs, source: str, backend, rank: int, world: int, l
     half is the map's (at its own size; shards: the stored size). A map p2p refuses is one line
     (UsageError)."""
     from p2p.data.label_loaders import LabelWdsLoader, decode_label_sample, label_split_items, stored_side
-    from p2p.labels import LabelMapError, load_a_half
+    from p2p.data.label_maps import LabelMapError, load_a_half
 
     if backend.spec.needs_shards:
         shards = LabelWdsLoader(source, "val", 0, 1, args).shards

@@ -1,9 +1,9 @@
 """Loaders for task.name=labels (p2p.label_task): the same batch contract as paired data, A|B
-side by side, with the A half made of a label map (p2p.labels: id, boundary 0/255, zero).
+side by side, with the A half made of a label map (p2p.data.label_maps: id, boundary 0/255, zero).
 
 - folder: pix2pixHD's layout (`train_label/`, `train_img/`, optional `train_inst/`; `val_*` or
   `test_*` for validation, else data.val_fraction of the train keys by `hash_unit`, the rule
-  `p2p shard --task labels` uses). Maps are read by p2p.labels (PNG only), resized NEAREST to
+  `p2p shard --task labels` uses). Maps are read by p2p.data.label_maps (PNG only), resized NEAREST to
   load_size x load_size, boundaries taken after the resize; the photo is read by read_rgb and
   resized bicubic, as the paired halves are.
 - wds: shards of `p2p shard --task labels`: per sample `<key>.png` (the A half, lossless) and
@@ -35,7 +35,7 @@ from p2p.data.plan import batch_count, batches_per_epoch, val_batch_size
 from p2p.data.shards.format import hash_unit, sample_key
 from p2p.data.wds import ShardBatches, ShardSet, WdsLoader
 from p2p.errors import UsageError
-from p2p.labels import LabelFiles, LabelMapError, label_files, load_a_half, split_folders
+from p2p.data.label_maps import LabelFiles, LabelMapError, check_batch_ids, label_files, load_a_half, split_folders
 
 BAD = "\x00refused:"  # a key so marked carries the one-line reason a worker refused its sample
 
@@ -61,8 +61,6 @@ class LabelChecked:
         return getattr(self.loader, name)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        from p2p.label_task import check_batch_ids
-
         for batch in self.loader.epoch(epoch, start):
             for key in batch.keys:
                 if key.startswith(BAD):

@@ -12,8 +12,8 @@ corrupt (p2p checksums) or holds anything else raises `p2p.errors.CheckpointErro
 
 from __future__ import annotations
 
-from p2p.models.arch import (GENERATORS, DiscriminatorArch, GeneratorArch, arch_dict, build_discriminator,
-                             build_generator, hd_arch, init_weights, resnet_arch, same_arch)
+from p2p.models.arch import (GENERATORS, DiscriminatorArch, GeneratorArch, arch_dict, architectures,
+                             build_discriminator, build_generator, hd_arch, init_weights, resnet_arch, same_arch)
 from p2p.models.loading import (WEIGHTS, discriminator_arch_of, generator_arch_of, load_discriminator,
                                 load_generator, read_checkpoint, select_generator_weights)
 from p2p.models.multiscale import MultiscaleDiscriminator
@@ -23,7 +23,7 @@ from p2p.models.resnet import ResnetGenerator
 from p2p.models.unet import UNetGenerator
 
 __all__ = [
-    "GeneratorArch", "DiscriminatorArch", "UNetGenerator", "ResnetGenerator", "PatchDiscriminator",
+    "GeneratorArch", "DiscriminatorArch", "architectures", "UNetGenerator", "ResnetGenerator", "PatchDiscriminator",
     "PixelDiscriminator", "MultiscaleDiscriminator", "GENERATORS", "WEIGHTS", "build_generator",
     "build_discriminator", "init_weights", "load_generator", "load_discriminator", "read_checkpoint",
     "generator_arch_of", "discriminator_arch_of", "select_generator_weights", "arch_dict", "same_arch",

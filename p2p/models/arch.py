@@ -77,6 +77,16 @@ class DiscriminatorArch:
     num_d: int = 1  # > 1: pix2pixHD's multi-scale discriminator of num_d PatchGANs
 
 
+def architectures(cfg, task) -> tuple[GeneratorArch, DiscriminatorArch]:
+    """The networks of a run's config (`cfg.model`) for its task: G maps the task's input channels
+    to its output channels; D sees both, concatenated."""
+    m = cfg.model
+    g = GeneratorArch(task.in_channels, task.out_channels, kind=m.generator,
+                      **GENERATORS[m.generator].arch_values(m))  # the keys its spec reads
+    d = DiscriminatorArch(task.in_channels + task.out_channels, m.ndf, m.n_layers_d, m.norm, m.num_d)
+    return g, d
+
+
 def build_generator(arch: GeneratorArch) -> nn.Module:
     """The generator `arch` describes, built by its kind's spec."""
     return load(GENERATORS[arch.kind].build)(arch)

@@ -322,7 +322,7 @@ def load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
 
 def scaler_kind(state: dict) -> str:
     """What a loss scaler (its state_dict) does: "off" (disabled), "skip" (fixed at 1.0, only skips
-    non-finite updates: p2p.train.step.Precision.make_scaler) or "fp16" (dynamic loss scaling)."""
+    non-finite updates: p2p.precision.Precision.make_scaler) or "fp16" (dynamic loss scaling)."""
     if not state:
         return "off"
     return "skip" if state.get("growth_interval", 0) >= 2**30 else "fp16"

@@ -8,21 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from p2p.models import DiscriminatorArch, GeneratorArch, build_discriminator, build_generator, init_weights
+from p2p.models import architectures, build_discriminator, build_generator, init_weights
 from p2p.specs import load
-from p2p.specs.generators import GENERATORS
 from p2p.specs.losses import LOSSES
-from p2p.train.step import Nets, Precision
+from p2p.precision import Precision
+from p2p.train.step import Nets
 from p2p.train.wrap import make_optimizer, unwrap
-
-
-def architectures(cfg, task) -> tuple[GeneratorArch, DiscriminatorArch]:
-    """G maps the task's input channels to its output channels; D sees both, concatenated."""
-    m = cfg.model
-    g = GeneratorArch(task.in_channels, task.out_channels, kind=m.generator,
-                      **GENERATORS[m.generator].arch_values(m))  # the keys its spec reads
-    d = DiscriminatorArch(task.in_channels + task.out_channels, m.ndf, m.n_layers_d, m.norm, m.num_d)
-    return g, d
 
 
 def build_networks(cfg, task) -> tuple[nn.Module, nn.Module]:

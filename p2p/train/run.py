@@ -24,7 +24,8 @@ from p2p.train.in_effect import InEffect, Notices, adam_kind
 from p2p.train.nets import architectures, build_nets, build_networks
 from p2p.train.position import continue_position
 from p2p.train.schedule import lr_factor, set_lr
-from p2p.train.step import Nets, Precision, train_step
+from p2p.precision import Precision
+from p2p.train.step import Nets, train_step
 from p2p.train.wrap import (averaged_buffers, unwrap, uses_channels_last, uses_compile, uses_sync_batchnorm,
                             wrap_models)
 

@@ -3,7 +3,7 @@
 SRC holds `train_label/` (class-id PNGs), `train_img/` (photos) and optionally `train_inst/`
 (instance-id PNGs), and for validation `val_*` (or pix2pixHD's `test_*`) folders; without them
 --val-fraction of the keys by their hash, the folder backend's rule. A map, its photo and its
-instance map meet by stem, with Cityscapes' suffixes dropped (p2p.labels.match_key).
+instance map meet by stem, with Cityscapes' suffixes dropped (p2p.data.label_maps.match_key).
 
 Each sample is stored as
 - `<key>.png`: the batch's A half at size x size, LOSSLESS: channel 0 the class id (the map
@@ -54,7 +54,7 @@ def label_options(base: OutputOptions, label_nc: int | None, found: Scan) -> Lab
 def scan_labels(src, out, val_dir=None, val_fraction: float | None = None) -> Scan:
     """The label samples of SRC by split. An Item's `path` is the map, `path_b` the pair
     (photo, instance map or None); `shown_b` names both (the plan hashes it)."""
-    from p2p.labels import has_label_layout, label_files, split_folders
+    from p2p.data.label_maps import has_label_layout, label_files, split_folders
 
     root = Path(src)
     if val_dir is not None:
@@ -94,7 +94,7 @@ def process_label_item(item: Item, opts: LabelOutputOptions) -> tuple[dict, dict
 
     from p2p.data.images import ImageRejected
     from p2p.data.shards.encode import Skip, _check_square, load_rgb
-    from p2p.labels import load_a_half
+    from p2p.data.label_maps import load_a_half
 
     key, shown, label_path, shown_b, (photo_path, inst_path) = item
     s = opts.size

@@ -314,7 +314,7 @@ def build_manifest(opts: OutputOptions, tasks: list[ShardTask], done: dict, foun
     """The manifest: `paths` (source, b_dir, val_dir), the options, every complete shard's
     counts and sizes from its sidecar (`done`: (split, index) -> sidecar), what was skipped,
     and `run` (what this run did)."""
-    from p2p import __version__
+    from p2p.version import __version__
 
     splits: dict[str, dict] = {}
     skipped = list(found.skipped)

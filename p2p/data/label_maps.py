@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from p2p.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_failure, open_image
 from p2p.errors import UsageError
+
+if TYPE_CHECKING:  # torch only for the batch check: shard workers read maps without it
+    import torch
 
 MAX_LABEL_NC = 255  # ids live in a uint8 channel; 255 stands for "an id >= 255"
 ID_MODES = frozenset(("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I"))
@@ -198,3 +201,16 @@ def has_label_layout(root) -> bool:
     """Whether `root` holds pix2pixHD's train_label/ and train_img/ folders."""
     return split_folders(Path(root), "train") is not None
 
+
+def check_batch_ids(images: torch.Tensor, keys: list[str], label_nc: int) -> None:
+    """UsageError naming the first sample whose A half holds an id >= label_nc (a uint8 batch
+    on the CPU, A|B side by side)."""
+    w = images.shape[-1] // 2
+    tops = images[:, 0, :, :w].amax(dim=(1, 2))
+    bad = (tops >= label_nc).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        top = int(tops[i])
+        shown = "an id >= 255" if top >= MAX_LABEL_NC else f"class id {top}"
+        raise UsageError(f"label map {keys[i]!r} has {shown}, outside 0..{label_nc - 1} (task.label_nc={label_nc}); "
+                         f"set task.label_nc to the number of classes, or fix the map")
