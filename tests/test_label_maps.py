@@ -78,6 +78,9 @@ def test_folder_to_shards_to_training_to_predict(tmp_path, capsys):
         rc, err = cli(capsys, "eval", ckpt, "--data", data, "--json", tmp_path / "eval.json")
         assert rc == 0, err
         assert '"count": 1' in (tmp_path / "eval.json").read_text()
+    for fmt in ("onnx", "torchscript"):  # the label_nc + 1 channel generator leaves, checked against PyTorch
+        rc, err = cli(capsys, "export", ckpt, "--format", fmt, "--out", tmp_path / f"g.{fmt}")
+        assert rc == 0 and (tmp_path / f"g.{fmt}").stat().st_size > 0, err
 
 
 # ---------------------------------------------------------------------------------------------
