@@ -4,6 +4,11 @@ folder, are flushed and fsynced, and the temporary file is renamed over `path` (
 POSIX), then the folder entry is fsynced. A crash or `kill -9` at any moment leaves either the
 old file or the new one, plus at most a stale `.tmp` that the next write replaces.
 
+Ctrl-C (SIGINT) and a DataLoader worker's death (SIGCHLD, whose handler raises) wait until the
+file is in place: raised from inside torch.save's writer they would leave its C++ zip writer
+half done, which then aborts the process (SIGABRT) when it is freed, or hide the real error
+behind "unexpected pos".
+
 A write that fails (a full disk, a quota, an I/O error) removes its temporary file and raises
 `WriteError` naming the path, the bytes the file needed and the bytes free there; the previous
 file is untouched. `append_text` (metrics.jsonl) cuts a failed append back off, so the file
@@ -12,9 +17,12 @@ never ends in half a line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
+import threading
 from typing import BinaryIO, Callable
 
 from p2p.errors import WriteError
@@ -127,10 +135,42 @@ def _remove(path: str) -> None:
         pass  # cannot happen on a sane filesystem; the next write replaces a stale .tmp anyway
 
 
+# the signals whose Python handlers raise in the middle of a write (the others p2p handles only set a flag)
+HELD_SIGNALS = (signal.SIGINT, signal.SIGCHLD)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Run the body with SIGINT and SIGCHLD recorded instead of handled, then hand each one that
+    came to the handler it would have reached. Only the main thread can swap handlers (Python's
+    handlers only ever run there), so elsewhere the body runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(came):  # each once, in the order they came
+            handler = previous[s]
+            if callable(handler):
+                handler(s, None)  # may raise (KeyboardInterrupt, the DataLoader's RuntimeError)
+            elif handler == signal.SIG_DFL and s == signal.SIGINT:
+                raise KeyboardInterrupt
+
+
 def replace_with(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call `write(f)` on a temporary file, then move it over `path` durably. On failure the
-    temporary file is removed and an OS error becomes `WriteError` (see the module docstring)."""
-    path = os.fspath(path)
+    temporary file is removed and an OS error becomes `WriteError` (see the module docstring).
+    A Ctrl-C or a worker's death during it is handled once the file is in place."""
+    with signals_held():
+        _replace_with(os.fspath(path), write)
+
+
+def _replace_with(path: str, write: Callable[[BinaryIO], object]) -> None:
     tmp = path + TMP_SUFFIX
     watched = None
     try:

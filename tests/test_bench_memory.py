@@ -112,6 +112,25 @@ def test_one_process_rows_on_the_gpu_record_out_of_memory_and_go_on(monkeypatch)
     assert second["peak_gb"] == 3 and second["per_image_gb"] == 3 and second["max_batch"] == 26
 
 
+def test_the_cpu_sampler_sees_a_tensor_that_lived_between_two_reads():
+    """A 256 MB tensor allocated, filled and freed while the sampler runs is in its peak, and
+    the bytes before it are not (the peak is RssAnon, so a shared library's pages that the kernel
+    drops or reads again cannot move it)."""
+    import time
+
+    import torch
+
+    before = memory.anon_resident_bytes()
+    sampler = memory.AnonPeak().start()
+    big = torch.ones(64 * 2**20)  # 256 MiB, touched
+    time.sleep(0.05)
+    del big
+    time.sleep(0.05)
+    after = memory.anon_resident_bytes()
+    peak = sampler.stop()
+    assert peak - before > 0.95 * 2**28 and after - before < 0.5 * 2**28
+
+
 @pytest.mark.slow
 def test_a_cpu_row_is_measured_in_a_fresh_process_and_says_from_what():
     """The smallest real row: unet_256 and its PatchGAN at 256 px, batch 1 and 2."""

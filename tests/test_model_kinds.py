@@ -163,14 +163,19 @@ def test_p2p_checkpoint_records_the_new_kinds(tmp_path):
     torch.save(sealed(payload), tmp_path / "ck.pt")
     assert load_generator(tmp_path / "ck.pt").n_blocks == 6
     assert len(load_discriminator(tmp_path / "ck.pt").scales) == 2
-    # an arch saved before `kind`/`num_d` existed describes a U-Net and a single PatchGAN
-    old = {"generator": {"in_channels": 1, "out_channels": 2, "num_downs": 5, "ngf": 8, "norm": "batch",
-                         "dropout": True},
-           "discriminator": {"in_channels": 3, "ndf": 8, "n_layers": 3, "norm": "batch"}}
+    assert same_arch(arch_dict(g, d), g, d)
+    assert not same_arch(arch_dict(g, d), resnet_arch(1, 2, 9, 8, "instance", True), d)
+    # an arch that records no generator kind is not taken for a U-Net (loading refuses it in one
+    # line, tests/test_generator_specs.py), though the discriminator may lack num_d (it defaults to 1)
     from p2p.models import GeneratorArch
 
-    assert same_arch(old, GeneratorArch(1, 2, 5, 8, "batch", True), DiscriminatorArch(3, 8, 3, "batch"))
-    assert not same_arch(old, g, d)
+    unet, patch = GeneratorArch(1, 2, 5, 8, "batch", True), DiscriminatorArch(3, 8, 3, "batch")
+    kindless = {"generator": {"in_channels": 1, "out_channels": 2, "num_downs": 5, "ngf": 8, "norm": "batch",
+                              "dropout": True},
+                "discriminator": {"in_channels": 3, "ndf": 8, "n_layers": 3, "norm": "batch"}}
+    assert not same_arch(kindless, unet, patch)
+    kindless["generator"]["kind"] = "unet"
+    assert same_arch(kindless, unet, patch)
 
 
 @pytest.mark.slow

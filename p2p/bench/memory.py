@@ -8,10 +8,14 @@ counts in the next. What is measured (every row says which, in `source`):
 - on a GPU: `torch.cuda.max_memory_allocated` over the step (tensors only; the CUDA context and
   the allocator's cached free blocks come on top: `reserved_gb` is the allocator's own peak,
   `max_memory_reserved`), minus what was allocated before the networks were built;
-- on a CPU: the process's peak resident set (`resource.getrusage(RUSAGE_SELF).ru_maxrss`)
-  minus its peak before the networks were built (torch and p2p imported): weights, gradients,
-  Adam's moments, activations and whatever the C allocator kept. tracemalloc cannot see
-  torch's allocations, so it is not used.
+- on a CPU: the process's anonymous resident memory (`RssAnon` in /proc/self/status), sampled
+  every millisecond from the networks' build to the step's end, minus its value before they were
+  built (torch and p2p imported): weights, gradients, Adam's moments, activations and whatever
+  the C allocator kept. Not the peak resident set (`ru_maxrss`): that also counts the pages of
+  the shared libraries, which the kernel drops and reads again under memory pressure, so a
+  peak taken while importing torch could hide most of a step (CI read 0.54 GB for a step that
+  holds 0.92 GB of parameters, gradients and moments). tracemalloc cannot see torch's
+  allocations, so it is not used.
 On a GPU the rows may also share one process (`one_process`, for the GPU check's short share):
 the allocator's peak is reset before each step and counts live tensors only, so a row sees
 nothing of the last one but the few MiB of cuBLAS workspace it kept (subtracted). A CPU's peak
@@ -28,10 +32,10 @@ memory does not depend on the pixels.
 from __future__ import annotations
 
 import json
-import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -112,7 +116,6 @@ def measure_one(resolution: str, generator: str, precision: str, checkpointing: 
                 device: str) -> dict:
     """One training step's peak memory, in this process: a fresh one (`_in_fresh_process`), or on
     a GPU one that measures every row (`_in_this_process`)."""
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     import torch
 
     from p2p.config import load_config
@@ -122,10 +125,13 @@ def measure_one(resolution: str, generator: str, precision: str, checkpointing: 
     from p2p.precision import Precision
     from p2p.train.step import train_step
 
-    baseline = max(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     dev = torch.device(device)
+    sampler = None
     if dev.type == "cuda":  # 0 in a fresh process; in a shared one, what earlier rows kept (cuBLAS workspace)
         baseline = torch.cuda.memory_allocated(dev)
+    else:
+        baseline = anon_resident_bytes()
+        sampler = AnonPeak().start()
     cfg = load_config(None, [*GENERATORS[generator], "task.name=paired", "data.image_size=256",
                              "data.load_size=256", f"train.precision={precision}",
                              f"train.activation_checkpointing={checkpointing}", f"train.batch_size={batch_size}"])
@@ -155,13 +161,49 @@ def measure_one(resolution: str, generator: str, precision: str, checkpointing: 
         if peak <= 0:
             raise RuntimeError("torch.cuda.max_memory_allocated read no allocation over the step")
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+        peak = sampler.stop() - baseline
     return {"peak_bytes": int(peak), "seconds": time.perf_counter() - start,
             "source": SOURCE_CUDA if dev.type == "cuda" else SOURCE_CPU, **out}
 
 
 SOURCE_CUDA = "CUDA allocator peak (torch.cuda.max_memory_allocated; reserved_gb: max_memory_reserved)"
-SOURCE_CPU = "CPU process peak RSS (ru_maxrss) minus its peak before the networks were built"
+SOURCE_CPU = ("CPU process anonymous RSS (RssAnon, sampled each ms) at its peak minus before the networks "
+              "were built")
+
+
+def anon_resident_bytes() -> int:
+    """This process's anonymous resident memory now (heap and mmapped allocations; not the
+    shared libraries' pages)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("/proc/self/status has no RssAnon line (Linux 4.5 or later has one)")
+
+
+class AnonPeak:
+    """The highest `anon_resident_bytes` a thread reads every millisecond until `stop`. The
+    step's peak is broad (activations stay alive from the forward until the backward frees
+    them), so a millisecond's sampling does not miss it; the ops release the GIL while they run."""
+
+    def __init__(self, interval_s: float = 0.001):
+        self.interval_s, self.peak = interval_s, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> AnonPeak:
+        self.peak = anon_resident_bytes()
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._done.wait(self.interval_s):
+            self.peak = max(self.peak, anon_resident_bytes())
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return max(self.peak, anon_resident_bytes())
 
 
 def _in_this_process(m: Measurement) -> Measurement:
