@@ -58,7 +58,7 @@ def test_the_memory_part_runs_last_writes_its_json_and_its_rows_reach_the_summar
     assert row["resolution"] == "256" and row["generator"] == "unet" and row["peak_gb"] > 0.5
     assert "RSS" in row["source"] and not result["memory_partial"]
     summary = (out / "summary.md").read_text()
-    assert "- 256 unet fp32, checkpointing none: " in summary and "measured as: CPU process peak RSS" in summary
+    assert "- 256 unet fp32, checkpointing none: " in summary and "measured as: CPU process anonymous RSS" in summary
     with tarfile.open(out / "results.tar.gz") as tar:
         assert "memory.json" in tar.getnames() and "logs/memory.log" in tar.getnames()
 
