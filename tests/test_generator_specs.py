@@ -132,3 +132,17 @@ def test_a_checkpoint_arch_without_kind_is_not_the_same_network():
     assert same_arch(saved, g, d)
     del saved["generator"]["kind"]
     assert not same_arch(saved, g, d) and not same_arch(None, g, d) and not same_arch({"generator": 5}, g, d)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_coarse_to_fine_keys_are_taken_only_by_a_spec_that_says_so(name):
+    """model.init_global and train.fix_global_steps start and freeze a global part; the config
+    takes them for the generators whose spec has one (`coarse_to_fine`) and refuses them, naming
+    the key, for the others."""
+    cfg, _, _, _ = tiny(name)
+    for key, value in (("train.fix_global_steps", 3), ("model.init_global", "global.pt")):
+        if GENERATORS[name].coarse_to_fine:
+            assert with_values(cfg, {key: value}) is not None
+        else:
+            with pytest.raises(Exception, match=key.replace(".", r"\.")):
+                with_values(cfg, {key: value})

@@ -155,7 +155,7 @@ class ModelConfig(Section):
         self.within(1, 64, "n_blocks_global")
         self.within(1, 4, "n_local_enhancers")
         self.within(0, 64, "n_blocks_local")
-        self.need(not self.init_global or self.generator == "local", "init_global",
+        self.need(not self.init_global or GENERATORS[self.generator].coarse_to_fine, "init_global",
                   f"starts the global part of a local enhancer; model.generator={self.generator!r} has none")
 
     @property
@@ -347,7 +347,7 @@ class Config:
         why = f"must be a multiple of {stride}{least}: {g.stride_why}"
         _require(d.image_size % stride == 0 and d.image_size >= g.min_strides * stride, "data.image_size",
                  d.image_size, why)
-        _require(not self.train.fix_global_steps or m.generator == "local", "train.fix_global_steps",
+        _require(not self.train.fix_global_steps or g.coarse_to_fine, "train.fix_global_steps",
                  self.train.fix_global_steps, f"freezes the global part of a local enhancer; model.generator="
                  f"{m.generator!r} has none")
         # A PatchGAN halves its input n_layers_d times, then two 4x4 stride-1 convs take a pixel

@@ -38,6 +38,9 @@ class GeneratorSpec:
     from_official: str = ""  # "module:attr": f(state) -> state in p2p's names, or None if not its official layout
     to_official: str = ""  # "module:attr": the inverse, for `p2p export --format official` ("" = the same names)
     card: str = ""  # the model card's line, formatted with the model.* values, `norm`/`drop` in words and `stride`
+    # enhancers around a global generator that a global run trains first: model.init_global and
+    # train.fix_global_steps apply (p2p.train.coarse_to_fine)
+    coarse_to_fine: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -89,7 +92,7 @@ GENERATORS.register(GeneratorSpec(
     f"{_A}:build_local", f"{_H}:local_arch_of",
     reads=(("model.n_downsample_global", "num_downs"), ("model.n_blocks_global", "n_blocks"),
            ("model.n_local_enhancers", "n_local_enhancers"), ("model.n_blocks_local", "n_blocks_local")),
-    stride_fields=("num_downs", "n_local_enhancers"), min_strides=2, dropout=False,
+    stride_fields=("num_downs", "n_local_enhancers"), min_strides=2, dropout=False, coarse_to_fine=True,
     stride_why="pix2pixHD's local enhancer halves it model.n_downsample_global + model.n_local_enhancers times "
                "and its global part's residual blocks reflect-pad 2 px",
     card="pix2pixHD local generator: {n_downsample_global} downsamplings, {n_blocks_global} residual blocks under "
