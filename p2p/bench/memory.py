@@ -39,6 +39,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from p2p.bench.proc_status import status_kb
+
 # the full-size networks each generator is benchmarked as
 GENERATORS = {
     "unet": ["model.generator=unet", "model.num_downs=8", "model.ngf=64", "model.ndf=64"],  # unet_256
@@ -174,11 +176,7 @@ SOURCE_CPU = ("CPU process anonymous RSS (RssAnon, sampled each ms) at its peak 
 def anon_resident_bytes() -> int:
     """This process's anonymous resident memory now (heap and mmapped allocations; not the
     shared libraries' pages)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError("/proc/self/status has no RssAnon line (Linux 4.5 or later has one)")
+    return status_kb("RssAnon") * 1024
 
 
 class AnonPeak:

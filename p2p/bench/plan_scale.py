@@ -47,6 +47,7 @@ from typing import Callable
 
 import numpy as np
 
+from p2p.bench.proc_status import status_kb
 from p2p.errors import UsageError
 
 @dataclass(frozen=True)
@@ -182,11 +183,6 @@ def ensure_indexes(folder: Path, counts: np.ndarray, shards: np.ndarray, shard_s
 # one cell, in its own process
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def measured(fn: Callable[[], object]) -> tuple[object, float, float]:
     """(result, seconds, MB the resident high-water mark rose above the size before)."""
     try:
@@ -194,11 +190,11 @@ def measured(fn: Callable[[], object]) -> tuple[object, float, float]:
             f.write("5")  # resets VmHWM to the current VmRSS (Linux >= 4.0)
     except OSError:
         pass
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     t0 = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - t0
-    return out, seconds, max(0, _status_kb("VmHWM") - before) / 1024
+    return out, seconds, max(0, status_kb("VmHWM") - before) / 1024
 
 
 def _loader(folder: Path, batch_size: int, rank: int, world: int):
