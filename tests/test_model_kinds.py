@@ -165,17 +165,15 @@ def test_p2p_checkpoint_records_the_new_kinds(tmp_path):
     assert len(load_discriminator(tmp_path / "ck.pt").scales) == 2
     assert same_arch(arch_dict(g, d), g, d)
     assert not same_arch(arch_dict(g, d), resnet_arch(1, 2, 9, 8, "instance", True), d)
-    # an arch that records no generator kind is not taken for a U-Net (loading refuses it in one
-    # line, tests/test_generator_specs.py), though the discriminator may lack num_d (it defaults to 1)
+    # a recorded discriminator without num_d is a single PatchGAN (an arch without a generator
+    # kind is refused: tests/test_generator_specs.py::test_a_checkpoint_arch_without_kind_...)
     from p2p.models import GeneratorArch
 
     unet, patch = GeneratorArch(1, 2, 5, 8, "batch", True), DiscriminatorArch(3, 8, 3, "batch")
-    kindless = {"generator": {"in_channels": 1, "out_channels": 2, "num_downs": 5, "ngf": 8, "norm": "batch",
-                              "dropout": True},
-                "discriminator": {"in_channels": 3, "ndf": 8, "n_layers": 3, "norm": "batch"}}
-    assert not same_arch(kindless, unet, patch)
-    kindless["generator"]["kind"] = "unet"
-    assert same_arch(kindless, unet, patch)
+    saved = {"generator": {"in_channels": 1, "out_channels": 2, "num_downs": 5, "ngf": 8, "norm": "batch",
+                           "dropout": True, "kind": "unet"},
+             "discriminator": {"in_channels": 3, "ndf": 8, "n_layers": 3, "norm": "batch"}}
+    assert same_arch(saved, unet, patch) and not same_arch(saved, unet, d)
 
 
 @pytest.mark.slow
