@@ -32,7 +32,7 @@ from p2p.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS, list_images, read_rg
 from p2p.data.plan import (RankOrders, batch_count, batches_per_epoch, continued_plan, epoch_permutation, mix_seed,
                            rank_order, val_batch_size)
 from p2p.data.shards.format import hash_unit, sample_key
-from p2p.data.workers import watched
+from p2p.data.workers import quiet_handover, watched
 from p2p.errors import UsageError
 
 # Real colour photographs inside the scikit-image wheel: the demo's data (nothing to download).
@@ -220,7 +220,7 @@ class FolderLoader:
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         loader = torch.utils.data.DataLoader(
             self.samples, batch_sampler=batches, num_workers=self.workers, pin_memory=self.pin,
-            collate_fn=_collate,
+            collate_fn=_collate, worker_init_fn=quiet_handover,
             # Its own generator: otherwise DataLoader draws worker seeds from the global torch
             # RNG, and a resumed run's dropout masks would differ from an uninterrupted run's.
             generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank)))

@@ -26,7 +26,7 @@ import torch
 from p2p.data import warn_once
 from p2p.data.plan import mix_seed
 from p2p.data.ring import Ring, _identity, threaded
-from p2p.data.workers import watched
+from p2p.data.workers import quiet_handover, watched
 
 
 class Positions(torch.utils.data.Sampler):
@@ -91,6 +91,7 @@ class EpochStream:
         dl = torch.utils.data.DataLoader(
             EpochBatches(loader, self.ring), batch_size=None, sampler=positions, num_workers=workers,
             collate_fn=_identity, prefetch_factor=prefetch, multiprocessing_context=ctx,
+            worker_init_fn=quiet_handover,
             # its own generator: DataLoader would otherwise draw worker seeds from the global
             # torch RNG, and a resumed run's dropout masks would differ
             generator=torch.Generator().manual_seed(mix_seed(loader.seed, epoch, loader.rank)))

@@ -8,12 +8,16 @@ breaks half-way (ConnectionResetError, EOFError from the shared-memory hand-over
 `watched(loader)` iterates a DataLoader and, when anything fails while one of its workers is
 dead, raises `LoaderWorkerDied` naming the worker (index, pid, signal); `worker_failure(error)`
 reads PyTorch's own message for the errors raised outside the iteration. The loop turns both
-into one line naming the last good checkpoint."""
+into one line naming the last good checkpoint.
+
+`quiet_handover` (every loader's worker_init_fn) keeps the surviving workers silent when the main
+process leaves a tensor's hand-over half-way, which it does when it fails in the middle of one."""
 
 from __future__ import annotations
 
 import re
 import signal
+import sys
 import time
 from typing import Iterator
 
@@ -85,3 +89,30 @@ def worker_failure(error: BaseException) -> str | None:
     if m.group(3):
         return f"{who} {_ending(int(m.group(3)))}"
     return f"{who} exited unexpectedly"
+
+
+# A worker sends a batch's tensors as file descriptors (PyTorch's default "file_descriptor"
+# sharing strategy, torch/multiprocessing/reductions.py: reduce_storage -> DupFd): Python's
+# multiprocessing.resource_sharer serves each one from a thread of the worker, and that thread
+# hands any error to sys.excepthook (resource_sharer._serve, CPython 3.11). When the main process
+# fails while it receives a batch (PyTorch's SIGCHLD handler raising because another worker died,
+# Ctrl-C), the worker's thread finds the connection closed and prints a traceback under the main
+# process's one-line error. The failure is the receiver's, and the receiver reports it.
+_HANDOVER_ERRORS = (EOFError, ConnectionError)
+
+
+def _in_handover(tb) -> bool:
+    code = tb.tb_frame.f_code if tb is not None else None
+    return code is not None and code.co_name == "_serve" and code.co_filename.endswith("resource_sharer.py")
+
+
+def quiet_handover(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a hand-over the main process broke off prints nothing in the
+    worker; every other uncaught error still reaches the hook it reached before."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not (issubclass(kind, _HANDOVER_ERRORS) and _in_handover(tb)):
+            previous(kind, value, tb)
+
+    sys.excepthook = hook

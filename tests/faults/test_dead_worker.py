@@ -58,3 +58,31 @@ def test_sigkill_of_a_loader_worker_ends_the_run_with_one_line(tmp_path, sources
     assert f"last good checkpoint: {last}" in errors[0] and "data.workers" in errors[0]
     assert f"p2p train: to resume, run: cd {ROOT} && " in text and f"last.pt: {last.resolve()}" in text
     assert step >= 3
+
+
+# What a DataLoader worker does with each tensor of a batch under PyTorch's default sharing
+# strategy (an fd served by multiprocessing.resource_sharer's thread), then a receiver that
+# connects and leaves at once: the main process failing in the middle of taking a batch.
+_HALF_HANDOVER = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+if sys.argv[1] == "quiet":
+    from p2p.data.workers import quiet_handover
+    quiet_handover(0)
+shared = resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))
+receiver = socket.socket(socket.AF_UNIX)
+receiver.connect(resource_sharer._resource_sharer._address)
+receiver.close()
+time.sleep(0.5)
+raise ValueError("any other error still reaches the hook")
+"""
+
+
+@pytest.mark.parametrize("worker_init", ["quiet", "none"])
+def test_a_worker_whose_receiver_left_mid_hand_over_prints_no_traceback(worker_init):
+    # the last line of the folder run above, in CI: the surviving worker's traceback under the one-line error
+    done = subprocess.run([sys.executable, "-c", _HALF_HANDOVER, worker_init], capture_output=True, text=True,
+                          env=p2p_env(), cwd=ROOT, timeout=60)
+    assert "ValueError: any other error still reaches the hook" in done.stderr, done.stderr
+    handover = "resource_sharer.py" in done.stderr
+    assert handover == (worker_init == "none"), done.stderr
